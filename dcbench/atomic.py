@@ -1,0 +1,86 @@
+"""Atomic file and directory writes: a reader sees the old version or the new, never half of one."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from dcbench.errors import UserError
+
+
+def _disk_error(e: OSError, target: Path) -> UserError | OSError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"no space left while writing {target}; free disk space and rerun "
+                         "(the previous version, if any, is intact)")
+    if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return UserError(f"cannot write {target}: {e.strerror}; choose a writable output folder")
+    return e
+
+
+def write_file_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
+    """Call ``writer(tmp_path)`` then rename the temporary file over ``path``."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise _disk_error(e, path) from None
+    tmp = Path(tmp)
+    try:
+        writer(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _disk_error(e, path) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    return write_file_atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def replace_dir_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
+    """Fill a fresh sibling directory with ``writer(tmp_dir)``, then swap it in for ``path``.
+
+    The old directory is renamed aside before the new one takes its name and is removed only
+    afterwards, so a crash at any point leaves a complete version on disk (``path`` or ``path.old``).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        raise _disk_error(e, path) from None
+    old = path.with_name(path.name + ".old")
+    try:
+        writer(tmp)
+        if old.exists():
+            shutil.rmtree(old)
+        if path.exists():
+            os.rename(path, old)
+        os.rename(tmp, path)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            os.rename(old, path)
+        raise _disk_error(e, path) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return path

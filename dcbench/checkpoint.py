@@ -1,0 +1,206 @@
+"""Checkpoint format v1: the one contract between dc-train, converters and every transfer task.
+
+A checkpoint is a directory::
+
+    model.safetensors   weights only (no pickle), DeepCluster key layout
+    meta.json           architecture, preprocessing, provenance, sha256 of model.safetensors
+    train_state.pt      optional, trainer only: optimizer / RNG / assignments for an exact resume
+
+Checkpoints from strangers are untrusted: weights are parsed by safetensors, and
+``train_state.pt`` is only ever read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import dcbench
+from dcbench.atomic import replace_dir_atomic
+from dcbench.errors import CheckpointError
+from dcbench.models import IMAGENET_MEAN, IMAGENET_STD, DeepClusterNet, ModelSpec
+from dcbench.provenance import git_sha, utc_now
+
+FORMAT_NAME = "dcbench-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+META = "meta.json"
+TRAIN_STATE = "train_state.pt"
+ORIGINS = ("dcbench-train", "deepcluster-release", "torchvision", "random")
+
+
+@dataclass
+class Checkpoint:
+    model: DeepClusterNet
+    meta: dict
+    path: Path
+    train_state: dict | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name") or self.path.name
+
+    @property
+    def sha256(self) -> str:
+        return self.meta["model_sha256"]
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, model: DeepClusterNet, *, origin: str, name: str | None = None,
+                    epoch: int | None = None, num_clusters: int | None = None,
+                    train_config: dict | None = None, data_fingerprint: str | None = None,
+                    train_state: dict | None = None, source: str | None = None,
+                    mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD) -> Path:
+    """Write ``model`` (and optionally ``train_state``) as a format-v1 checkpoint, atomically."""
+    if origin not in ORIGINS:
+        raise ValueError(f"origin must be one of {ORIGINS}, got {origin!r}")
+    path = Path(path)
+    spec = model.spec
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT_NAME})
+        meta = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "name": name or path.name,
+            **asdict(spec),
+            "feature_shape": list(model.feature_shape),
+            "preprocessing": {"mean": list(mean), "std": list(std), "colour_order": "RGB",
+                              "value_range": "[0, 1] then normalised", "input_size": spec.input_size},
+            "num_clusters": num_clusters,
+            "epoch": epoch,
+            "train_config": train_config or {},
+            "data_fingerprint": data_fingerprint,
+            "origin": origin,
+            "source": source,
+            "model_sha256": sha256_file(tmp / WEIGHTS),
+            "code_version": dcbench.__version__,
+            "git_sha": git_sha(),
+            "created": utc_now(),
+        }
+        if train_state is not None:
+            torch.save(train_state, tmp / TRAIN_STATE)
+            meta["train_state_sha256"] = sha256_file(tmp / TRAIN_STATE)
+        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+    return replace_dir_atomic(path, write)
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """Read and check ``meta.json`` and the weights' sha256, without building a model."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a checkpoint directory "
+                              "written by dc-train or dc-convert")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is not a directory; a checkpoint is a folder with "
+                              f"{WEIGHTS} and {META} (import other files with dc-convert)")
+    meta_path, weights = path / META, path / WEIGHTS
+    if not meta_path.is_file():
+        raise CheckpointError(f"{meta_path} is missing; this folder is not a dcbench checkpoint "
+                              "(import foreign weights with dc-convert)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{meta_path} is not valid JSON ({e}); the checkpoint is corrupt") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{meta_path} does not describe a {FORMAT_NAME}; "
+                              "import foreign weights with dc-convert")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{meta_path} has format version {version!r}, this dcbench "
+                              f"({dcbench.__version__}) reads version {FORMAT_VERSION}; use a matching dcbench")
+    missing = [k for k in ("arch", "sobel", "batchnorm", "input_size", "num_classes", "model_sha256")
+               if k not in meta]
+    if missing:
+        raise CheckpointError(f"{meta_path} lacks {', '.join(missing)}; the checkpoint is corrupt")
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing; the checkpoint is incomplete")
+    if sha256_file(weights) != meta["model_sha256"]:
+        raise CheckpointError(f"{weights} does not match the sha256 in {META}; the file is corrupt or "
+                              "was modified; re-copy or re-create the checkpoint")
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike, *, with_train_state: bool = False,
+                    map_location: str = "cpu") -> Checkpoint:
+    """Verify and load a checkpoint. Every failure is one :class:`CheckpointError` line."""
+    path = Path(path)
+    meta = read_meta(path)
+    try:
+        spec = ModelSpec(arch=meta["arch"], sobel=bool(meta["sobel"]), batchnorm=bool(meta["batchnorm"]),
+                         input_size=int(meta["input_size"]), num_classes=int(meta["num_classes"] or 0))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / META} has an invalid model description ({e})") from None
+    try:
+        tensors = load_file(str(path / WEIGHTS), device=map_location)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path / WEIGHTS} is not a readable safetensors file ({e})") from None
+    model = DeepClusterNet(spec)
+    expected, found = set(model.state_dict()), set(tensors)
+    if expected != found:
+        extra, lacking = sorted(found - expected)[:3], sorted(expected - found)[:3]
+        raise CheckpointError(f"{path / WEIGHTS} does not fit {spec.arch} (sobel={spec.sobel}, "
+                              f"input {spec.input_size}): missing {lacking}, unexpected {extra}")
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{path / WEIGHTS} does not fit {spec.arch} at input "
+                              f"{spec.input_size}: {first}") from None
+    train_state = None
+    if with_train_state and (path / TRAIN_STATE).is_file():
+        train_state = load_train_state(path, meta)
+    return Checkpoint(model=model, meta=meta, path=path, train_state=train_state)
+
+
+def load_train_state(path: Path, meta: dict) -> dict:
+    state_path = path / TRAIN_STATE
+    if meta.get("train_state_sha256") and sha256_file(state_path) != meta["train_state_sha256"]:
+        raise CheckpointError(f"{state_path} does not match the sha256 in {META}; delete it to start "
+                              "training from the weights alone, or restore it")
+    try:
+        # weights_only: tensors and plain containers only, so a hostile file cannot run code.
+        return torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{state_path} cannot be read safely ({first[:200]})") from None
+
+
+def describe(meta: dict, path: Path) -> str:
+    """A human summary, as ``dc-inspect`` prints it."""
+    lines = [
+        f"checkpoint   {path}",
+        f"format       {meta['format']} v{meta['format_version']}",
+        f"name         {meta.get('name')}",
+        f"arch         {meta['arch']}  batchnorm={meta['batchnorm']}  sobel={meta['sobel']}",
+        f"input        {meta['input_size']}px  conv5 output {meta.get('feature_shape')}",
+        f"top layer    {meta['num_classes'] or 'none'}  clusters={meta.get('num_clusters')}",
+        f"origin       {meta.get('origin')}  {meta.get('source') or ''}".rstrip(),
+        f"epoch        {meta.get('epoch')}",
+        f"data         {meta.get('data_fingerprint')}",
+        f"sha256       {meta['model_sha256']}",
+        f"code         dcbench {meta.get('code_version')}  git {meta.get('git_sha')}",
+        f"created      {meta.get('created')}",
+    ]
+    pre = meta.get("preprocessing") or {}
+    if pre:
+        lines.append(f"preprocess   mean={pre.get('mean')} std={pre.get('std')} {pre.get('colour_order')}")
+    if (path / TRAIN_STATE).is_file():
+        lines.append(f"train state  {TRAIN_STATE} present (resumable)")
+    return "\n".join(lines)

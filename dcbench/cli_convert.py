@@ -1,0 +1,73 @@
+"""dc-convert: turn foreign weights into a format-v1 checkpoint (and export to other formats)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from dcbench import convert
+from dcbench.checkpoint import save_checkpoint
+from dcbench.errors import ArgumentParser, UserError, run_cli
+
+ORIGIN = {"deepcluster-release": "deepcluster-release", "torchvision-vgg16bn": "torchvision",
+          "random": "random"}
+
+
+def get_args_parser(add_help: bool = True) -> ArgumentParser:
+    p = ArgumentParser("dc-convert", add_help=add_help,
+                       description="Import DeepCluster-release / torchvision vgg16_bn weights or a random "
+                                   "initialisation as a dcbench checkpoint.")
+    p.add_argument("--from", dest="source", choices=convert.SOURCES, required=True,
+                   help="what SRC is (random needs no SRC)")
+    p.add_argument("src", nargs="?", type=Path, help="file to import (checkpoint.pth.tar, vgg16_bn .pth)")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    p.add_argument("--arch", choices=("alexnet", "vgg16"), help="architecture (default: from the file; "
+                   "alexnet for random)")
+    p.add_argument("--sobel", action=__import__("argparse").BooleanOptionalAction, default=None,
+                   help="Sobel input layer (default: from the file; on for random, as the thesis's models)")
+    p.add_argument("--input-size", type=int, default=224, help="input size for random init (224: thesis)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random init")
+    p.add_argument("--name", help="checkpoint name shown in results (default: the --out folder name)")
+    p.add_argument("--quiet", action="store_true", help="do not list renamed keys")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    if args.source == "random":
+        if args.src is not None:
+            raise UserError("dc-convert --from random takes no SRC file")
+        sobel = True if args.sobel is None else args.sobel
+        conv = convert.random_init(args.arch or "alexnet", sobel, args.input_size, args.seed)
+    else:
+        if args.src is None:
+            raise UserError(f"dc-convert --from {args.source} needs a SRC file")
+        if args.source == "deepcluster-release":
+            conv = convert.from_deepcluster_release(args.src, args.arch, args.sobel)
+        else:
+            if args.arch not in (None, "vgg16") or args.sobel:
+                raise UserError("torchvision vgg16_bn is vgg16 without Sobel; drop --arch/--sobel")
+            conv = convert.from_torchvision_vgg16bn(args.src)
+    if not args.quiet:
+        for old, new in conv.renamed:
+            print(f"renamed  {old} -> {new}")
+    for k in conv.dropped:
+        print(f"dropped  {k}")
+    for k in conv.filled:
+        print(f"filled   {k} (absent in old PyTorch files; set to 0)")
+    model = convert.build(conv)
+    source = str(args.src.resolve()) if args.src else f"seed {args.seed}"
+    path = save_checkpoint(args.out, model, origin=ORIGIN[args.source], name=args.name,
+                           epoch=conv.source_info.get("epoch"), source=source,
+                           train_config={"converted_from": args.source, **conv.source_info})
+    print(f"wrote {path} ({conv.spec.arch}, sobel={conv.spec.sobel}, {len(conv.renamed)} renamed, "
+          f"{len(conv.dropped)} dropped, {len(conv.filled)} filled)")
+    return 0
+
+
+def cli() -> int:
+    return run_cli(main)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

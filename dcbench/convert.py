@@ -1,0 +1,126 @@
+"""Import foreign weights into checkpoint format v1 by renaming keys alone.
+
+Sources: the original DeepCluster release (``checkpoint.pth.tar``), a torchvision ``vgg16_bn``
+state dict, and random initialisation (the "Random" baselines). Every renamed key and every
+key left out is reported, as detectron2's converters do.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dcbench.errors import CheckpointError
+from dcbench.models import DeepClusterNet, ModelSpec
+
+SOURCES = ("deepcluster-release", "torchvision-vgg16bn", "random")
+
+
+@dataclass
+class Conversion:
+    state_dict: dict
+    spec: ModelSpec
+    renamed: list[tuple[str, str]] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    filled: list[str] = field(default_factory=list)
+    source_info: dict = field(default_factory=dict)
+
+
+def load_torch_file(path: Path) -> dict:
+    """Read a torch file (zip or legacy) without unpickling arbitrary objects."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist or is not a file; pass the .pth/.pth.tar to convert")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a foreign file
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} cannot be read as plain tensors ({msg[:160]}); "
+                              "only weights files are accepted, never pickled objects") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a dict of tensors")
+    return obj
+
+
+def _finish(sd: dict, spec: ModelSpec, conv: Conversion, src: Path) -> Conversion:
+    """Check the renamed dict against the architecture; fill BN counters old PyTorch lacked."""
+    expected = DeepClusterNet(spec).state_dict()
+    for k in sorted(set(expected) - set(sd)):
+        if k.endswith("num_batches_tracked"):
+            sd[k] = torch.zeros((), dtype=torch.long)
+            conv.filled.append(k)
+    missing = sorted(set(expected) - set(sd))
+    if missing:
+        raise CheckpointError(f"{src}: after renaming, {len(missing)} weights of {spec.arch} are missing "
+                              f"(first: {missing[0]}); is --arch/--sobel right?")
+    for k in sorted(set(sd) - set(expected)):
+        conv.dropped.append(k)
+        del sd[k]
+    for k, v in expected.items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{src}: {k} has shape {tuple(sd[k].shape)}, {spec.arch} at input "
+                                  f"{spec.input_size} needs {tuple(v.shape)}; pass the right --input-size")
+    conv.state_dict = {k: sd[k] for k in expected}
+    return conv
+
+
+def from_deepcluster_release(src: Path, arch: str | None = None, sobel: bool | None = None) -> Conversion:
+    obj = load_torch_file(src)
+    sd = obj.get("state_dict", obj)
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{src} has no 'state_dict' of tensors; is it a DeepCluster checkpoint.pth.tar?")
+    conv = Conversion(state_dict={}, spec=ModelSpec(), source_info={"epoch": obj.get("epoch"),
+                                                                    "arch": obj.get("arch")})
+    for k in obj:
+        if k != "state_dict":
+            conv.dropped.append(f"(file entry) {k}")
+    renamed: dict = {}
+    for old, t in sd.items():
+        new = old[len("module."):] if old.startswith("module.") else old
+        new = re.sub(r"^features\.module\.", "features.", new)
+        if new != old:
+            conv.renamed.append((old, new))
+        renamed[new] = t
+    arch = arch or str(obj.get("arch") or "").lower().replace("_bn", "") or None
+    if arch not in ("alexnet", "vgg16"):
+        raise CheckpointError(f"{src}: cannot tell the architecture (file says {obj.get('arch')!r}); "
+                              "pass --arch alexnet or --arch vgg16")
+    has_sobel = any(k.startswith("sobel.") for k in renamed)
+    sobel = has_sobel if sobel is None else sobel
+    if sobel and not has_sobel:
+        raise CheckpointError(f"{src} has no sobel.* weights; drop --sobel")
+    top = renamed.get("top_layer.weight")
+    spec = ModelSpec(arch=arch, sobel=sobel, batchnorm=True, input_size=224,
+                     num_classes=int(top.shape[0]) if top is not None else 0)
+    conv.spec = spec
+    return _finish(renamed, spec, conv, src)
+
+
+def from_torchvision_vgg16bn(src: Path) -> Conversion:
+    sd = load_torch_file(src)
+    sd = sd.get("state_dict", sd)
+    spec = ModelSpec(arch="vgg16", sobel=False, batchnorm=True, input_size=224,
+                     num_classes=int(sd["classifier.6.weight"].shape[0]) if "classifier.6.weight" in sd else 0)
+    conv = Conversion(state_dict={}, spec=spec)
+    renamed = {}
+    for old, t in sd.items():
+        new = re.sub(r"^classifier\.6\.", "top_layer.", old)
+        if new != old:
+            conv.renamed.append((old, new))
+        renamed[new] = t
+    return _finish(renamed, spec, conv, src)
+
+
+def random_init(arch: str, sobel: bool, input_size: int, seed: int) -> Conversion:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DeepClusterNet(ModelSpec(arch=arch, sobel=sobel, input_size=input_size))
+    return Conversion(state_dict=model.state_dict(), spec=model.spec, source_info={"seed": seed})
+
+
+def build(conv: Conversion) -> DeepClusterNet:
+    model = DeepClusterNet(conv.spec)
+    model.load_state_dict(conv.state_dict, strict=True)
+    return model

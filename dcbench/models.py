@@ -1,0 +1,197 @@
+"""AlexNet-BN and VGG16-BN in the module layout of the original DeepCluster code.
+
+Keeping that layout (``sobel.0/1``, ``features.<i>``, ``classifier.<i>``, ``top_layer``) means
+the released DeepCluster checkpoints load by renaming keys alone, with no surgery on shapes.
+Only the input size is new: the fc6 input width is derived from it instead of the fixed
+256*6*6 / 512*7*7 of the 224-pixel originals, so the embedded small images can be used too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dcbench.errors import UserError
+
+# (out_channels, kernel, stride, padding) or "M"; AlexNet as in Krizhevsky et al. 2012 / DeepCluster.
+ALEXNET_CFG = [(96, 11, 4, 2), "M", (256, 5, 1, 2), "M", (384, 3, 1, 1), (384, 3, 1, 1), (256, 3, 1, 1), "M"]
+VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+ARCHS = ("alexnet", "vgg16")
+# ImageNet statistics, RGB order: what DeepCluster normalises with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a network; stored in a checkpoint's meta.json."""
+
+    arch: str = "alexnet"
+    sobel: bool = False
+    batchnorm: bool = True
+    input_size: int = 224
+    num_classes: int = 0  # size of top_layer; 0 = no top layer (a trunk plus fc6/fc7)
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise UserError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        if self.input_size < 32:
+            raise UserError(f"input size {self.input_size} is too small (minimum 32)")
+
+
+def _alexnet_features(in_channels: int, bn: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for v in ALEXNET_CFG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=3, stride=2))
+            continue
+        out, k, s, p = v
+        layers.append(nn.Conv2d(in_channels, out, kernel_size=k, stride=s, padding=p))
+        if bn:
+            layers.append(nn.BatchNorm2d(out))
+        layers.append(nn.ReLU(inplace=True))
+        in_channels = out
+    return nn.Sequential(*layers)
+
+
+def _vgg16_features(in_channels: int, bn: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for v in VGG16_CFG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            continue
+        layers.append(nn.Conv2d(in_channels, v, kernel_size=3, padding=1))
+        if bn:
+            layers.append(nn.BatchNorm2d(v))
+        layers.append(nn.ReLU(inplace=True))
+        in_channels = v
+    return nn.Sequential(*layers)
+
+
+def _sobel() -> nn.Sequential:
+    """Frozen grayscale + Sobel (x, y) filters, exactly as DeepCluster's ``sobel`` module."""
+    grayscale = nn.Conv2d(3, 1, kernel_size=1, stride=1, padding=0)
+    grayscale.weight.data.fill_(1.0 / 3.0)
+    grayscale.bias.data.zero_()
+    sobel_filter = nn.Conv2d(1, 2, kernel_size=3, stride=1, padding=1)
+    sobel_filter.weight.data[0, 0].copy_(torch.tensor([[1.0, 0, -1], [2, 0, -2], [1, 0, -1]]))
+    sobel_filter.weight.data[1, 0].copy_(torch.tensor([[1.0, 2, 1], [0, 0, 0], [-1, -2, -1]]))
+    sobel_filter.bias.data.zero_()
+    module = nn.Sequential(grayscale, sobel_filter)
+    for p in module.parameters():
+        p.requires_grad = False
+    return module
+
+
+class DeepClusterNet(nn.Module):
+    """Sobel (optional) -> conv trunk ``features`` -> ``classifier`` (fc6, fc7) -> ``top_layer``.
+
+    ``forward`` returns the top layer's logits, or fc7 activations when there is no top layer.
+    ``penultimate`` returns fc7 *before* its ReLU: the features DeepCluster clusters.
+    """
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        in_channels = 2 if spec.sobel else 3
+        self.sobel = _sobel() if spec.sobel else None
+        if spec.arch == "alexnet":
+            self.features = _alexnet_features(in_channels, spec.batchnorm)
+        else:
+            self.features = _vgg16_features(in_channels, spec.batchnorm)
+        self.feature_shape = self._trunk_output_shape(in_channels, spec.input_size)
+        fc6_in = math.prod(self.feature_shape)
+        if spec.arch == "alexnet":
+            # Dropout before each fc, as in DeepCluster's AlexNet: fc6 = classifier.1, fc7 = classifier.4
+            self.classifier = nn.Sequential(
+                nn.Dropout(0.5), nn.Linear(fc6_in, 4096), nn.ReLU(inplace=True),
+                nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+            )
+        else:
+            # Dropout after fc6 only, as in DeepCluster's VGG16: fc6 = classifier.0, fc7 = classifier.3
+            self.classifier = nn.Sequential(
+                nn.Linear(fc6_in, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+            )
+        self.top_layer = nn.Linear(4096, spec.num_classes) if spec.num_classes else None
+        self._initialize_weights()
+
+    def _trunk_output_shape(self, in_channels: int, size: int) -> tuple[int, int, int]:
+        with torch.no_grad():
+            out = self.features.eval()(torch.zeros(1, in_channels, size, size))
+        self.features.train()
+        if out.shape[-1] < 1:
+            raise UserError(f"input size {size} is too small for {self.spec.arch}")
+        return tuple(out.shape[1:])
+
+    def _initialize_weights(self) -> None:
+        # DeepCluster's init: He-normal over fan-out for convs, N(0, 0.01) for linear layers.
+        for name, m in self.named_modules():
+            if name.startswith("sobel"):
+                continue
+            if isinstance(m, nn.Conv2d):
+                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                m.weight.data.normal_(0, math.sqrt(2.0 / n))
+                if m.bias is not None:
+                    m.bias.data.zero_()
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.data.fill_(1)
+                m.bias.data.zero_()
+            elif isinstance(m, nn.Linear):
+                m.weight.data.normal_(0, 0.01)
+                m.bias.data.zero_()
+
+    @property
+    def fc_indices(self) -> tuple[int, int]:
+        """Indices of fc6 and fc7 inside ``classifier``."""
+        return (1, 4) if self.spec.arch == "alexnet" else (0, 3)
+
+    @property
+    def conv_relu_indices(self) -> list[int]:
+        """Indices in ``features`` of the ReLU following each conv (conv1.. for probes)."""
+        return [i for i, m in enumerate(self.features) if isinstance(m, nn.ReLU)]
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sobel is not None:
+            x = self.sobel(x)
+        return self.features(x)
+
+    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
+        """fc7 output before its ReLU (the clustering features)."""
+        x = torch.flatten(self.trunk(x), 1)
+        return self.classifier[:-1](x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(self.trunk(x), 1)
+        x = self.classifier(x)
+        if self.top_layer is not None:
+            x = self.top_layer(x)
+        return x
+
+    def conv_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Activations after the ReLU of every conv layer, in order (conv1..conv5 for AlexNet)."""
+        if self.sobel is not None:
+            x = self.sobel(x)
+        taps = set(self.conv_relu_indices)
+        outs = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in taps:
+                outs.append(x)
+        return outs
+
+
+def build_model(arch: str = "alexnet", sobel: bool = False, batchnorm: bool = True,
+                input_size: int = 224, num_classes: int = 0, seed: int | None = None) -> DeepClusterNet:
+    """Build a network; with ``seed`` the initialisation is reproducible on CPU."""
+    spec = ModelSpec(arch=arch, sobel=sobel, batchnorm=batchnorm, input_size=input_size,
+                     num_classes=num_classes)
+    if seed is None:
+        return DeepClusterNet(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return DeepClusterNet(spec)

@@ -1,0 +1,1 @@
+"""Leaderboard generation from result files (dc-leaderboard)."""

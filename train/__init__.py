@@ -1,0 +1,1 @@
+"""DeepCluster trainer (dc-train)."""

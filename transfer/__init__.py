@@ -1,0 +1,1 @@
+"""Transfer evaluations, one module per protocol (dc-transfer TASK)."""
