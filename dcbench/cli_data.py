@@ -1,0 +1,53 @@
+"""``dc-data``: write the embedded datasets to a folder.
+
+    dc-data make OUT [--seed N] [--scale smoke|demo] [--force]
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from dcbench.errors import ArgumentParser, UserError, run_cli
+from dcbench.synth import SCALES, make_datasets
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="dc-data", description="Generate dcbench's embedded datasets in the real formats.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    m = sub.add_parser("make", help="generate ImageFolder, Places205-style and VOCdevkit datasets into OUT")
+    m.add_argument("out", metavar="OUT", type=Path, help="output folder (must be empty or missing unless --force)")
+    m.add_argument("--seed", type=int, default=0, help="random seed (same seed -> byte-identical tree; default 0)")
+    m.add_argument("--scale", choices=sorted(SCALES), default="smoke", help="dataset sizes (default smoke)")
+    m.add_argument("--force", action="store_true", help="delete a non-empty OUT first")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder; choose another OUT")
+    if out.is_dir() and any(out.iterdir()):
+        if not args.force:
+            raise UserError(f"{out} exists and is not empty; choose an empty OUT or pass --force to overwrite it")
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    s = make_datasets(out, seed=args.seed, scale=args.scale, progress=True)
+    print(f"wrote {args.scale} data (seed {args.seed}) to {out} in {time.perf_counter() - t0:.1f}s: "
+          f"classification {s['classification']['train']}/{s['classification']['val']}, "
+          f"places {s['places']['train']}/{s['places']['val']}, "
+          f"VOC2007 {s['voc2007']['images']['trainval']}/{s['voc2007']['images']['test']}, "
+          f"VOC2012 seg {s['voc2012']['images']['train']}/{s['voc2012']['images']['val']}", file=sys.stderr)
+    return 0
+
+
+def cli() -> None:
+    sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,412 @@
+"""Dataset readers for the real on-disk formats, used by the trainer and every transfer task.
+
+- :class:`ImageFolder` — ImageNet-style ``root/<class>/<image>`` trees.
+- :class:`ListFileDataset` — Places205-style list files (``relative/path.jpg <int label>``).
+- :class:`VOCDetection`, :class:`VOCClassification`, :class:`VOCSegmentation` — PASCAL VOCdevkit.
+- :func:`fingerprint` — a cheap identity of a data tree for results and checkpoints.
+
+Bad data never crashes a run with a traceback: a missing folder, split or list file, or a
+malformed line or XML raises :class:`~dcbench.errors.DataError` naming the file. An unreadable
+image is skipped: images whose header does not parse are dropped at construction, images that
+fail to decode later make ``__getitem__`` return ``None`` (use :func:`collate_skip_none` in the
+DataLoader). Either way the path lands in ``.skipped`` and one line goes to stderr, once per
+dataset root per process. (With DataLoader workers, load-time skips are recorded in the worker.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dcbench.errors import DataError
+
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+_reported_roots: set[str] = set()
+
+
+def _report_skips(root: Path | str, paths: Sequence[str], when: str) -> None:
+    """One stderr line per (root, when) per process."""
+    key = f"{root}\0{when}"
+    if not paths or key in _reported_roots:
+        return
+    _reported_roots.add(key)
+    if when == "load":
+        print(f"warning: skipped unreadable image under {root} (first: {paths[0]}); further ones are skipped "
+              "silently", file=sys.stderr)
+    else:
+        print(f"warning: skipped {len(paths)} unreadable image(s) under {root} (first: {paths[0]})", file=sys.stderr)
+
+
+def _header_ok(path: str) -> bool:
+    """Cheap check: PIL parses the header (no pixel decode)."""
+    try:
+        with Image.open(path) as im:
+            im.size  # noqa: B018 - touch the parsed header
+        return True
+    except Exception:
+        return False
+
+
+def pil_loader(path: str) -> Image.Image:
+    with open(path, "rb") as f:
+        im = Image.open(f)
+        return im.convert("RGB")
+
+
+def collate_skip_none(batch: list):
+    """``default_collate`` over the items that are not ``None`` (unreadable images)."""
+    from torch.utils.data import default_collate
+
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return None
+    return default_collate(batch)
+
+
+class _SkippingDataset(torch.utils.data.Dataset):
+    """Shared load-time behaviour: a failed decode returns None and is recorded once."""
+
+    root: Path
+    samples: list[tuple[str, int]]
+    skipped: list[str]
+    transform: Callable | None
+
+    def _filter_readable(self, samples: list[tuple[str, int]], verify: bool) -> list[tuple[str, int]]:
+        if not verify:
+            return samples
+        good = []
+        for path, label in samples:
+            if _header_ok(path):
+                good.append((path, label))
+            else:
+                self.skipped.append(path)
+        _report_skips(self.root, self.skipped, "header")
+        return good
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            img = pil_loader(path)
+        except Exception:
+            self.skipped.append(path)
+            _report_skips(self.root, [path], "load")
+            return None
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, label
+
+    @property
+    def targets(self) -> list[int]:
+        return [s[1] for s in self.samples]
+
+
+class ImageFolder(_SkippingDataset):
+    """``root/<class>/**/<image>``, classes sorted by name (torchvision's convention).
+
+    ``verify=False`` skips the per-image header check at construction (large trees).
+    """
+
+    def __init__(self, root: str | os.PathLike, transform: Callable | None = None, *, verify: bool = True):
+        self.root = Path(root)
+        self.transform = transform
+        self.skipped = []
+        if not self.root.is_dir():
+            raise DataError(f"image folder {self.root} does not exist (expected ROOT/<class>/<image>.jpg)")
+        self.classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith("."))
+        if not self.classes:
+            raise DataError(f"image folder {self.root} has no class subfolders (expected ROOT/<class>/<image>.jpg)")
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        samples = []
+        for c in self.classes:
+            for dirpath, dirnames, filenames in os.walk(self.root / c, followlinks=True):
+                dirnames.sort()
+                for fn in sorted(filenames):
+                    if fn.lower().endswith(IMG_EXTENSIONS):
+                        samples.append((os.path.join(dirpath, fn), self.class_to_idx[c]))
+        if not samples:
+            raise DataError(f"image folder {self.root} contains no images ({', '.join(IMG_EXTENSIONS)})")
+        self.samples = self._filter_readable(samples, verify)
+        if not self.samples:
+            raise DataError(f"image folder {self.root}: no readable images")
+
+    @property
+    def imgs(self) -> list[tuple[str, int]]:
+        return self.samples
+
+
+def _find_categories(images_root: Path, list_file: Path) -> list[str] | None:
+    for d in (list_file.parent, list_file.parent.parent, images_root.parent):
+        f = d / "categories_places205.txt"
+        if f.is_file():
+            names = {}
+            for line in f.read_text().splitlines():
+                parts = line.split()
+                if len(parts) == 2 and parts[1].isdigit():
+                    names[int(parts[1])] = parts[0]
+            if names:
+                return [names.get(i, str(i)) for i in range(max(names) + 1)]
+    return None
+
+
+class ListFileDataset(_SkippingDataset):
+    """Places205-style list file: one ``relative/path.jpg <int label>`` per line, paths under images_root."""
+
+    def __init__(self, images_root: str | os.PathLike, list_file: str | os.PathLike,
+                 transform: Callable | None = None, *, verify: bool = True):
+        self.root = Path(images_root)
+        self.list_file = Path(list_file)
+        self.transform = transform
+        self.skipped = []
+        if not self.list_file.is_file():
+            raise DataError(f"list file {self.list_file} does not exist")
+        if not self.root.is_dir():
+            raise DataError(f"image root {self.root} (for list file {self.list_file}) does not exist")
+        samples = []
+        with open(self.list_file) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                parts = line.split()
+                if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
+                    raise DataError(f"{self.list_file}:{lineno}: malformed line {line.strip()!r} "
+                                    "(expected 'relative/path.jpg <non-negative int label>')")
+                samples.append((str(self.root / parts[0]), int(parts[1])))
+        if not samples:
+            raise DataError(f"list file {self.list_file} is empty")
+        self.samples = self._filter_readable(samples, verify)
+        n = max(s[1] for s in samples) + 1
+        self.classes = _find_categories(self.root, self.list_file) or [str(i) for i in range(n)]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+
+# ---------------------------------------------------------------------------------------------
+# PASCAL VOC
+def _voc_base(devkit_root: str | os.PathLike, year: str) -> Path:
+    """Accept VOCdevkit, its parent, or VOC<year> itself."""
+    root = Path(devkit_root)
+    for cand in (root / f"VOC{year}", root / "VOCdevkit" / f"VOC{year}", root):
+        if (cand / "ImageSets").is_dir():
+            return cand
+    raise DataError(f"no VOC{year} devkit under {root} (expected {root}/VOC{year}/ImageSets)")
+
+
+def _read_ids(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DataError(f"VOC split file {path} does not exist")
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"VOC split file {path} is empty")
+    return ids
+
+
+def _xml_int(node: ET.Element, tag: str, path: Path) -> int:
+    el = node.find(tag)
+    if el is None or el.text is None:
+        raise DataError(f"malformed VOC annotation {path}: missing <{tag}>")
+    try:
+        return int(float(el.text))
+    except ValueError:
+        raise DataError(f"malformed VOC annotation {path}: <{tag}> is {el.text!r}, not a number") from None
+
+
+def parse_voc_xml(path: Path) -> dict:
+    """Objects of one Annotations XML file, boxes still 1-based inclusive as in the devkit."""
+    if not path.is_file():
+        raise DataError(f"VOC annotation {path} does not exist")
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as e:
+        raise DataError(f"malformed VOC annotation {path}: {e}") from None
+    size = root.find("size")
+    if root.tag != "annotation" or size is None:
+        raise DataError(f"malformed VOC annotation {path}: expected <annotation> with <size>")
+    w, h = _xml_int(size, "width", path), _xml_int(size, "height", path)
+    objs = []
+    for o in root.iter("object"):
+        name_el = o.find("name")
+        name = (name_el.text or "").strip() if name_el is not None else ""
+        if name not in VOC_CLASSES:
+            raise DataError(f"malformed VOC annotation {path}: unknown object name {name!r}")
+        bb = o.find("bndbox")
+        if bb is None:
+            raise DataError(f"malformed VOC annotation {path}: <object> without <bndbox>")
+        box = [_xml_int(bb, t, path) for t in ("xmin", "ymin", "xmax", "ymax")]
+        flags = {}
+        for t in ("difficult", "truncated"):
+            el = o.find(t)
+            flags[t] = bool(int(el.text)) if el is not None and el.text and el.text.strip().isdigit() else False
+        objs.append(dict(name=name, bndbox=box, **flags))
+    return dict(width=w, height=h, objects=objs)
+
+
+class VOCDetection(torch.utils.data.Dataset):
+    """(PIL image, target) with target: boxes (N,4 float, 0-based continuous x1,y1,x2,y2), labels (1..20),
+    difficult, truncated (bool), image_id (str), size (h, w).
+
+    ``transform`` is applied to the image only; ``transforms(img, target)`` (keyword) to both.
+    An unreadable image makes ``__getitem__`` return None, as in :class:`ImageFolder`.
+    """
+
+    def __init__(self, devkit_root: str | os.PathLike, year: str = "2007", split: str = "trainval",
+                 transform: Callable | None = None, *, transforms: Callable | None = None):
+        self.base = _voc_base(devkit_root, str(year))
+        self.root = self.base / "JPEGImages"
+        self.year, self.split = str(year), split
+        self.transform, self.transforms = transform, transforms
+        self.classes = VOC_CLASSES
+        self.skipped: list[str] = []
+        self.ids = _read_ids(self.base / "ImageSets" / "Main" / f"{split}.txt")
+        self.annotations = [parse_voc_xml(self.base / "Annotations" / f"{i}.xml") for i in self.ids]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def target(self, index: int) -> dict:
+        ann = self.annotations[index]
+        objs = ann["objects"]
+        boxes = torch.tensor([o["bndbox"] for o in objs], dtype=torch.float32).reshape(-1, 4)
+        # Devkit boxes are 1-based inclusive pixel indices. In 0-based continuous coordinates the box
+        # covers [xmin - 1, xmax] (detectron2's / torchvision's convention): shift only the top-left.
+        boxes[:, :2] -= 1
+        return dict(
+            boxes=boxes,
+            labels=torch.tensor([VOC_CLASSES.index(o["name"]) + 1 for o in objs], dtype=torch.int64),
+            difficult=torch.tensor([o["difficult"] for o in objs], dtype=torch.bool),
+            truncated=torch.tensor([o["truncated"] for o in objs], dtype=torch.bool),
+            image_id=self.ids[index],
+            size=(ann["height"], ann["width"]),
+        )
+
+    def __getitem__(self, index: int):
+        path = self.root / f"{self.ids[index]}.jpg"
+        try:
+            img = pil_loader(str(path))
+        except Exception:
+            self.skipped.append(str(path))
+            _report_skips(self.root, [str(path)], "load")
+            return None
+        target = self.target(index)
+        if self.transform is not None:
+            img = self.transform(img)
+        if self.transforms is not None:
+            img, target = self.transforms(img, target)
+        return img, target
+
+
+class VOCClassification(torch.utils.data.Dataset):
+    """(image, float tensor of 20 in {1, 0 (difficult only), -1}) from ImageSets/Main/<class>_<split>.txt."""
+
+    def __init__(self, devkit_root: str | os.PathLike, year: str = "2007", split: str = "trainval",
+                 transform: Callable | None = None):
+        self.base = _voc_base(devkit_root, str(year))
+        self.root = self.base / "JPEGImages"
+        self.transform = transform
+        self.classes = VOC_CLASSES
+        self.skipped: list[str] = []
+        self.ids = _read_ids(self.base / "ImageSets" / "Main" / f"{split}.txt")
+        index = {i: k for k, i in enumerate(self.ids)}
+        labels = np.zeros((len(self.ids), len(VOC_CLASSES)), dtype=np.float32)
+        for c, cls in enumerate(VOC_CLASSES):
+            f = self.base / "ImageSets" / "Main" / f"{cls}_{split}.txt"
+            if not f.is_file():
+                raise DataError(f"VOC class file {f} does not exist")
+            seen = 0
+            for lineno, line in enumerate(f.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                parts = line.split()
+                if len(parts) != 2 or parts[1] not in ("1", "0", "-1") or parts[0] not in index:
+                    raise DataError(f"{f}:{lineno}: malformed line {line!r} (expected '<image id in {split}.txt> "
+                                    "1|0|-1')")
+                labels[index[parts[0]], c] = int(parts[1])
+                seen += 1
+            if seen != len(self.ids):
+                raise DataError(f"VOC class file {f} lists {seen} images, {split}.txt lists {len(self.ids)}")
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        path = self.root / f"{self.ids[index]}.jpg"
+        try:
+            img = pil_loader(str(path))
+        except Exception:
+            self.skipped.append(str(path))
+            _report_skips(self.root, [str(path)], "load")
+            return None
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, torch.from_numpy(self.labels[index].copy())
+
+
+class VOCSegmentation(torch.utils.data.Dataset):
+    """(PIL RGB image, PIL 'P' mask with 0..20 and 255 = void); ``transforms(img, mask)`` applied to both."""
+
+    def __init__(self, devkit_root: str | os.PathLike, year: str = "2012", split: str = "train",
+                 transforms: Callable | None = None):
+        self.base = _voc_base(devkit_root, str(year))
+        self.root = self.base / "JPEGImages"
+        self.transforms = transforms
+        self.classes = ("background",) + VOC_CLASSES
+        self.skipped: list[str] = []
+        self.ids = _read_ids(self.base / "ImageSets" / "Segmentation" / f"{split}.txt")
+        for i in self.ids:
+            m = self.base / "SegmentationClass" / f"{i}.png"
+            if not m.is_file():
+                raise DataError(f"VOC segmentation mask {m} does not exist (listed in {split}.txt)")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        path = self.root / f"{self.ids[index]}.jpg"
+        mpath = self.base / "SegmentationClass" / f"{self.ids[index]}.png"
+        try:
+            img = pil_loader(str(path))
+            mask = Image.open(mpath)
+            mask.load()
+        except Exception:
+            self.skipped.append(str(path))
+            _report_skips(self.root, [str(path)], "load")
+            return None
+        if mask.mode not in ("P", "L"):
+            raise DataError(f"VOC segmentation mask {mpath} has mode {mask.mode}, expected a palette ('P') PNG")
+        if self.transforms is not None:
+            img, mask = self.transforms(img, mask)
+        return img, mask
+
+
+def fingerprint(root: str | os.PathLike) -> str:
+    """sha256 over the sorted relative paths and sizes of all files under ``root`` (no content read)."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data root {root} does not exist")
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for fn in filenames:
+            p = os.path.join(dirpath, fn)
+            entries.append((Path(p).relative_to(root).as_posix(), os.path.getsize(p)))
+    h = hashlib.sha256()
+    for rel, size in sorted(entries):
+        h.update(f"{rel}\t{size}\n".encode())
+    return h.hexdigest()
