@@ -48,6 +48,34 @@ def load_for_transfer(path: Path, *, need_fc: bool = False, task: str = "") -> C
     return ckpt
 
 
+def add_input_size_argument(p: argparse.ArgumentParser) -> None:
+    """``--input-size``: for tasks that feed the checkpoint's own input size (checked, never resized)."""
+    p.add_argument("--input-size", type=int, default=None,
+                   help="network input size; must equal the checkpoint's (default: the checkpoint's)")
+
+
+def input_size(args: argparse.Namespace, meta: dict) -> int:
+    """The checkpoint's input size; a different ``--input-size`` is a one-line user error."""
+    size = int(meta["input_size"])
+    asked = getattr(args, "input_size", None)
+    if asked is not None and int(asked) != size:
+        raise UserError(f"--input-size {asked}: checkpoint {args.checkpoint} was built for {size}px inputs; "
+                        f"pass --input-size {size} (or convert the weights at {asked}px with dc-convert)")
+    return size
+
+
+def dataset_dir(args: argparse.Namespace, sub: str, required: tuple[str, ...]) -> Path:
+    """The folder of one dataset: ``--data`` itself if it holds ``required``, else ``--data/sub``
+    (so the embedded root and a real dataset root both work); without --data, embedded/sub."""
+    root = data_root(args)
+    for cand in (root, root / sub):
+        if all((cand / r).exists() for r in required):
+            return cand
+    want = " and ".join(required)
+    raise UserError(f"--data {root}: expected {want} there (or under {root / sub}); "
+                    "pass the dataset root")
+
+
 def data_root(args: argparse.Namespace) -> Path:
     """``--data`` if given (must exist), else the embedded data at smoke scale."""
     if args.data is not None:
@@ -83,17 +111,34 @@ def cached_arrays(args: argparse.Namespace, key: dict, compute: Callable[[], dic
     ``key`` must name everything the arrays depend on: checkpoint sha256, layer, data
     fingerprint, split and transform. A repeated run then skips the forward passes.
     """
+    arrays = cache_get(args, key)
+    if arrays is None:
+        arrays = compute()
+        cache_put(args, key, arrays)
+    return arrays
+
+
+def cache_path(args: argparse.Namespace, key: dict) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    path = cache_dir(args) / f"{digest}.safetensors"
+    return cache_dir(args) / f"{digest}.safetensors"
+
+
+def cache_get(args: argparse.Namespace, key: dict) -> dict[str, np.ndarray] | None:
+    """The cached arrays for ``key``, or None (absent, unreadable, or ``--no-cache``)."""
+    path = cache_path(args, key)
     if path.is_file() and not args.no_cache:
         try:
             return load_np(str(path))
         except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted
             print(f"warning: ignoring unreadable feature cache {path}", file=sys.stderr)
-    arrays = compute()
+    return None
+
+
+def cache_put(args: argparse.Namespace, key: dict, arrays: dict[str, np.ndarray]) -> Path:
+    path = cache_path(args, key)
     write_file_atomic(path, lambda p: save_np({k: np.ascontiguousarray(v) for k, v in arrays.items()},
                                               str(p), metadata={"key": json.dumps(key, default=str)}))
-    return arrays
+    return path
 
 
 class Timer:
