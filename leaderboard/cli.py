@@ -1,0 +1,105 @@
+"""dc-leaderboard RESULTS... [--out LEADERBOARD.md] [--check EXPECTED.yaml]
+
+Reads every result file (folders are searched recursively for ``*.json``), keeps the newest
+run of each (scale, task, checkpoint, variant), and writes the markdown tables with the
+literature beside our numbers, plus PNG plots in ``<out stem, lower case>_plots/`` next to the
+markdown. An invalid file is named on stderr and skipped; a result of another schema version
+is reported and left out. ``--check`` then compares numbers with EXPECTED.yaml (format in
+:mod:`dcbench.leaderboard.check`) and exits 1 on any drift.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from dcbench.atomic import write_text_atomic
+from dcbench.errors import ArgumentParser, run_cli
+from dcbench.leaderboard import check as checking
+from dcbench.leaderboard import plots
+from dcbench.leaderboard.collect import find_result_files, load_results, newest_runs, to_frame
+from dcbench.leaderboard.literature import load_literature
+from dcbench.leaderboard.render import render
+from dcbench.leaderboard.tables import Table, build_tables
+
+
+def get_args_parser(add_help: bool = True) -> ArgumentParser:
+    p = ArgumentParser("dc-leaderboard", add_help=add_help,
+                       description="Turn result files into LEADERBOARD.md: the thesis's chapter 5 tables, "
+                                   "literature rows beside measured ones, plus PNG plots.")
+    p.add_argument("results", nargs="*", type=Path, metavar="RESULTS",
+                   help="result JSON files or folders (searched recursively for *.json)")
+    p.add_argument("--out", type=Path, default=Path("LEADERBOARD.md"), help="markdown to write")
+    p.add_argument("--check", type=Path, default=None, metavar="EXPECTED.yaml",
+                   help="exit 1 if a measured number drifts beyond its tolerance (see module docs)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    return p
+
+
+def plots_dir(out: Path) -> Path:
+    return out.with_name(f"{out.stem.lower()}_plots")
+
+
+def _knn_images(table: Table, newest, out: Path) -> list[str]:
+    """Markdown links to the PNGs a k-NN-graph result names in ``details`` (those that exist)."""
+    links = []
+    sub = newest[(newest["task"] == "knn-graph") & (newest["scale"] == table.scale)]
+    for _, r in sub.iterrows():
+        for key, value in sorted(r["details"].items()):
+            for v in value if isinstance(value, list) else [value]:
+                if not (isinstance(v, str) and v.lower().endswith(".png")):
+                    continue
+                p = Path(v) if Path(v).is_absolute() else Path(r["path"]).parent / v
+                if p.is_file():
+                    rel = os.path.relpath(p.resolve(), out.resolve().parent)
+                    links.append(f"![{r['ckpt_name']} {key}]({Path(rel).as_posix()})")
+    return links
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    expected = checking.load_expected(args.check) if args.check else None
+    files = find_result_files(args.results)
+    coll = load_results(files)
+    for path, reason in coll.skipped:
+        print(f"warning: skipped invalid result {path}: {reason}", file=sys.stderr)
+    for path, version in coll.other_version:
+        print(f"warning: left out {path}: result schema version {version!r}, not 1", file=sys.stderr)
+    newest = newest_runs(to_frame(coll.results))
+    tables = build_tables(newest, load_literature())
+
+    plot_links: dict[str, str] = {}
+    folder = plots_dir(args.out)
+    for scale, scale_tables in tables.items():
+        for table in scale_tables:
+            if table.spec.key == "knn-graph":
+                table.images = _knn_images(table, newest, args.out)
+            if args.no_plots:
+                continue
+            png = plots.draw(table, folder)
+            if png is not None:
+                plot_links[f"{scale}/{table.spec.key}"] = f"{folder.name}/{png.name}"
+
+    write_text_atomic(args.out, render(tables, coll, len(files), plot_links))
+    print(f"leaderboard: {args.out} ({len(coll.results)} valid result(s), {len(coll.skipped)} skipped, "
+          f"{len(coll.other_version)} of another schema version)")
+    if expected is None:
+        return 0
+    failures = checking.check(newest, expected)
+    for line in failures:
+        print(line, file=sys.stderr)
+    if failures:
+        print(f"check: {len(failures)} of {len(expected)} expected number(s) failed", file=sys.stderr)
+        return 1
+    print(f"check: {len(expected)} expected number(s) within tolerance")
+    return 0
+
+
+def cli() -> int:
+    return run_cli(main)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

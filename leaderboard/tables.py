@@ -1,0 +1,265 @@
+"""The leaderboard's tables: which results go in which column, shaped like the thesis's chapter 5.
+
+:func:`build_tables` turns the newest result of every group (see :mod:`collect`) and the
+literature into plain :class:`Table` objects; :mod:`render` writes them as markdown and
+:mod:`plots` draws them. Rules, stated once:
+
+- One row per checkpoint (name + sha256). A result with best-over-epochs metrics (``conv5_best``)
+  adds a second row, labelled with its best epoch: the last-epoch number is never silently
+  replaced by a maximum. A low-shot result's random-init baseline (``random_n4_mean``) is its
+  own row too.
+- If one checkpoint has several variants that fit one column (two detection methods, two
+  datasets), each goes to a row qualified by the variant values that differ.
+- Bold: the best value of each column among all rows except the supervised upper bounds
+  ("ImageNet labels", "Places labels"), as the thesis compares unsupervised methods.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+# --------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    task: str
+    metric: str
+    where: tuple = ()              # variant subset as ((key, value), ...)
+    literature: str | None = None  # ``column`` in literature.csv
+    std_metric: str | None = None  # shown as "mean ± std"
+    optional: bool = False         # shown only when a measured result fills it
+
+    def matches(self, variant: dict) -> bool:
+        return all(variant.get(k) == v for k, v in self.where)
+
+
+@dataclass(frozen=True)
+class RowKind:
+    name: str                              # "", "best", "random"
+    metric: Callable[[str], str]           # column metric -> metric name for this kind
+
+
+LAST = RowKind("", lambda m: m)
+BEST = RowKind("best", lambda m: f"{m}_best")
+RANDOM = RowKind("random", lambda m: f"random_{m}")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    key: str           # file-name friendly id
+    title: str
+    thesis: str        # "Table 5.3" / "Figure 5.1" / "§4.1"
+    literature_table: str | None
+    columns: tuple[Column, ...]
+    kinds: tuple[RowKind, ...] = (LAST, BEST)
+    plot: str | None = None   # "conv" or "lowshot"
+    caption: str = ""
+
+
+def _conv(task: str, prefix: str) -> tuple[Column, ...]:
+    return tuple(Column(f"conv{i}", task, f"conv{i}", literature=f"{prefix}_conv{i}") for i in range(1, 6))
+
+
+STATIC_TABLES = (
+    TableSpec("mlp", "ImageNet classification, MLP on frozen convolutions", "Table 5.2", "5.2",
+              (Column("Top-1", "mlp", "top1", literature="mlp_top1"),),
+              caption="fc6-fc8 trained from scratch on frozen conv layers; top-1 %, 10 crops."),
+    TableSpec("linear-imagenet", "ImageNet, linear classifiers on conv1-conv5", "Table 5.3", "5.3",
+              _conv("linear-imagenet", "imagenet"), plot="conv",
+              caption="Logistic regression on each frozen, average-pooled conv layer; top-1 %."),
+    TableSpec("linear-places", "Places, linear classifiers on conv1-conv5", "Table 5.4", "5.4",
+              _conv("linear-places", "places"), plot="conv",
+              caption="Logistic regression on each frozen, average-pooled conv layer; top-1 %."),
+    TableSpec("voc", "PASCAL VOC: classification, detection, segmentation", "Table 5.5", "5.5", (
+        Column("Cls. fc6-8", "voc-classification", "map", (("layers", "fc6-8"),), "voc07_cls_fc6-8"),
+        Column("Cls. all", "voc-classification", "map", (("layers", "all"),), "voc07_cls_all"),
+        Column("Det. fc6-8", "voc-detection", "map", (("layers", "fc6-8"),), optional=True),
+        Column("Det. all", "voc-detection", "map", (("layers", "all"),), "voc07_det_all"),
+        Column("Seg. fc6-8", "voc-segmentation", "miou", (("layers", "fc6-8"),), optional=True),
+        Column("Seg. all", "voc-segmentation", "miou", (("layers", "all"),), "voc12_seg_all"),
+    ), caption="VOC2007 classification (mAP), VOC2007 detection (mAP@0.5), VOC2012 segmentation "
+               "(mIoU); fc6-8 = only fc6-fc8 trained, all = every layer fine-tuned."),
+)
+
+LOWSHOT_METRIC = re.compile(r"^(random_)?n(\d+)_(mean|std)$")
+
+
+def lowshot_spec(metric_names: set[str]) -> TableSpec:
+    ns = sorted({int(m.group(2)) for m in map(LOWSHOT_METRIC.match, metric_names) if m})
+    cols = tuple(Column(f"n={n}", "lowshot", f"n{n}_mean", std_metric=f"n{n}_std") for n in ns)
+    return TableSpec("lowshot", "Low-shot ImageNet classification", "Figure 5.1", None, cols,
+                     kinds=(LAST, RANDOM), plot="lowshot",
+                     caption="Whole network fine-tuned with n images per class; top-1 %, mean ± std "
+                             "over the draws. Random init rows: the same protocol from random weights.")
+
+
+def knn_spec(metric_names: set[str]) -> TableSpec:
+    names = sorted((m for m in metric_names if not m.endswith("_best")),
+                   key=lambda m: (m != "ratio_intra", m))
+    cols = tuple(Column(m, "knn-graph", m) for m in names)
+    return TableSpec("knn-graph", "k-NN graph diagnostics", "§4.1", None, cols,
+                     caption="ratio_intra: mean share of a node's k-NN edges that stay within its class, %.")
+
+
+# --------------------------------------------------------------------------- tables
+
+
+@dataclass
+class Row:
+    label: str
+    source: str          # what the Source column says
+    kind: str            # supervised | baseline | cited | thesis | measured
+    values: dict = field(default_factory=dict)   # header -> float
+    stds: dict = field(default_factory=dict)     # header -> float
+    runs: str = ""
+    provenance: str = ""
+    checkpoint: str = ""  # "name sha8", measured rows only
+
+    @property
+    def measured(self) -> bool:
+        return self.kind == "measured"
+
+
+@dataclass
+class Table:
+    spec: TableSpec
+    scale: str
+    columns: list[str]
+    rows: list[Row]
+    notes: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)   # markdown image links (k-NN pictures)
+
+    def best(self, header: str) -> float | None:
+        vals = [r.values[header] for r in self.rows if r.kind != "supervised" and header in r.values]
+        return max(vals) if vals else None
+
+
+def literature_rows(spec: TableSpec, literature: pd.DataFrame) -> list[Row]:
+    if spec.literature_table is None:
+        return []
+    lit = literature[literature["table"] == spec.literature_table]
+    rows: dict[str, Row] = {}
+    for _, r in lit.iterrows():
+        col = next((c for c in spec.columns if c.literature == r["column"]), None)
+        if col is None:
+            continue
+        row = rows.setdefault(r["method"], Row(r["method"], _lit_source(r), r["kind"]))
+        if pd.notna(r["value"]):
+            row.values[col.header] = float(r["value"])
+    return list(rows.values())
+
+
+def _lit_source(r) -> str:
+    return {"supervised": "reported, supervised", "baseline": "reported",
+            "cited": "reported", "thesis": "reported, thesis's model"}[r["kind"]] + f" (thesis Table {r['table']})"
+
+
+def measured_rows(spec: TableSpec, newest: pd.DataFrame, scale: str) -> list[Row]:
+    """Rows for the newest results of ``scale`` that fill a column of ``spec``."""
+    # (name, sha, kind, qualifier) -> header -> (value, std, result row)
+    cells: dict[tuple, dict[str, tuple]] = {}
+    sub = newest[newest["scale"] == scale] if not newest.empty else newest
+    if sub.empty:
+        return []
+    for col in spec.columns:
+        fits = sub[(sub["task"] == col.task) & sub["variant"].map(col.matches).astype(bool)]
+        for kind in spec.kinds:
+            metric = kind.metric(col.metric)
+            has = fits[fits["metrics"].map(lambda m, k=metric: k in m).astype(bool)]
+            for (name, sha), group in has.groupby(["ckpt_name", "ckpt_sha"], sort=True):
+                group_rows = [g for _, g in group.iterrows()]
+                differing = _differing_keys([g["variant"] for g in group_rows])
+                for g in group_rows:
+                    qual = ", ".join(f"{k}={g['variant'].get(k)}" for k in differing)
+                    std = g["metrics"].get(kind.metric(col.std_metric)) if col.std_metric else None
+                    cells.setdefault((name, sha, kind.name, qual), {})[col.header] = (
+                        g["metrics"][metric], std, g)
+    rows = []
+    kind_order = {k.name: i for i, k in enumerate(spec.kinds)}
+    for (name, sha, kind, qual), by_col in sorted(cells.items(), key=lambda kv: (
+            kv[0][0], kv[0][1], kind_order[kv[0][2]], kv[0][3])):
+        results = [g for _, _, g in by_col.values()]
+        label = name
+        if kind == "best":
+            epochs = sorted({str(g["selection"].get("best_epoch")) for g in results})
+            label = f"{name} (best over epochs: epoch {', '.join(epochs)})"
+        elif kind == "random":
+            label = f"Random init (baseline run with {name})"
+        if qual:
+            label += f" [{qual}]"
+        runs = {h: int(g["n_runs"]) for h, (_, _, g) in by_col.items()}
+        rows.append(Row(
+            label=label, source=f"measured ({scale})", kind="measured",
+            values={h: float(v) for h, (v, _, _) in by_col.items()},
+            stds={h: float(s) for h, (_, s, _) in by_col.items() if s is not None},
+            runs=_runs_text(runs), provenance=_provenance(sha, results), checkpoint=f"{name} {sha[:8]}"))
+    return rows
+
+
+def _differing_keys(variants: list[dict]) -> list[str]:
+    if len(variants) < 2:
+        return []
+    keys = sorted(set().union(*variants))
+    return [k for k in keys if len({repr(v.get(k)) for v in variants}) > 1]
+
+
+def _runs_text(runs: dict[str, int]) -> str:
+    if len(set(runs.values())) == 1:
+        return str(next(iter(runs.values())))
+    return "; ".join(f"{h}: {n}" for h, n in runs.items())
+
+
+def _provenance(sha: str, results: list) -> str:
+    newest = max(results, key=lambda g: g["created"])
+    gits = sorted({g["git_sha"][:7] + ("+dirty" if g["git_sha"].endswith("+dirty") else "") for g in results})
+    data = sorted({g["data_name"] for g in results})
+    diffs = {}
+    for g in results:
+        for k, v in g["protocol_diff"].items():
+            diffs.setdefault(k, set()).add(_fmt_value(v))
+    parts = [f"sha256 {sha[:8]}", newest["created_raw"][:10], "git " + ", ".join(gits),
+             "data " + ", ".join(data)]
+    if diffs:
+        parts.append(" ".join(f"{k}={'/'.join(sorted(v))}" for k, v in sorted(diffs.items())))
+    return " · ".join(parts)
+
+
+def _fmt_value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def build_table(spec: TableSpec, newest: pd.DataFrame, literature: pd.DataFrame, scale: str) -> Table:
+    lit = literature_rows(spec, literature) if scale == "full" else []
+    measured = measured_rows(spec, newest, scale)
+    filled = {h for r in measured for h in r.values}
+    columns = [c.header for c in spec.columns if not c.optional or c.header in filled]
+    return Table(spec, scale, columns, lit + measured)
+
+
+def specs_for(newest: pd.DataFrame) -> list[TableSpec]:
+    """The static thesis tables plus the data-driven low-shot and k-NN-graph ones."""
+    def names(task: str) -> set[str]:
+        sub = newest[newest["task"] == task] if not newest.empty else newest
+        return set().union(*sub["metrics"].map(set)) if len(sub) else set()
+
+    return [*STATIC_TABLES, lowshot_spec(names("lowshot")), knn_spec(names("knn-graph"))]
+
+
+def build_tables(newest: pd.DataFrame, literature: pd.DataFrame) -> dict[str, list[Table]]:
+    """``{"full": [...], "smoke": [...]}``. Full tables with literature are always present; a table
+    with neither literature nor measured rows is left out."""
+    out: dict[str, list[Table]] = {"full": [], "smoke": []}
+    for scale in out:
+        for spec in specs_for(newest):
+            table = build_table(spec, newest, literature, scale)
+            if table.rows and table.columns:
+                out[scale].append(table)
+    return out
