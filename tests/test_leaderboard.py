@@ -1,0 +1,409 @@
+"""dc-leaderboard: tables parsed back with markdown-it-py, literature against the thesis, --check."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+from markdown_it import MarkdownIt
+
+from dcbench.results import SCHEMA_NAME, SCHEMA_VERSION, validate_result
+
+
+def sha(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def result(task: str, metrics: dict, *, ckpt: str = "km-test", variant: dict | None = None,
+           scale: str = "full", created: str = "2025-01-01T00:00:00+00:00", protocol: dict | None = None,
+           git: str = "0123456789abcdef0123456789abcdef01234567", best_epoch: int | None = None,
+           details=None) -> dict:
+    """A valid schema-v1 result (what :func:`dcbench.results.make_result` builds, minus torch)."""
+    has_best = any(k.endswith("_best") for k in metrics)
+    r = {
+        "schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "task": task,
+        "variant": variant or {"dataset": "ImageNet"},
+        "checkpoint": {"name": ckpt, "sha256": sha(ckpt), "arch": "alexnet", "sobel": True,
+                       "origin": "dcbench-train", "epoch": 10},
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "selection": {"rule": "last+best", "epochs": 20, "best_epoch": best_epoch or 17} if has_best
+        else {"rule": "last", "epochs": 20, "best_epoch": None},
+        "protocol": protocol if protocol is not None else {"lr": 0.01, "epochs": 20, "batch_size": 256},
+        "data": {"name": "imagenet", "root": "/data", "fingerprint": "f" * 16, "sizes": {"train": 10}},
+        "scale": scale,
+        "environment": {"git_sha": git, "python": "3.11"},
+        "timings": {"total": 1.0},
+        "created": created,
+    }
+    if details is not None:
+        r["details"] = details
+    return validate_result(r)
+
+
+def write(folder: Path, name: str, r: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    p = folder / name
+    p.write_text(json.dumps(r), encoding="utf-8")
+    return p
+
+
+def with_version(r: dict, version: int) -> dict:
+    r = copy.deepcopy(r)
+    r["schema_version"] = version
+    return r
+
+
+def parse_tables(markdown: str) -> dict[str, dict]:
+    """``{"<h2> / <h3>": {"header": [...], "rows": [[(text, bold), ...], ...]}}`` via markdown-it-py."""
+    tokens = MarkdownIt("commonmark").enable("table").parse(markdown)
+    tables: dict[str, dict] = {}
+    h2 = h3 = ""
+    heading = None
+    current = row = None
+    in_head = False
+    for i, t in enumerate(tokens):
+        if t.type == "heading_open":
+            heading = t.tag
+        elif t.type == "inline" and heading:
+            if heading == "h2":
+                h2, h3 = t.content, ""
+            elif heading == "h3":
+                h3 = t.content
+            heading = None
+        elif t.type == "table_open":
+            current = {"header": [], "rows": []}
+            tables[f"{h2} / {h3}"] = current
+        elif t.type == "thead_open":
+            in_head = True
+        elif t.type == "thead_close":
+            in_head = False
+        elif t.type == "tr_open":
+            row = []
+        elif t.type == "tr_close":
+            if in_head:
+                current["header"] = [c for c, _ in row]
+            else:
+                current["rows"].append(row)
+        elif t.type == "inline" and row is not None and tokens[i - 1].type in ("th_open", "td_open"):
+            children = t.children or []
+            bold = any(c.type == "strong_open" for c in children)
+            text = "".join(c.content for c in children if c.type in ("text", "code_inline"))
+            row.append((text, bold))
+        elif t.type == "table_close":
+            current = row = None
+    return tables
+
+
+def row_by_method(table: dict, method: str) -> dict:
+    for row in table["rows"]:
+        if row[0][0] == method:
+            return {h: cell for h, cell in zip(table["header"], row)}
+    raise AssertionError(f"no row {method!r} in {[r[0][0] for r in table['rows']]}")
+
+
+# --------------------------------------------------------------------------- tests
+
+import csv  # noqa: E402
+
+import pytest  # noqa: E402
+
+from dcbench.leaderboard.cli import main  # noqa: E402
+from dcbench.leaderboard.literature import load_literature  # noqa: E402
+
+THESIS_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "thesis_tables.csv"
+FULL = "Full scale"
+SMOKE = "Smoke scale"
+T52 = "ImageNet classification, MLP on frozen convolutions (Table 5.2)"
+T53 = "ImageNet, linear classifiers on conv1-conv5 (Table 5.3)"
+T54 = "Places, linear classifiers on conv1-conv5 (Table 5.4)"
+T55 = "PASCAL VOC: classification, detection, segmentation (Table 5.5)"
+LOWSHOT = "Low-shot ImageNet classification (Figure 5.1)"
+KNN = "k-NN graph diagnostics (§4.1)"
+
+
+def run(tmp_path, *args, plots: bool = False) -> tuple[int, str, dict]:
+    """dc-leaderboard ARGS --out tmp_path/LEADERBOARD.md; plots only when a test looks at them (speed)."""
+    out = tmp_path / "LEADERBOARD.md"
+    rc = main([*map(str, args), "--out", str(out), *([] if plots else ["--no-plots"])])
+    text = out.read_text(encoding="utf-8") if out.exists() else ""
+    return rc, text, parse_tables(text)
+
+
+def all_tasks(folder: Path, scale: str = "full", ckpt: str = "km-test") -> None:
+    """One result per task/variant for ``ckpt``."""
+    v = {"dataset": "ImageNet"}
+    write(folder, f"mlp-{ckpt}.json", result("mlp", {"top1": 46.5}, ckpt=ckpt, scale=scale))
+    convs = {f"conv{i}": 10.0 + 6 * i for i in range(1, 6)}
+    write(folder, f"lin-{ckpt}.json", result("linear-imagenet", convs, ckpt=ckpt, scale=scale))
+    write(folder, f"places-{ckpt}.json", result("linear-places", convs, ckpt=ckpt, scale=scale,
+                                               variant={"dataset": "Places205"}))
+    for layers, value in (("fc6-8", 72.0), ("all", 74.0)):
+        write(folder, f"cls-{layers}-{ckpt}.json", result(
+            "voc-classification", {"map": value}, ckpt=ckpt, scale=scale,
+            variant={"dataset": "VOC2007", "layers": layers}))
+        write(folder, f"det-{layers}-{ckpt}.json", result(
+            "voc-detection", {"map": value - 20}, ckpt=ckpt, scale=scale,
+            variant={"dataset": "VOC2007", "layers": layers, "method": "fast-rcnn"}))
+        write(folder, f"seg-{layers}-{ckpt}.json", result(
+            "voc-segmentation", {"miou": value - 30}, ckpt=ckpt, scale=scale,
+            variant={"dataset": "VOC2012", "layers": layers}))
+    write(folder, f"lowshot-{ckpt}.json", result(
+        "lowshot", {"n4_mean": 5.0, "n4_std": 0.1, "n16_mean": 12.0, "n16_std": 0.2,
+                    "random_n4_mean": 1.0, "random_n4_std": 0.05, "random_n16_mean": 3.0,
+                    "random_n16_std": 0.1}, ckpt=ckpt, scale=scale, variant=v))
+    write(folder, f"knn-{ckpt}.json", result("knn-graph", {"ratio_intra": 33.3, "nmi": 20.0},
+                                              ckpt=ckpt, scale=scale, variant=v))
+
+
+def test_literature_equals_the_thesis_numbers():
+    if not THESIS_CSV.is_file():
+        pytest.skip(f"{THESIS_CSV} not present (the shared reference folder sits beside the repo in CI)")
+    with open(THESIS_CSV, encoding="utf-8") as f:
+        thesis = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    thesis = {(r["table"], r["method"], r["column"]): r["value"] for r in thesis if r["table"].startswith("5.")}
+    lit = load_literature()
+    ours = {(r.table, r.method, r.column): "" if pd.isna(r.value) else r.value for r in lit.itertuples()}
+    assert set(ours) == set(thesis)
+    for key, value in thesis.items():
+        assert (ours[key] == "") if value == "" else ours[key] == float(value), key
+
+
+def test_literature_pinned_numbers():
+    lit = load_literature().set_index(["table", "method", "column"])["value"]
+    assert lit[("5.2", "PIC-ImNet-Sob", "mlp_top1")] == 45.9
+    assert lit[("5.2", "Bojanowski and Joulin [28]", "mlp_top1")] == 36.0
+    assert lit[("5.3", "Zhang et al. [32]", "imagenet_conv3")] == 35.4
+    assert lit[("5.4", "Places labels", "places_conv5")] == 44.6
+    assert lit[("5.5", "Noroozi and Favaro [39]", "voc07_det_all")] == 53.2
+    assert pd.isna(lit[("5.5", "Pathak et al. [30]", "voc07_cls_fc6-8")])
+    assert len(lit) == 13 + 13 * 5 + 14 * 5 + 16 * 4  # rows of Tables 5.2, 5.3, 5.4, 5.5
+
+
+def test_no_results_still_writes_literature(tmp_path):
+    rc, text, tables = run(tmp_path)
+    assert rc == 0
+    assert "No valid result file was found" in text
+    t = tables[f"{FULL} / {T53}"]
+    assert t["header"][:7] == ["Method", "Source", "conv1", "conv2", "conv3", "conv4", "conv5"]
+    row = row_by_method(t, "PIC-ImNet-Sob")
+    assert row["conv3"] == ("40.8", True) and row["conv1"] == ("13.5", False)
+    assert row_by_method(t, "ImageNet labels")["conv5"] == ("50.5", False)  # supervised: never bold
+    voc = tables[f"{FULL} / {T55}"]
+    assert voc["header"][2:6] == ["Cls. fc6-8", "Cls. all", "Det. all", "Seg. all"]
+    assert row_by_method(voc, "Pathak et al. [30]")["Cls. fc6-8"] == ("-", False)
+    assert "No smoke-scale results." in text
+
+
+def test_every_task_lands_in_its_table(tmp_path):
+    all_tasks(tmp_path / "res")
+    rc, text, tables = run(tmp_path, tmp_path / "res")
+    assert rc == 0
+    mlp = row_by_method(tables[f"{FULL} / {T52}"], "km-test")
+    assert mlp["Top-1"] == ("46.5", True)                       # beats PIC-ImNet-Sob's 45.9
+    assert mlp["Source"][0] == "measured (full)" and mlp["Runs"][0] == "1"
+    assert mlp["Provenance"][0].startswith(f"sha256 {sha('km-test')[:8]} · 2025-01-01 · git 0123456")
+    assert row_by_method(tables[f"{FULL} / {T52}"], "PIC-ImNet-Sob")["Top-1"] == ("45.9", False)
+    lin = row_by_method(tables[f"{FULL} / {T53}"], "km-test")
+    assert [lin[f"conv{i}"][0] for i in range(1, 6)] == ["16.0", "22.0", "28.0", "34.0", "40.0"]
+    assert row_by_method(tables[f"{FULL} / {T54}"], "km-test")["conv5"] == ("40.0", True)
+    voc = tables[f"{FULL} / {T55}"]
+    assert voc["header"][2:8] == ["Cls. fc6-8", "Cls. all", "Det. fc6-8", "Det. all", "Seg. fc6-8", "Seg. all"]
+    row = row_by_method(voc, "km-test")
+    assert row["Cls. all"] == ("74.0", True) and row["Det. all"] == ("54.0", True)
+    assert row["Seg. fc6-8"] == ("42.0", True) and row["Seg. all"] == ("44.0", True)
+    low = tables[f"{FULL} / {LOWSHOT}"]
+    assert low["header"][2:4] == ["n=4", "n=16"]
+    assert row_by_method(low, "km-test")["n=4"] == ("5.0 ± 0.1", True)
+    assert row_by_method(low, "Random init (baseline run with km-test)")["n=16"] == ("3.0 ± 0.1", False)
+    knn = tables[f"{FULL} / {KNN}"]
+    assert knn["header"][2:4] == ["ratio_intra", "nmi"]
+    assert row_by_method(knn, "km-test")["ratio_intra"] == ("33.3", True)
+
+
+def test_best_over_epochs_is_its_own_row(tmp_path):
+    metrics = {f"conv{i}": 20.0 for i in range(1, 6)} | {f"conv{i}_best": 21.0 for i in range(1, 6)}
+    write(tmp_path / "res", "a.json", result("linear-imagenet", metrics, best_epoch=12))
+    rc, _, tables = run(tmp_path, tmp_path / "res")
+    t = tables[f"{FULL} / {T53}"]
+    assert row_by_method(t, "km-test")["conv1"] == ("20.0", False)
+    assert row_by_method(t, "km-test (best over epochs: epoch 12)")["conv1"] == ("21.0", True)
+    assert row_by_method(t, "km-test (best over epochs: epoch 12)")["Source"][0] == "measured (full)"
+
+
+def test_newest_of_several_runs_is_shown_with_the_count(tmp_path):
+    res = tmp_path / "res"
+    for i, (day, top1) in enumerate([("03", 30.0), ("01", 10.0), ("02", 20.0)]):
+        write(res / f"sub{i}", "mlp.json", result("mlp", {"top1": top1}, created=f"2025-02-{day}T10:00:00+00:00"))
+    write(res, "other.json", result("mlp", {"top1": 5.0}, ckpt="other"))
+    rc, _, tables = run(tmp_path, res)
+    t = tables[f"{FULL} / {T52}"]
+    row = row_by_method(t, "km-test")
+    assert row["Top-1"][0] == "30.0" and row["Runs"][0] == "3"
+    assert "2025-02-03" in row["Provenance"][0]
+    assert row_by_method(t, "other")["Runs"][0] == "1"
+
+
+def test_invalid_file_is_named_and_skipped(tmp_path, capsys):
+    res = tmp_path / "res"
+    write(res, "good.json", result("mlp", {"top1": 30.0}))
+    bad = write(res, "bad.json", {**result("mlp", {"top1": 30.0}), "metrics": {"top1": 130.0}})
+    (res / "broken.json").write_text("{not json", encoding="utf-8")
+    rc, text, tables = run(tmp_path, res)
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert f"skipped invalid result {bad}" in err and "broken.json" in err
+    assert "## Files not included" in text and str(bad) in text
+    assert row_by_method(tables[f"{FULL} / {T52}"], "km-test")["Runs"][0] == "1"
+
+
+def test_other_schema_version_is_reported_not_mixed(tmp_path, capsys):
+    res = tmp_path / "res"
+    write(res, "v1.json", result("mlp", {"top1": 30.0}, created="2025-01-01T00:00:00+00:00"))
+    v2 = write(res, "v2.json", with_version(result("mlp", {"top1": 99.0}, created="2030-01-01T00:00:00+00:00"), 2))
+    rc, text, tables = run(tmp_path, res)
+    assert rc == 0
+    assert f"left out {v2}: result schema version 2" in capsys.readouterr().err
+    row = row_by_method(tables[f"{FULL} / {T52}"], "km-test")
+    assert row["Top-1"][0] == "30.0" and row["Runs"][0] == "1"
+    assert f"`{v2}`: result schema version 2" in text
+
+
+def test_smoke_and_full_never_share_a_table(tmp_path):
+    res = tmp_path / "res"
+    write(res, "full.json", result("mlp", {"top1": 30.0}, ckpt="full-ckpt"))
+    write(res, "smoke.json", result("mlp", {"top1": 3.0}, ckpt="smoke-ckpt", scale="smoke"))
+    rc, text, tables = run(tmp_path, res)
+    full, smoke = tables[f"{FULL} / {T52}"], tables[f"{SMOKE} / {T52}"]
+    assert [r[0][0] for r in smoke["rows"]] == ["smoke-ckpt"]              # no literature either
+    assert "smoke-ckpt" not in [r[0][0] for r in full["rows"]]
+    assert row_by_method(full, "full-ckpt")["Source"][0] == "measured (full)"
+    assert row_by_method(smoke, "smoke-ckpt")["Top-1"] == ("3.0", True)
+    assert text.index("## Full scale") < text.index("## Smoke scale")
+
+
+def test_protocol_values_that_differ_are_in_the_provenance(tmp_path):
+    res = tmp_path / "res"
+    for name in ("a", "b", "e"):
+        write(res, f"{name}.json", result("mlp", {"top1": 30.0}, ckpt=name))
+    write(res, "c.json", result("mlp", {"top1": 30.0}, ckpt="c", protocol={"lr": 0.05, "epochs": 20,
+                                                                           "batch_size": 256}))
+    write(res, "d.json", result("mlp", {"top1": 30.0}, ckpt="d", protocol={"lr": 0.05, "epochs": 20},
+                                details={"protocol_defaults": {"lr": 0.05, "epochs": 90}}))
+    _, _, tables = run(tmp_path, res)
+    t = tables[f"{FULL} / {T52}"]
+    assert "lr=" not in row_by_method(t, "a")["Provenance"][0]
+    assert row_by_method(t, "c")["Provenance"][0].endswith("lr=0.05")
+    assert row_by_method(t, "d")["Provenance"][0].endswith("epochs=20")
+
+
+def test_two_variants_in_one_column_get_qualified_rows(tmp_path):
+    res = tmp_path / "res"
+    for method, value in (("fast-rcnn", 50.0), ("faster-rcnn", 52.0)):
+        write(res, f"{method}.json", result("voc-detection", {"map": value}, variant={
+            "dataset": "VOC2007", "layers": "all", "method": method}))
+    _, _, tables = run(tmp_path, res)
+    t = tables[f"{FULL} / {T55}"]
+    assert row_by_method(t, "km-test [method=fast-rcnn]")["Det. all"] == ("50.0", False)
+    assert row_by_method(t, "km-test [method=faster-rcnn]")["Det. all"] == ("52.0", False)
+
+
+def test_plots_are_written_and_linked(tmp_path):
+    all_tasks(tmp_path / "res", scale="smoke")
+    rc, text, _ = run(tmp_path, tmp_path / "res", plots=True)
+    plots = tmp_path / "leaderboard_plots"
+    for name in ("full_linear-imagenet.png", "full_linear-places.png", "smoke_linear-imagenet.png",
+                 "smoke_linear-places.png", "smoke_lowshot.png"):
+        assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"(leaderboard_plots/{name})" in text
+    assert not (plots / "full_lowshot.png").exists()
+
+
+def test_knn_pictures_from_details_are_linked(tmp_path):
+    res = tmp_path / "res"
+    (res / "pics").mkdir(parents=True)
+    (res / "pics" / "nn.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    write(res, "knn.json", result("knn-graph", {"ratio_intra": 40.0}, scale="smoke",
+                                  details={"neighbours_png": "pics/nn.png", "missing_png": "nope.png"}))
+    _, text, _ = run(tmp_path, res)
+    assert "![km-test neighbours_png](res/pics/nn.png)" in text and "nope.png" not in text
+
+
+EXPECTED = """\
+- task: mlp
+  checkpoint: km-test
+  metric: top1
+  value: 46.4
+  tolerance: 0.2
+- task: linear-imagenet
+  checkpoint: {sha8}
+  variant: {{dataset: ImageNet}}
+  scale: full
+  metric: conv5
+  value: 40.0
+"""
+
+
+def test_check_passes_within_tolerance(tmp_path, capsys):
+    all_tasks(tmp_path / "res")
+    exp = tmp_path / "expected.yaml"
+    exp.write_text(EXPECTED.format(sha8=sha("km-test")[:8]), encoding="utf-8")
+    rc, _, _ = run(tmp_path, tmp_path / "res", "--check", exp)
+    assert rc == 0, capsys.readouterr().err
+    assert "2 expected number(s) within tolerance" in capsys.readouterr().out
+
+
+def test_check_fails_on_drift_and_on_missing_results(tmp_path, capsys):
+    all_tasks(tmp_path / "res")
+    exp = tmp_path / "expected.yaml"
+    exp.write_text(EXPECTED.format(sha8=sha("km-test")[:8]).replace("46.4", "45.0") + """\
+- task: voc-segmentation
+  checkpoint: nobody
+  metric: miou
+  value: 40.0
+""", encoding="utf-8")
+    rc, _, _ = run(tmp_path, tmp_path / "res", "--check", exp)
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 1
+    assert any(line.startswith("DRIFT mlp km-test top1 [full]: got 46.5, expected 45") for line in err)
+    assert any(line.startswith("MISSING voc-segmentation nobody miou") for line in err)
+    assert not any("linear-imagenet" in line for line in err)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("- task: mlp\n  metric: top1\n", "missing checkpoint, value"),
+    ("- {task: nope, checkpoint: a, metric: m, value: 1}\n", "unknown task 'nope'"),
+    ("- {task: mlp, checkpoint: a, metric: m, value: x}\n", "value must be a number"),
+    ("[unclosed\n", "not valid YAML"),
+])
+def test_check_file_errors_are_one_line_exit_2(tmp_path, capsys, content, fragment):
+    from dcbench.leaderboard.cli import cli
+
+    exp = tmp_path / "expected.yaml"
+    exp.write_text(content, encoding="utf-8")
+    import sys
+
+    old = sys.argv
+    sys.argv = ["dc-leaderboard", "--check", str(exp), "--out", str(tmp_path / "L.md")]
+    try:
+        rc = cli()
+    finally:
+        sys.argv = old
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and fragment in err[0], err
+
+
+def test_missing_results_path_is_a_user_error(tmp_path, capsys):
+    import sys
+
+    from dcbench.leaderboard.cli import cli
+
+    old = sys.argv
+    sys.argv = ["dc-leaderboard", str(tmp_path / "nowhere"), "--out", str(tmp_path / "L.md")]
+    try:
+        rc = cli()
+    finally:
+        sys.argv = old
+    assert rc == 2 and "nowhere: no such file or directory" in capsys.readouterr().err
