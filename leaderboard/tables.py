@@ -5,8 +5,8 @@ literature into plain :class:`Table` objects; :mod:`render` writes them as markd
 :mod:`plots` draws them. Rules, stated once:
 
 - One row per checkpoint (name + sha256). A result with best-over-epochs metrics (``conv5_best``)
-  adds a second row, labelled with its best epoch: the last-epoch number is never silently
-  replaced by a maximum. A low-shot result's random-init baseline (``random_n4_mean``) is its
+  adds a second row "(best over epochs)", its provenance naming the best epoch(s): the
+  last-epoch number is never silently replaced by a maximum. A low-shot result's random-init baseline (``random_n4_mean``) is its
   own row too.
 - If one checkpoint has several variants that fit one column (two detection methods, two
   datasets), each goes to a row qualified by the variant values that differ.
@@ -186,9 +186,10 @@ def measured_rows(spec: TableSpec, newest: pd.DataFrame, scale: str) -> list[Row
             kv[0][0], kv[0][1], kind_order[kv[0][2]], kv[0][3])):
         results = [g for _, _, g in by_col.values()]
         label = name
+        provenance = _provenance(sha, results)
         if kind == "best":
-            epochs = sorted({str(g["selection"].get("best_epoch")) for g in results})
-            label = f"{name} (best over epochs: epoch {', '.join(epochs)})"
+            label = f"{name} (best over epochs)"
+            provenance += " · " + _best_epochs(spec, by_col)
         elif kind == "random":
             label = f"Random init (baseline run with {name})"
         if qual:
@@ -198,8 +199,24 @@ def measured_rows(spec: TableSpec, newest: pd.DataFrame, scale: str) -> list[Row
             label=label, source=f"measured ({scale})", kind="measured",
             values={h: float(v) for h, (v, _, _) in by_col.items()},
             stds={h: float(s) for h, (_, s, _) in by_col.items() if s is not None},
-            runs=_runs_text(runs), provenance=_provenance(sha, results), checkpoint=f"{name} {sha[:8]}"))
+            runs=_runs_text(runs), provenance=provenance, checkpoint=f"{name} {sha[:8]}"))
     return rows
+
+
+def _best_epochs(spec: TableSpec, by_col: dict) -> str:
+    """"best epoch 12", or per column when they differ ("best epochs conv1 3, conv2 7, ...").
+
+    A result may give per-metric epochs in ``selection.best_epochs`` (linear probes train five
+    heads at once); otherwise ``selection.best_epoch`` applies to all its metrics."""
+    metric_of = {c.header: c.metric for c in spec.columns}
+    epochs = {}
+    for header, (_, _, g) in by_col.items():
+        per = g["selection"].get("best_epochs")
+        per = per if isinstance(per, dict) else {}
+        epochs[header] = per.get(metric_of[header], g["selection"].get("best_epoch"))
+    if len(set(epochs.values())) == 1:
+        return f"best epoch {next(iter(epochs.values()))}"
+    return "best epochs " + ", ".join(f"{h} {e}" for h, e in epochs.items())
 
 
 def _differing_keys(variants: list[dict]) -> list[str]:

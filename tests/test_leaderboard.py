@@ -229,8 +229,19 @@ def test_best_over_epochs_is_its_own_row(tmp_path):
     rc, _, tables = run(tmp_path, tmp_path / "res")
     t = tables[f"{FULL} / {T53}"]
     assert row_by_method(t, "km-test")["conv1"] == ("20.0", False)
-    assert row_by_method(t, "km-test (best over epochs: epoch 12)")["conv1"] == ("21.0", True)
-    assert row_by_method(t, "km-test (best over epochs: epoch 12)")["Source"][0] == "measured (full)"
+    best = row_by_method(t, "km-test (best over epochs)")
+    assert best["conv1"] == ("21.0", True) and best["Source"][0] == "measured (full)"
+    assert best["Provenance"][0].endswith("best epoch 12")
+
+
+def test_best_epochs_per_layer_are_named(tmp_path):
+    metrics = {"conv1": 20.0, "conv2": 20.0, "conv1_best": 21.0, "conv2_best": 22.0}
+    r = result("linear-imagenet", metrics, best_epoch=7)
+    r["selection"]["best_epochs"] = {"conv1": 3, "conv2": 7}
+    write(tmp_path / "res", "a.json", r)
+    _, _, tables = run(tmp_path, tmp_path / "res")
+    best = row_by_method(tables[f"{FULL} / {T53}"], "km-test (best over epochs)")
+    assert best["Provenance"][0].endswith("best epochs conv1 3, conv2 7")
 
 
 def test_newest_of_several_runs_is_shown_with_the_count(tmp_path):
