@@ -30,7 +30,8 @@ def conv_curves(table: Table, path: Path) -> Path:
             continue
         xs, ys = zip(*pts)
         if row.measured:
-            ax.plot(xs, ys, marker="o", linewidth=2.2, label=row.label, zorder=3)
+            ax.plot(xs, ys, "--" if "(best over epochs)" in row.label else "-", marker="o",
+                    linewidth=2.2, label=row.label, zorder=3)
         else:
             style = "-" if row.kind == "supervised" else ":" if row.kind == "baseline" else "--"
             ax.plot(xs, ys, style, color="0.35" if row.kind == "thesis" else "0.7", linewidth=1,

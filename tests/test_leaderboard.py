@@ -418,3 +418,39 @@ def test_missing_results_path_is_a_user_error(tmp_path, capsys):
     finally:
         sys.argv = old
     assert rc == 2 and "nowhere: no such file or directory" in capsys.readouterr().err
+
+
+REAL = Path(__file__).parent / "data" / "results"
+
+
+def test_generated_from_real_smoke_results(tmp_path):
+    """tests/data/results: result files written by the transfer tasks' smoke runs (dc-transfer ...
+    --scale smoke on dc-convert random checkpoints), kept as they came out."""
+    files = sorted(REAL.rglob("*.json"))
+    assert files, f"no real result files under {REAL}"
+    rc, text, tables = run(tmp_path, REAL, plots=True)
+    assert rc == 0 and "No valid result file" not in text
+    assert f"{len(files)} valid result file(s) of {len(files)} read" in text
+    groups: dict[tuple, list[dict]] = {}
+    for f in files:
+        r = json.loads(f.read_text(encoding="utf-8"))
+        key = (r["task"], r["checkpoint"]["sha256"], json.dumps(r["variant"], sort_keys=True))
+        groups.setdefault(key, []).append(r)
+    seen = 0
+    for runs in groups.values():
+        r = max(runs, key=lambda x: x["created"])                        # the newest is shown
+        title = {"mlp": T52, "linear-imagenet": T53, "linear-places": T54}.get(r["task"])
+        if title is None:
+            continue
+        table = tables[f"{SMOKE} / {title}"]
+        assert all(row[1][0] == "measured (smoke)" for row in table["rows"])   # no literature at smoke scale
+        row = row_by_method(table, r["checkpoint"]["name"])
+        assert row["Runs"][0] == str(len(runs))
+        for header, metric in (("Top-1", "top1"), *((f"conv{i}", f"conv{i}") for i in range(1, 6))):
+            if header in row and metric in r["metrics"]:
+                assert row[header][0] == f"{r['metrics'][metric]:.1f}"
+                seen += 1
+        assert row["Provenance"][0].startswith(f"sha256 {r['checkpoint']['sha256'][:8]} · {r['created'][:10]}")
+    assert seen
+    for title in (T53, T54):   # the measured rows never reach the full-scale tables
+        assert all(not row[1][0].startswith("measured") for row in tables[f"{FULL} / {title}"]["rows"])
