@@ -1,0 +1,140 @@
+"""Training configuration: one dataclass, the five presets of thesis Table 5.1, two scales.
+
+Every default names its source. ``full`` is the thesis's setting; ``smoke`` is sized for the
+embedded data (96-pixel images, ~10 classes) so that a run ends in minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from dcbench.errors import UserError
+
+IMAGENET_SIZE = 1_281_167  # images in ImageNet-1k train (thesis §3.3)
+
+
+@dataclass
+class TrainConfig:
+    # --- what and where
+    data: str | None = None  # ImageFolder root; None = the embedded data (DESIGN §8)
+    out: str = "dc-train-out"  # output directory (checkpoint/, snapshots/, log.jsonl, ...)
+    preset: str = "km-ImNet-Sob"  # thesis Table 5.1 model name
+    scale: str = "smoke"  # smoke = embedded-data sizes, full = thesis sizes
+    # --- network (thesis §3.3)
+    arch: str = "alexnet"  # AlexNet with batch norm, LRN removed (thesis §3.3)
+    sobel: bool = True  # Sobel input (thesis §3.3, Table 5.1)
+    input_size: int = 224  # RandomResizedCrop / centre-crop size (thesis §3.3: 224*224 crops)
+    # --- clustering (thesis §3.3, §4.6; original DeepCluster code)
+    clustering: str = "kmeans"  # kmeans | pic (Table 5.1)
+    k: int = 10_000  # k-means clusters (Table 5.1: 10K-means)
+    pca_dim: int = 256  # PCA-whitening output dims (original code: faiss.PCAMatrix(d, 256, -0.5))
+    kmeans_iters: int = 20  # original code: clus.niter = 20
+    max_points_per_centroid: int = 10_000_000  # original code: no subsampling in k-means training
+    pic_knn: int = 5  # 5-NN graph (thesis §4.6, eq. 4.1)
+    pic_sigma: float = 0.2  # Gaussian kernel bandwidth (original code's PIC default)
+    pic_alpha: float = 0.001  # power-iteration damping (original code's PIC default)
+    pic_iters: int = 200  # power iterations (original code's PIC)
+    pic_singletons: bool = True  # redistribute singletons to the nearest non-singleton's cluster (thesis §4.6)
+    # --- optimisation (thesis §3.3, Table 5.1)
+    epochs: int = 500  # 500 on ImageNet, 167 on YFCC100m (thesis §5)
+    lr: float = 0.02  # Table 5.1
+    weight_decay: float = 1e-5  # Table 5.1
+    momentum: float = 0.9  # thesis §3.3
+    batch_size: int = 256  # thesis §3.3
+    steps_per_epoch: int | None = None  # None = epoch_multiplier * |X~| // batch (thesis §3.3)
+    epoch_multiplier: int = 1  # 1 on ImageNet, 3 on YFCC100m (thesis §3.3)
+    sampler: str = "uniform"  # uniform over clusters (thesis §3.3) | proportional (to cluster size)
+    sgt: int = 0  # >0: update only N rows of the last layer per batch (thesis §4.7, SGT 256/512)
+    # --- Algorithm 2 (thesis §4.8)
+    pool_size: int | None = None  # |X|: None = the whole dataset
+    subset_size: int | None = None  # |X~| drawn from the pool each epoch; None = the whole pool
+    # --- run
+    seed: int = 31  # original code's default seed
+    workers: int = 4  # DataLoader workers (original code: 4)
+    snapshot_every: int = 50  # keep a snapshot every N epochs (0 = never)
+    device: str = "auto"  # auto | cpu | cuda
+    faiss_gpu: bool = True  # use a faiss GPU index when CUDA and faiss-gpu are present (DESIGN §9)
+    quiet: bool = False  # no progress bars
+    extra: dict = field(default_factory=dict)  # free-form notes recorded with the run
+
+    def validate(self) -> None:
+        if self.preset not in PRESETS:
+            raise UserError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)} (--preset)")
+        if self.scale not in ("smoke", "full"):
+            raise UserError(f"--scale must be smoke or full, not {self.scale!r}")
+        if self.clustering not in ("kmeans", "pic"):
+            raise UserError(f"--clustering must be kmeans or pic, not {self.clustering!r}")
+        if self.sampler not in ("uniform", "proportional"):
+            raise UserError(f"--sampler must be uniform or proportional, not {self.sampler!r}")
+        checks = [("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1), ("--k", self.k, 2),
+                  ("--pca-dim", self.pca_dim, 1), ("--kmeans-iters", self.kmeans_iters, 1),
+                  ("--epoch-multiplier", self.epoch_multiplier, 1), ("--workers", self.workers, 0),
+                  ("--sgt", self.sgt, 0), ("--snapshot-every", self.snapshot_every, 0),
+                  ("--pic-knn", self.pic_knn, 1), ("--pic-iters", self.pic_iters, 1)]
+        for flag, v, lo in checks:
+            if v < lo:
+                raise UserError(f"{flag} must be at least {lo}, got {v}")
+        for flag, v in (("--steps-per-epoch", self.steps_per_epoch), ("--pool-size", self.pool_size),
+                        ("--subset-size", self.subset_size)):
+            if v is not None and v < 1:
+                raise UserError(f"{flag} must be positive, got {v}")
+        if self.pool_size and self.subset_size and self.subset_size > self.pool_size:
+            raise UserError(f"--subset-size {self.subset_size} is larger than --pool-size {self.pool_size}")
+        if not (self.lr > 0):
+            raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.weight_decay < 0 or not (0 <= self.momentum < 1):
+            raise UserError("--wd must be >= 0 and --momentum in [0, 1)")
+        if self.pic_sigma <= 0 or not (0 < self.pic_alpha <= 1):
+            raise UserError("--pic-sigma must be > 0 and --pic-alpha in (0, 1]")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"--device must be auto, cpu or cuda, not {self.device!r}")
+
+
+# Thesis Table 5.1 (reference/thesis_presets.csv) and §3.3/§4.8 at full scale.
+PRESETS: dict[str, dict] = {
+    "PIC-ImNet-Sob": dict(clustering="pic", sobel=True, lr=0.05, weight_decay=1e-5, epochs=500),
+    "km-ImNet-Sob": dict(clustering="kmeans", k=10_000, sobel=True, lr=0.02, weight_decay=1e-5, epochs=500),
+    "km-ImNet-RGB": dict(clustering="kmeans", k=1_000, sobel=False, lr=0.02, weight_decay=1e-6, epochs=500),
+    # YFCC100m: 167 epochs of 3x the ImageNet epoch length (same number of updates), |X~| = 1.2M.
+    "km-fl1M-Sob": dict(clustering="kmeans", k=10_000, sobel=True, lr=0.02, weight_decay=1e-5, epochs=167,
+                        epoch_multiplier=3, pool_size=1_000_000, subset_size=None),
+    "km-fl2M-Sob": dict(clustering="kmeans", k=10_000, sobel=True, lr=0.02, weight_decay=1e-5, epochs=167,
+                        epoch_multiplier=3, pool_size=2_000_000, subset_size=1_200_000),
+}
+
+# Smoke scale: the embedded classification set (~600 images of 96 px, 10 classes at `smoke`).
+# Same algorithm, sizes shrunk: k ~ 5x the classes for the 10K presets (ImageNet: 10x), 1x for 1K;
+# 64-px crops of the 96-px images; batch 64; enough steps per epoch for the fresh top layer to
+# move the trunk; no pool (the embedded set is small).
+SMOKE: dict = dict(input_size=64, batch_size=64, epochs=6, steps_per_epoch=40, workers=0,
+                   snapshot_every=0, pool_size=None, subset_size=None, epoch_multiplier=1)
+SMOKE_K = {10_000: 50, 1_000: 10}
+
+
+def preset_values(preset: str, scale: str) -> dict:
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)} (--preset)")
+    values = dict(PRESETS[preset])
+    if scale == "smoke":
+        values.update(SMOKE)
+        if "k" in values:
+            values["k"] = SMOKE_K[values["k"]]
+    return values
+
+
+def make_config(preset: str = "km-ImNet-Sob", scale: str = "smoke", **overrides) -> TrainConfig:
+    """Preset + scale defaults, then explicit overrides (None values are ignored)."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise UserError(f"unknown config field(s): {', '.join(bad)}")
+    values = preset_values(preset, scale)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = TrainConfig(preset=preset, scale=scale, **values)
+    cfg.validate()
+    return cfg
+
+
+# Fields that may change between a run and its resumption without changing the result.
+RESUME_FREE = {"out", "epochs", "workers", "quiet", "snapshot_every", "device", "faiss_gpu", "data", "extra"}

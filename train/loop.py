@@ -1,0 +1,473 @@
+"""The DeepCluster epoch loop (DESIGN §5, thesis Algorithms 1-2), resumable at epoch boundaries.
+
+One epoch: draw the subset X~ of the pool X -> fc7 features (pre-ReLU, eval mode, centre crops)
+-> PCA-whitening + L2 -> k-means / PIC -> fresh top layer -> one training pass over batches
+sampled uniformly over clusters -> log line, assignments file, checkpoint (atomically replaced).
+
+Exact resume: every random choice of epoch ``e`` is drawn from generators seeded by
+``(seed, e, stage)``, and everything carried across epochs (weights, BN statistics, the trunk's
+SGD momentum, the last assignment) is in the checkpoint. A run killed anywhere restarts the
+interrupted epoch from the last checkpoint and ends with the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from dcbench.atomic import _disk_error, write_file_atomic, write_json_atomic
+from dcbench.checkpoint import META, load_checkpoint, save_checkpoint
+from dcbench.errors import UserError
+from dcbench.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+from dcbench.provenance import environment, git_sha, utc_now
+from dcbench.train import distributed as D
+from dcbench.train import sampler as S
+from dcbench.train.clustering import _faiss_gpu_available, cluster, knn, pca_whiten
+from dcbench.train.config import RESUME_FREE, TrainConfig
+from dcbench.train.metrics import cluster_stats, nmi, ratio_edge_intra_class
+
+CHECKPOINT = "checkpoint"
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN/inf: exit 1 (not a usage error), last good checkpoint left intact."""
+
+    exit_code = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# randomness
+def stage_seed(seed: int, epoch: int, stage: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, stage]).generate_state(1, dtype=np.uint32)[0])
+
+
+def seed_everything(s: int) -> None:
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def _worker_init(_: int) -> None:
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+def transforms(cfg: TrainConfig):
+    import torchvision.transforms as T
+
+    norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train = T.Compose([T.RandomResizedCrop(cfg.input_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    centre = T.Compose([T.Resize(int(round(cfg.input_size * 256 / 224))), T.CenterCrop(cfg.input_size),
+                        T.ToTensor(), norm])
+    return train, centre
+
+
+class _View(Dataset):
+    """``items[i]``-th image of ``ds`` through ``transform``, paired with ``tags[i]``; None if unreadable."""
+
+    def __init__(self, ds, items: np.ndarray, tags: np.ndarray, transform):
+        self.ds, self.items, self.tags, self.transform = ds, items, tags, transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        r = self.ds[int(self.items[i])]
+        if r is None:
+            return None
+        return self.transform(r[0]), int(self.tags[i])
+
+
+def _loader(view: Dataset, batch_size: int, cfg: TrainConfig, seed: int) -> DataLoader:
+    from dcbench.datasets import collate_skip_none
+
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=cfg.workers,
+                      collate_fn=collate_skip_none, generator=g, worker_init_fn=_worker_init,
+                      pin_memory=False, drop_last=False)
+
+
+def resolve_data(cfg: TrainConfig) -> Path:
+    if cfg.data is None:
+        from dcbench.embedded import embedded_data
+
+        root = Path(embedded_data(scale="smoke", seed=0)) / "classification" / "train"
+    else:
+        root = Path(cfg.data)
+        if (root / "classification" / "train").is_dir():  # the embedded / dc-data layout
+            root = root / "classification" / "train"
+    if not root.exists():
+        raise UserError(f"--data {root} does not exist; pass an ImageFolder root (ROOT/<class>/<image>.jpg)")
+    if not root.is_dir():
+        raise UserError(f"--data {root} is not a directory; pass an ImageFolder root (ROOT/<class>/<image>.jpg)")
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# model pieces
+class _Net(nn.Module):
+    """What DDP wraps: forward to the (optionally row-subsetted, SGT) top layer."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, rows: torch.Tensor | None = None):
+        m = self.model
+        h = m.classifier(torch.flatten(m.trunk(x), 1))
+        if rows is None:
+            return m.top_layer(h)
+        return F.linear(h, m.top_layer.weight[rows], m.top_layer.bias[rows])
+
+
+def reset_top_layer(model, num_clusters: int, device) -> None:
+    """A fresh classifier for the new pseudo-labels, initialised as the original code does."""
+    top = nn.Linear(4096, num_clusters)
+    top.weight.data.normal_(0, 0.01)
+    top.bias.data.zero_()
+    model.top_layer = top.to(device)
+    model.spec = dataclasses.replace(model.spec, num_classes=num_clusters)
+
+
+def trunk_parameters(model) -> list[nn.Parameter]:
+    return [p for n, p in model.named_parameters() if not n.startswith("top_layer") and p.requires_grad]
+
+
+@torch.no_grad()
+def compute_features(model, ds, items: np.ndarray, positions: np.ndarray, tf, cfg: TrainConfig, device,
+                     seed: int, show: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """fc7 pre-ReLU features of ``ds[items]`` in eval mode; returns (features, positions read)."""
+    model.eval()
+    loader = _loader(_View(ds, items, positions, tf), cfg.batch_size, cfg, seed)
+    feats, pos = [], []
+    for batch in tqdm(loader, desc="features", leave=False, disable=not show, file=sys.stderr):
+        if batch is None:
+            continue
+        x, p = batch
+        feats.append(model.penultimate(x.to(device)).float().cpu())
+        pos.append(p)
+    if not feats:
+        return torch.zeros(0, 4096), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(feats), torch.cat(pos)
+
+
+# ---------------------------------------------------------------------------------------------
+# output helpers
+def _write_assignments(path: Path, index: np.ndarray, labels: np.ndarray) -> None:
+    def w(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, index=index.astype(np.int64), cluster=labels.astype(np.int32))
+    write_file_atomic(path, w)
+
+
+def load_assignments(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(dataset indices, cluster ids; -1 = unreadable image) of one epoch's assignments file."""
+    with np.load(path, allow_pickle=False) as z:
+        return z["index"], z["cluster"]
+
+
+def _append_log(path: Path, record: dict) -> None:
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise _disk_error(e, path) from None
+
+
+def _trim_log(path: Path, last_epoch: int) -> None:
+    """Drop log lines of epochs after the checkpoint (a run killed between log and checkpoint)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("epoch", 0) <= last_epoch:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue
+    write_file_atomic(path, lambda p: p.write_text("".join(k + "\n" for k in keep), encoding="utf-8"))
+
+
+def read_log(out: str | os.PathLike) -> list[dict]:
+    p = Path(out) / "log.jsonl"
+    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _config_json(cfg: TrainConfig) -> dict:
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def _check_resumable(saved: dict, cfg: TrainConfig, ckpt: Path) -> None:
+    now = _config_json(cfg)
+    diffs = [f"{k}: {saved.get(k)!r} there, {now[k]!r} now" for k in now
+             if k not in RESUME_FREE and saved.get(k) != now[k]]
+    if diffs:
+        raise UserError(f"{ckpt} holds a run with other settings ({'; '.join(diffs[:3])}); "
+                        "use another --out or the same flags to resume")
+
+
+# ---------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Run (or resume) a training; returns a summary. Works alone or under torchrun."""
+    cfg.validate()
+    rank, world, ddp_device = D.init()
+    try:
+        return _train(cfg, resume, rank, world, ddp_device)
+    finally:
+        D.cleanup()
+
+
+def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) -> dict:
+    from dcbench.datasets import ImageFolder, fingerprint
+
+    main = rank == 0
+    show = main and not cfg.quiet
+    if ddp_device is not None:
+        device = ddp_device
+    elif cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda, but CUDA is not available; use --device cpu")
+        device = torch.device("cuda")
+    else:
+        device = torch.device("cpu")
+    if world > 1 and device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    if cfg.batch_size % world:
+        raise UserError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
+    use_faiss_gpu = cfg.faiss_gpu and _faiss_gpu_available()
+
+    out = Path(cfg.out)
+    ckpt = out / CHECKPOINT
+    log_path = out / "log.jsonl"
+    if main:
+        root = resolve_data(cfg)
+    D.barrier()
+    root = resolve_data(cfg) if not main else root
+    ds = ImageFolder(root, transform=None)
+    n_images = len(ds)
+    gt = np.asarray(ds.targets) if len(ds.classes) > 1 else None
+    if cfg.pool_size and cfg.pool_size > n_images:
+        raise UserError(f"--pool-size {cfg.pool_size} is larger than the {n_images} readable images in {root}")
+    pool = (np.sort(np.random.default_rng([cfg.seed, 10**6]).choice(n_images, cfg.pool_size, replace=False))
+            if cfg.pool_size else np.arange(n_images))
+    subset_n = min(cfg.subset_size or len(pool), len(pool))
+    if cfg.clustering == "kmeans" and subset_n < cfg.k:
+        raise UserError(f"{subset_n} images for {cfg.k} clusters in {root}: k-means needs at least as many "
+                        "images as clusters (lower --k or give more data)")
+    train_tf, centre_tf = transforms(cfg)
+
+    # ---- model, optimizer, resume
+    start_epoch, prev = 0, None
+    has_ckpt = (ckpt / META).is_file()
+    if resume and not has_ckpt:
+        raise UserError(f"--resume: no checkpoint in {out} (expected {ckpt}/{META}); drop --resume to start")
+    if has_ckpt:
+        ck = load_checkpoint(ckpt, with_train_state=True)
+        _check_resumable(ck.meta.get("train_config", {}), cfg, ckpt)
+        if ck.train_state is None:
+            raise UserError(f"{ckpt} has no train_state.pt, so it cannot be resumed; use another --out")
+        model, ts = ck.model, ck.train_state
+        start_epoch = int(ts["epoch"])
+        prev = (ts["assignment_index"].numpy(), ts["assignment"].numpy())
+        if main and not cfg.quiet:
+            print(f"resuming {out} after epoch {start_epoch}", file=sys.stderr)
+    else:
+        model = build_model(cfg.arch, sobel=cfg.sobel, batchnorm=True, input_size=cfg.input_size,
+                            num_classes=cfg.k if cfg.clustering == "kmeans" else 0, seed=cfg.seed)
+        ts = None
+    model.to(device)
+    opt = torch.optim.SGD(trunk_parameters(model), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    if ts is not None:
+        opt.load_state_dict(ts["optimizer"])
+    data_fp = fingerprint(root) if main else None
+    if main:
+        if start_epoch == 0 and log_path.exists():
+            log_path.unlink()
+        _trim_log(log_path, start_epoch)
+        write_json_atomic(out / "config.json", {
+            "config": _config_json(cfg), "data_root": str(root), "num_images": n_images,
+            "data_fingerprint": data_fp, "world_size": world, "resumed_from_epoch": start_epoch,
+            "git_sha": git_sha(), "environment": environment(), "started": utc_now()})
+    if start_epoch >= cfg.epochs and main and not cfg.quiet:
+        print(f"{out}: already trained for {start_epoch} epochs (--epochs {cfg.epochs}); nothing to do",
+              file=sys.stderr)
+
+    last = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        times = {}
+        t0 = time.perf_counter()
+        # ---- X~: this epoch's subset of the pool (Algorithm 2)
+        if subset_n < len(pool):
+            subset = np.sort(np.random.default_rng(stage_seed(cfg.seed, epoch, 1)).choice(
+                pool, subset_n, replace=False))
+        else:
+            subset = pool
+        # ---- features (strided shard per rank, gathered)
+        seed_everything(stage_seed(cfg.seed, epoch, 2))
+        mine = np.arange(rank, len(subset), world)
+        f_local, p_local = compute_features(model, ds, subset[mine], mine, centre_tf, cfg, device,
+                                            stage_seed(cfg.seed, epoch, 2), show)
+        feats, valid = D.gather_rows(f_local.to(device) if ddp_device is not None else f_local,
+                                     p_local, len(subset))
+        times["features"] = time.perf_counter() - t0
+        record: dict = {"epoch": epoch + 1}
+        if main:
+            valid_np = valid.numpy()
+            x = feats[valid].numpy()
+            if x.shape[0] == 0:
+                raise UserError(f"every image of {root} failed to decode; check the data folder")
+            if cfg.clustering == "kmeans" and x.shape[0] < cfg.k:
+                raise UserError(f"only {x.shape[0]} readable images for {cfg.k} clusters in {root}; lower --k")
+            if not np.isfinite(x).all():
+                raise TrainingDiverged(f"non-finite features at epoch {epoch + 1}; lower --lr; the last good "
+                                       f"checkpoint {ckpt} is intact")
+            t = time.perf_counter()
+            xw = pca_whiten(x, cfg.pca_dim)
+            times["pca"] = time.perf_counter() - t
+            t = time.perf_counter()
+            lab = cluster(xw, cfg, seed=stage_seed(cfg.seed, epoch, 3), use_gpu=use_faiss_gpu)
+            times["clustering"] = time.perf_counter() - t
+            labels = np.full(len(subset), -1, dtype=np.int64)
+            labels[valid_np] = lab
+            # ---- diagnostics
+            t = time.perf_counter()
+            record.update(cluster_stats(lab))
+            record["images"] = int(valid_np.sum())
+            record["unreadable"] = int((~valid_np).sum())
+            if prev is not None:
+                common, ia, ib = np.intersect1d(subset, prev[0], return_indices=True)
+                keep = (labels[ia] >= 0) & (prev[1][ib] >= 0)
+                record["nmi_prev"] = nmi(labels[ia][keep], prev[1][ib][keep]) if keep.any() else None
+            else:
+                record["nmi_prev"] = None
+            if gt is not None:
+                y = gt[subset][valid_np]
+                record["nmi_labels"] = nmi(lab, y)
+                _, nbrs = knn(xw, 10, use_gpu=use_faiss_gpu)
+                record["ratio_edge_intra_class"] = ratio_edge_intra_class(nbrs, y)
+            times["metrics"] = time.perf_counter() - t
+            lab_t = torch.from_numpy(labels)
+        else:
+            lab_t = None
+        labels = D.broadcast_array(lab_t, 0, ddp_device).numpy()
+
+        # ---- training pass
+        t = time.perf_counter()
+        m = int(labels.max()) + 1
+        seed_everything(stage_seed(cfg.seed, epoch, 4))
+        reset_top_layer(model, m, device)
+        steps = cfg.steps_per_epoch or max(1, cfg.epoch_multiplier * int((labels >= 0).sum()) // cfg.batch_size)
+        draw = S.draw(cfg.sampler, labels, steps * cfg.batch_size,
+                      np.random.default_rng(stage_seed(cfg.seed, epoch, 5)))
+        items, targets = subset[draw], labels[draw]
+        per = cfg.batch_size // world
+        mine = np.concatenate([np.arange(b * cfg.batch_size + rank * per, b * cfg.batch_size + (rank + 1) * per)
+                               for b in range(steps)])
+        loss_sum, loss_n = _train_pass(model, opt, ds, items, targets, mine, per, steps, m, train_tf, cfg,
+                                       device, epoch, ckpt, show, ddp_device)
+        times["train"] = time.perf_counter() - t
+        record["loss"] = loss_sum / max(loss_n, 1)
+        record["steps"] = steps
+        record["log_k"] = math.log(m)
+
+        # ---- outputs (rank 0): assignments, log line, checkpoint, snapshot
+        prev = (subset, labels)
+        if main:
+            t = time.perf_counter()
+            _write_assignments(out / "assignments" / f"epoch_{epoch + 1:04d}.npz", subset, labels)
+            times["save"] = time.perf_counter() - t
+            record["time"] = {k: round(v, 3) for k, v in times.items()}
+            record["time"]["total"] = round(time.perf_counter() - t0, 3)
+            _append_log(log_path, record)
+            state = {"epoch": epoch + 1, "optimizer": opt.state_dict(),
+                     "assignment_index": torch.from_numpy(subset.astype(np.int64)),
+                     "assignment": torch.from_numpy(labels.astype(np.int64)),
+                     "seed": cfg.seed, "torch_rng": torch.get_rng_state()}
+            save_checkpoint(ckpt, model, origin="dcbench-train", name=out.name, epoch=epoch + 1,
+                            num_clusters=m, train_config=_config_json(cfg), data_fingerprint=data_fp,
+                            train_state=state)
+            if cfg.snapshot_every and (epoch + 1) % cfg.snapshot_every == 0:
+                save_checkpoint(out / "snapshots" / f"epoch_{epoch + 1:04d}", model, origin="dcbench-train",
+                                name=f"{out.name}-epoch{epoch + 1}", epoch=epoch + 1, num_clusters=m,
+                                train_config=_config_json(cfg), data_fingerprint=data_fp)
+            if show:
+                extra = "".join(f" {k}={record[k]:.3f}" for k in ("nmi_prev", "nmi_labels", "ratio_edge_intra_class")
+                                if record.get(k) is not None)
+                print(f"epoch {epoch + 1}/{cfg.epochs} loss={record['loss']:.4f} (ln k={record['log_k']:.3f}) "
+                      f"clusters={record['num_clusters']} min={record['size_min']}{extra} "
+                      f"{record['time']['total']:.1f}s", file=sys.stderr)
+        D.barrier()
+        last = record
+    return {"out": str(out), "epochs": cfg.epochs, "start_epoch": start_epoch, "last": last}
+
+
+def _train_pass(model, opt, ds, items, targets, mine, per, steps, m, tf, cfg, device, epoch, ckpt, show,
+                ddp_device) -> tuple[float, int]:
+    net: nn.Module = _Net(model)
+    if D.is_dist():
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[ddp_device] if ddp_device is not None else None)
+    sgt = cfg.sgt and cfg.sgt < m
+    top = model.top_layer
+    opt_top = None if sgt else torch.optim.SGD(top.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng_rows = np.random.default_rng(stage_seed(cfg.seed, epoch, 6))
+    model.train()
+    loader = _loader(_View(ds, items[mine], targets[mine], tf), per, cfg, stage_seed(cfg.seed, epoch, 7))
+    loss_sum, loss_n = 0.0, 0
+    for step, batch in enumerate(tqdm(loader, total=steps, desc=f"train {epoch + 1}", leave=False,
+                                      disable=not show, file=sys.stderr)):
+        rows = None
+        if sgt:  # rows of the global batch's targets plus random others, sgt in all (thesis §4.7)
+            gtargets = np.unique(targets[step * cfg.batch_size:(step + 1) * cfg.batch_size])
+            others = np.setdiff1d(np.arange(m), gtargets)
+            extra = rng_rows.choice(others, max(0, min(cfg.sgt - gtargets.size, others.size)), replace=False)
+            rows_np = np.sort(np.concatenate([gtargets, extra]))
+            rows = torch.from_numpy(rows_np).to(device)
+        if batch is None:
+            continue
+        x, y = batch
+        x, y = x.to(device), y.to(device)
+        if rows is not None:
+            y = torch.searchsorted(rows, y)
+        loss = F.cross_entropy(net(x, rows), y)
+        lv = float(loss.item())
+        if not math.isfinite(lv):
+            raise TrainingDiverged(f"loss is {lv} at epoch {epoch + 1}, step {step + 1}; lower --lr "
+                                   f"(now {cfg.lr}); the last good checkpoint {ckpt} is intact")
+        opt.zero_grad(set_to_none=True)
+        if opt_top is not None:
+            opt_top.zero_grad(set_to_none=True)
+        else:
+            top.weight.grad = top.bias.grad = None
+        loss.backward()
+        opt.step()
+        if opt_top is not None:
+            opt_top.step()
+        else:
+            with torch.no_grad():  # lazy SGD on the selected rows only
+                for p in (top.weight, top.bias):
+                    g = p.grad[rows] + cfg.weight_decay * p[rows]
+                    p[rows] = p[rows] - cfg.lr * g
+        loss_sum += lv * y.shape[0]
+        loss_n += y.shape[0]
+    return loss_sum, loss_n
