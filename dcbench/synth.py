@@ -35,7 +35,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image, ImageDraw
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 JPEG_QUALITY = 90
 
 SCALES: dict[str, dict[str, int]] = {
@@ -59,11 +59,11 @@ SCALES: dict[str, dict[str, int]] = {
 DIFFICULTY = dict(
     bg_noise_amp=0.35,      # amplitude of the low-frequency colour field of the background
     bg_tex_alpha=(0.1, 0.45),  # opacity range of the background's texture pattern
-    clutter=(2, 6),         # distractors drawn under the objects
-    occluders=(0, 2),       # distractors drawn over the objects
-    contrast=(0.08, 0.45),  # object-vs-background luminance offset range
-    cls_scale=(0.22, 0.42),  # classification object half-size, as a fraction of the image side
-    jitter=0.04,            # per-vertex jitter in unit coordinates
+    clutter=(1, 4),         # distractors drawn under the objects
+    occluders=(0, 1),       # distractors drawn over the objects
+    contrast=(0.15, 0.5),  # object-vs-background luminance offset range
+    cls_scale=(0.26, 0.42),  # classification object half-size, as a fraction of the image side
+    jitter=0.03,            # per-vertex jitter in unit coordinates
     pixel_noise=0.03,
 )
 
