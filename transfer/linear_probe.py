@@ -1,0 +1,272 @@
+"""linear-imagenet, linear-places: linear probes on frozen conv1..conv5 (thesis Tables 5.3, 5.4).
+
+The trunk is frozen and in eval mode. The output of each probed conv, after its ReLU, is
+average-pooled (kernel = stride) to at most 10,000 dims and fed to its own linear classifier.
+All five classifiers train together: one trunk forward per batch feeds all five heads (the
+original scripts ran one job per layer, each repeating the trunk forward).
+
+Probed layers: AlexNet conv1..conv5; VGG16 the last conv of each block (conv1_2, conv2_2,
+conv3_3, conv4_3, conv5_3), named conv1..conv5.
+
+Pooling rule (:func:`pooling_for`): for a layer with C channels and an S x S map, the output
+side is the largest o with C * o^2 <= 10,000 that AvgPool2d(k, stride=k, padding=p) can give
+(p <= k / 2), with the smallest such k, then the smallest p. At 224 px this reproduces the
+original AlexNet settings exactly (conv1 6/6 pad 3 -> 9600, conv2 4/4 -> 9216, conv3 and conv4
+3/3 pad 1 -> 9600, conv5 2/2 -> 9216); smaller inputs give smaller maps and never upsample
+(k = 1 when S^2 * C is already under the cap).
+
+Result (one per dataset): metrics ``conv1``..``conv5`` = top-1 (%) after the last epoch and
+``conv1_best``..``conv5_best`` = the best top-1 over epochs (the thesis's rule); selection
+``last+best`` with ``best_epochs`` per layer (1-based) and ``best_epoch`` = conv5's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from dcbench.datasets import ImageFolder, ListFileDataset, fingerprint
+from dcbench.errors import UserError
+from dcbench.models import ALEXNET_CFG, VGG16_CFG
+from dcbench.results import checkpoint_block, make_result
+from dcbench.transfer import engine
+from dcbench.transfer.common import (
+    Timer,
+    add_input_size_argument,
+    dataset_dir,
+    input_size,
+    load_for_transfer,
+    save_and_report,
+)
+
+DESCRIPTION = "linear classifiers on frozen conv1..conv5, average-pooled to <=10k dims (Tables 5.3, 5.4)"
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+# Index into DeepClusterNet.conv_outputs() of each probed layer.
+TAPS = {"alexnet": (0, 1, 2, 3, 4), "vgg16": (1, 3, 6, 9, 12)}
+MAX_DIM = 10_000  # thesis §5.1: "a dimensionality between 9000 and 10000"
+
+# Protocol defaults: (full, smoke). Full = the original scripts; smoke = seconds on a CPU.
+DEFAULTS = {
+    "epochs": (90, 20),            # thesis §5.1 "maximum ... amongst 90 epochs"; eval_linear.py --epochs 90
+    "batch_size": (256, 128),      # eval_linear.py --batch_size 256
+    "lr": (0.01, 0.01),            # eval_linear.py / eval_linear.sh --lr 0.01
+    "momentum": (0.9, 0.9),        # eval_linear.py --momentum 0.9
+    "weight_decay": (1e-7, 1e-7),  # eval_linear.sh --wd -7 (eval_linear.py's own default is 1e-4)
+    "train_aug": ("crop-flip", "none"),  # eval_linear.py: Resize 256, CenterCrop 256, RandomCrop 224, flip
+    "eval_crops": (10, 1),         # eval_linear.sh --tencrops; thesis §5.1 "averaged over 10 crops"
+}
+
+
+@dataclass(frozen=True)
+class Pool:
+    layer: str
+    channels: int
+    spatial: int
+    kernel: int
+    padding: int
+    out: int
+
+    @property
+    def stride(self) -> int:
+        return self.kernel
+
+    @property
+    def dim(self) -> int:
+        return self.channels * self.out * self.out
+
+
+def conv_geometry(arch: str, size: int) -> list[tuple[int, int]]:
+    """(channels, side) after the ReLU of every conv of ``arch`` at input ``size`` (pure arithmetic)."""
+    out = []
+    if arch == "alexnet":
+        for v in ALEXNET_CFG:
+            if v == "M":
+                size = (size - 3) // 2 + 1
+            else:
+                c, k, s, p = v
+                size = (size + 2 * p - k) // s + 1
+                out.append((c, size))
+    elif arch == "vgg16":
+        for v in VGG16_CFG:
+            if v == "M":
+                size //= 2
+            else:
+                out.append((v, size))
+    else:
+        raise UserError(f"unknown architecture {arch!r}")
+    return out
+
+
+def choose_pool(channels: int, side: int, max_dim: int = MAX_DIM) -> tuple[int, int, int]:
+    """(kernel, padding, out side) by the rule in the module docstring."""
+    o_max = max(1, math.isqrt(max_dim // channels))
+    for o in range(min(o_max, side), 0, -1):
+        for k in range(1, side + 1):
+            for p in range(0, k // 2 + 1):
+                if (side + 2 * p - k) // k + 1 == o:
+                    return k, p, o
+    return side, 0, 1
+
+
+def pooling_for(arch: str, input_size: int) -> list[Pool]:
+    """The average pooling of each probed layer (conv1..conv5) for ``arch`` at ``input_size``."""
+    geo = conv_geometry(arch, input_size)
+    pools = []
+    for name, idx in zip(LAYERS, TAPS[arch]):
+        c, side = geo[idx]
+        if side < 1:
+            raise UserError(f"input size {input_size} is too small for {arch} {name}")
+        k, p, o = choose_pool(c, side)
+        pools.append(Pool(name, c, side, k, p, o))
+    return pools
+
+
+def make_forward(model, pools: list[Pool], layers: tuple[str, ...]):
+    """x -> pooled, flattened features of ``layers``: ONE trunk forward, stopped after the deepest."""
+    arch = model.spec.arch
+    wanted = {TAPS[arch][LAYERS.index(n)]: n for n in layers}
+    relus = model.conv_relu_indices
+    last_module = relus[max(wanted)]
+    avg = {p.layer: nn.AvgPool2d(p.kernel, stride=p.stride, padding=p.padding) for p in pools}
+
+    def forward(x: torch.Tensor) -> list[torch.Tensor]:
+        if model.sobel is not None:
+            x = model.sobel(x)
+        got = {}
+        conv = 0
+        for i, m in enumerate(model.features):
+            x = m(x)
+            if i in relus:
+                if conv in wanted:
+                    got[wanted[conv]] = avg[wanted[conv]](x).flatten(1)
+                conv += 1
+            if i == last_module:
+                break
+        return [got[n] for n in layers]
+
+    return forward
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser, task: str) -> None:
+    add_input_size_argument(p)
+    p.add_argument("--epochs", type=int, default=None, help="default: 90 (full), 20 (smoke)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 256 (full), 128 (smoke)")
+    p.add_argument("--lr", type=float, default=None, help="default: 0.01")
+    p.add_argument("--momentum", type=float, default=None, help="default: 0.9")
+    p.add_argument("--weight-decay", type=float, default=None, help="default: 1e-7")
+    p.add_argument("--train-aug", choices=("crop-flip", "none"), default=None,
+                   help="crop-flip streams the trunk (full default); none caches features (smoke default)")
+    p.add_argument("--eval-crops", type=int, choices=(1, 10), default=None, help="default: 10 (full), 1 (smoke)")
+    p.add_argument("--layers", default=",".join(LAYERS), help="comma-separated subset of conv1..conv5")
+    if task == "linear-places":
+        p.add_argument("--images", type=Path, default=None,
+                       help="Places205 image root (default: DATA/images); list files in "
+                            "DATA/trainvalsplit_places205/{train,val}_places205.csv")
+    p.set_defaults(task_name=task)
+
+
+def parse_layers(spec: str) -> tuple[str, ...]:
+    layers = tuple(s.strip() for s in spec.split(",") if s.strip())
+    bad = [s for s in layers if s not in LAYERS]
+    if bad or not layers:
+        raise UserError(f"--layers {spec}: choose a comma-separated subset of {','.join(LAYERS)}")
+    return tuple(n for n in LAYERS if n in layers)
+
+
+def load_data(args: argparse.Namespace, task: str, meta: dict, size: int, proto: dict):
+    """(train dataset, val dataset, number of classes, dataset folder, name)."""
+    train_tf = engine.train_transform(meta, size, proto["train_aug"])
+    val_tf = engine.eval_crops_transform(meta, size, proto["eval_crops"])
+    if task == "linear-imagenet":
+        root = dataset_dir(args, "classification", ("train", "val"))
+        train = ImageFolder(root / "train", train_tf)
+        val = ImageFolder(root / "val", val_tf)
+        engine.remap_targets(val, engine.align_classes(train.classes, val.classes, str(root / "val")))
+        return train, val, len(train.classes), root, "imagenet"
+    root = dataset_dir(args, "places", ("trainvalsplit_places205",))
+    images = args.images or (root / "images" if (root / "images").is_dir() else root)
+    lists = root / "trainvalsplit_places205"
+    train = ListFileDataset(images, lists / "train_places205.csv", train_tf)
+    val = ListFileDataset(images, lists / "val_places205.csv", val_tf)
+    engine.check_list_labels(train.targets, val.targets, str(lists / "val_places205.csv"))
+    return train, val, max(train.targets) + 1, root, "places205"
+
+
+def run(args: argparse.Namespace) -> Path:
+    task = args.task_name
+    timer = Timer()
+    proto = engine.resolve_protocol(args, DEFAULTS)
+    layers = parse_layers(args.layers)
+    with timer("load"):
+        ckpt = load_for_transfer(args.checkpoint, task=task)
+        size = input_size(args, ckpt.meta)
+        arch = ckpt.meta["arch"]
+        pools = [p for p in pooling_for(arch, size) if p.layer in layers]
+        train, val, n_classes, root, name = load_data(args, task, ckpt.meta, size, proto)
+        data_fp = fingerprint(root)
+    engine.seed_everything(args.seed)
+    model = engine.frozen(ckpt.model.to(args.device))
+    before = engine.state_fingerprint(model)
+    forward = make_forward(model, pools, layers)
+    heads = nn.ModuleList([nn.Linear(p.dim, n_classes) for p in pools]).to(args.device)
+    bs, workers = proto["batch_size"], args.workers
+    cache_hit = None
+    if proto["train_aug"] == "none":
+        base = {"kind": "conv-avgpool", "checkpoint": ckpt.sha256, "data": data_fp, "input_size": size,
+                "pools": [asdict(p) for p in pools], "dtype": "float16"}
+        with timer("features"):
+            tr, ytr, hit_tr = engine.extract_cached(
+                args, {**base, "split": "train", "transform": "center-crop"}, layers,
+                lambda: engine.loader(train, bs, shuffle=False, workers=workers), forward,
+                device=args.device, desc="features train")
+            va, yva, hit_va = engine.extract_cached(
+                args, {**base, "split": "val", "transform": f"crops{proto['eval_crops']}"}, layers,
+                lambda: engine.loader(val, bs, shuffle=False, workers=workers), forward,
+                device=args.device, desc="features val")
+        cache_hit = hit_tr and hit_va
+        train_b = engine.cached_batches([tr[n] for n in layers], ytr, bs, args.seed, args.device)
+        val_b = engine.cached_val_batches([va[n] for n in layers], yva, bs, args.device)
+        sizes = {"train": int(len(ytr)), "val": int(len(yva))}
+    else:
+        train_b = engine.stream_batches(lambda e: engine.loader(train, bs, shuffle=True, workers=workers,
+                                                         seed=args.seed * 1000 + e), forward, args.device)
+        val_b = engine.stream_val_batches(lambda: engine.loader(val, max(1, bs // 2), shuffle=False, workers=workers),
+                                   forward, args.device)
+        sizes = {"train": len(train), "val": len(val)}
+    with timer("train"):
+        hist = engine.train_heads(heads, train_b, val_b, epochs=proto["epochs"], lr=proto["lr"],
+                           momentum=proto["momentum"], weight_decay=proto["weight_decay"],
+                           device=args.device, desc=task)
+    if engine.state_fingerprint(model) != before:
+        raise RuntimeError("the frozen trunk changed during probe training")
+    metrics, best_epochs = {}, {}
+    for p, h in zip(pools, hist):
+        metrics[p.layer] = h[-1]
+        best = int(np.argmax(h))
+        metrics[f"{p.layer}_best"] = h[best]
+        best_epochs[p.layer] = best + 1
+    result = make_result(
+        task=task, variant={"dataset": name}, checkpoint=checkpoint_block(ckpt), metrics=metrics,
+        protocol={**proto, "optimizer": "SGD", "lr_schedule": "lr0/sqrt(1+lr0*wd*t) per iteration (eval_linear.py)",
+                  "loss": "cross-entropy", "trunk": "frozen, eval mode (BatchNorm running statistics)",
+                  "eval_rule": "softmax averaged over crops" if proto["eval_crops"] > 1 else "centre crop",
+                  "input_size": size, "layers": list(layers), "one_pass": True,
+                  "pooling": {p.layer: {"kernel": p.kernel, "stride": p.stride, "padding": p.padding,
+                                        "out": p.out, "dim": p.dim} for p in pools},
+                  "seed": args.seed},
+        data={"name": name, "root": str(root), "fingerprint": data_fp, "sizes": sizes},
+        scale=args.scale, timings=timer.timings,
+        selection={"rule": "last+best", "epochs": proto["epochs"], "best_epoch": best_epochs[layers[-1]],
+                   "best_epochs": best_epochs},
+        details={"history_top1": {p.layer: [round(v, 3) for v in h] for p, h in zip(pools, hist)},
+                 "classes": n_classes, "feature_cache_hit": cache_hit, "trunk_unchanged": True})
+    return save_and_report(args, result)

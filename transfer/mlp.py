@@ -1,0 +1,137 @@
+"""mlp: ImageNet classification with frozen convolutions and the MLP retrained (thesis Table 5.2).
+
+The conv trunk is frozen (eval mode); fc6, fc7 (the checkpoint's classifier layout, dropout
+included) are re-initialised and trained with a new fc8 over the dataset's classes. Top-1 is
+the softmax average over 10 crops (Resize 256, ten-crop 224), evaluated after every epoch.
+
+Result: metrics ``top1`` (last epoch) and ``top1_best`` (best epoch, the thesis's "maximum
+amongst 90 epochs"); selection ``last+best`` with ``best_epoch`` (1-based).
+
+With ``--train-aug none`` (the smoke default) the trunk output (pool5) is extracted once, per
+(checkpoint sha256, layer, data fingerprint, split, crops), cached, and the MLP trains on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from dcbench.datasets import ImageFolder, fingerprint
+from dcbench.results import checkpoint_block, make_result
+from dcbench.transfer import engine
+from dcbench.transfer.common import (
+    Timer,
+    add_input_size_argument,
+    dataset_dir,
+    input_size,
+    load_for_transfer,
+    save_and_report,
+)
+
+DESCRIPTION = "frozen convs, fc6-fc8 re-initialised and trained; top-1 over 10 crops (Table 5.2)"
+
+# Protocol defaults: (full, smoke). No MLP script was released with DeepCluster; the optimiser
+# follows its eval_linear.py, the epochs and crops the thesis.
+DEFAULTS = {
+    "epochs": (90, 4),             # thesis §5.1: "maximum of those accuracies amongst 90 epochs"
+    "batch_size": (256, 128),      # eval_linear.py --batch_size 256
+    "lr": (0.01, 0.01),            # eval_linear.py --lr 0.01
+    "momentum": (0.9, 0.9),        # eval_linear.py --momentum 0.9
+    "weight_decay": (1e-4, 1e-4),  # eval_linear.py default (--wd -4)
+    "train_aug": ("crop-flip", "none"),  # eval_linear.py: Resize 256, CenterCrop 256, RandomCrop 224, flip
+    "eval_crops": (10, 1),         # thesis §5.1: "top@1 accuracy ... averaged over 10 crops"
+}
+
+
+def build_head(model, n_classes: int) -> nn.Sequential:
+    """fc6, fc7 in the checkpoint's layout, re-initialised N(0, 0.01), plus a new fc8."""
+    classifier = copy.deepcopy(model.classifier)
+    for m in classifier.modules():
+        if isinstance(m, nn.Linear):
+            engine.init_linear(m)
+    fc8 = nn.Linear(classifier[model.fc_indices[1]].out_features, n_classes)
+    engine.init_linear(fc8)
+    for p in classifier.parameters():
+        p.requires_grad = True
+    return nn.Sequential(classifier, fc8)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_input_size_argument(p)
+    p.add_argument("--epochs", type=int, default=None, help="default: 90 (full), 4 (smoke)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 256 (full), 128 (smoke)")
+    p.add_argument("--lr", type=float, default=None, help="default: 0.01")
+    p.add_argument("--momentum", type=float, default=None, help="default: 0.9")
+    p.add_argument("--weight-decay", type=float, default=None, help="default: 1e-4")
+    p.add_argument("--train-aug", choices=("crop-flip", "none"), default=None,
+                   help="crop-flip streams the trunk (full default); none caches pool5 features (smoke)")
+    p.add_argument("--eval-crops", type=int, choices=(1, 10), default=None, help="default: 10 (full), 1 (smoke)")
+
+
+def run(args: argparse.Namespace) -> Path:
+    timer = Timer()
+    proto = engine.resolve_protocol(args, DEFAULTS)
+    with timer("load"):
+        ckpt = load_for_transfer(args.checkpoint, need_fc=True, task="mlp")
+        size = input_size(args, ckpt.meta)
+        root = dataset_dir(args, "classification", ("train", "val"))
+        train = ImageFolder(root / "train", engine.train_transform(ckpt.meta, size, proto["train_aug"]))
+        val = ImageFolder(root / "val", engine.eval_crops_transform(ckpt.meta, size, proto["eval_crops"]))
+        engine.remap_targets(val, engine.align_classes(train.classes, val.classes, str(root / "val")))
+        data_fp = fingerprint(root)
+    engine.seed_everything(args.seed)
+    model = engine.frozen(ckpt.model.to(args.device))
+    before = engine.state_fingerprint(model)
+    head = build_head(model, len(train.classes)).to(args.device)
+
+    def forward(x):
+        return [model.trunk(x).flatten(1)]
+
+    bs, workers = proto["batch_size"], args.workers
+    cache_hit = None
+    if proto["train_aug"] == "none":
+        base = {"kind": "pool5", "checkpoint": ckpt.sha256, "data": data_fp, "input_size": size,
+                "dtype": "float32"}
+        with timer("features"):
+            tr, ytr, hit_tr = engine.extract_cached(
+                args, {**base, "split": "train", "transform": "center-crop"}, ["pool5"],
+                lambda: engine.loader(train, bs, shuffle=False, workers=workers), forward,
+                device=args.device, desc="features train", dtype=np.float32)
+            va, yva, hit_va = engine.extract_cached(
+                args, {**base, "split": "val", "transform": f"crops{proto['eval_crops']}"}, ["pool5"],
+                lambda: engine.loader(val, bs, shuffle=False, workers=workers), forward,
+                device=args.device, desc="features val", dtype=np.float32)
+        cache_hit = hit_tr and hit_va
+        train_b = engine.cached_batches([tr["pool5"]], ytr, bs, args.seed, args.device)
+        val_b = engine.cached_val_batches([va["pool5"]], yva, bs, args.device)
+        sizes = {"train": int(len(ytr)), "val": int(len(yva))}
+    else:
+        train_b = engine.stream_batches(lambda e: engine.loader(train, bs, shuffle=True, workers=workers,
+                                                                seed=args.seed * 1000 + e), forward, args.device)
+        val_b = engine.stream_val_batches(lambda: engine.loader(val, max(1, bs // 2), shuffle=False,
+                                                                workers=workers), forward, args.device)
+        sizes = {"train": len(train), "val": len(val)}
+    with timer("train"):
+        (hist,) = engine.train_heads(nn.ModuleList([head]), train_b, val_b, epochs=proto["epochs"], lr=proto["lr"],
+                                     momentum=proto["momentum"], weight_decay=proto["weight_decay"],
+                                     device=args.device, desc="mlp")
+    if engine.state_fingerprint(model) != before:
+        raise RuntimeError("the frozen trunk changed during MLP training")
+    best = int(np.argmax(hist))
+    result = make_result(
+        task="mlp", variant={"dataset": "imagenet", "layers": "fc6-8"}, checkpoint=checkpoint_block(ckpt),
+        metrics={"top1": hist[-1], "top1_best": hist[best]},
+        protocol={**proto, "optimizer": "SGD", "lr_schedule": "lr0/sqrt(1+lr0*wd*t) per iteration (eval_linear.py)",
+                  "loss": "cross-entropy", "trunk": "frozen, eval mode", "head": "fc6, fc7 re-initialised "
+                  "N(0, 0.01) in the checkpoint's layout (dropout included), new fc8",
+                  "eval_rule": "softmax averaged over crops", "input_size": size, "seed": args.seed},
+        data={"name": "imagenet", "root": str(root), "fingerprint": data_fp, "sizes": sizes},
+        scale=args.scale, timings=timer.timings,
+        selection={"rule": "last+best", "epochs": proto["epochs"], "best_epoch": best + 1},
+        details={"history_top1": [round(v, 3) for v in hist], "classes": len(train.classes),
+                 "feature_cache_hit": cache_hit, "trunk_unchanged": True})
+    return save_and_report(args, result)

@@ -1,0 +1,214 @@
+"""voc-classification: PASCAL VOC2007 multi-label classification, trainval -> test (thesis Table 5.5).
+
+``--layers fc6-8``: the conv trunk is frozen; fc6, fc7 and a new 20-way fc8 are trained.
+``--layers all``: the whole network is fine-tuned (Sobel excepted). In both, fc6-fc8 start
+from a fresh initialisation (``--fc-init random``, as DeepCluster's scripts do; ``checkpoint``
+keeps the checkpoint's fc6/fc7) and BatchNorm uses its running statistics throughout.
+
+Loss: binary cross-entropy per class, summed over classes, averaged over the batch, with the
+"difficult only" labels (0) masked out. Training crops: flip + RandomResizedCrop (scale
+0.1-0.5, ratio 1). Test: the scores of 10 such random crops are summed per image; per class,
+AP over the test images whose label is not "difficult only" (sklearn's non-interpolated
+``average_precision_score`` rule: tied scores form one threshold); mAP = mean over classes
+with at least one positive.
+
+Result: metric ``map`` (percent); per-class APs in ``details.ap``; variant ``layers``;
+selection ``final`` (after the fixed number of iterations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision import transforms as T
+from tqdm import tqdm
+
+from dcbench.datasets import VOC_CLASSES, VOCClassification, collate_skip_none, fingerprint
+from dcbench.results import checkpoint_block, make_result
+from dcbench.transfer import engine
+from dcbench.transfer.common import (
+    Timer,
+    add_input_size_argument,
+    dataset_dir,
+    input_size,
+    load_for_transfer,
+    normalize,
+    save_and_report,
+)
+
+DESCRIPTION = "VOC07 multi-label classification, trainval->test, --layers fc6-8|all; mAP (Table 5.5)"
+
+# Protocol defaults per --layers: (full, smoke).
+DEFAULTS = {
+    "fc6-8": {
+        "iterations": (150000, 40),  # eval_voc_classif_fc6_8.sh -nit 150000
+        "batch_size": (16, 16),      # eval_voc_classif_fc6_8.sh BSZ=16
+        "lr": (0.003, 0.003),        # eval_voc_classif_fc6_8.sh LR=0.003 (= eval_voc_classif.py default)
+        "stepsize": (5000, 20),      # eval_voc_classif_fc6_8.sh stepsize=5000
+    },
+    "all": {
+        "iterations": (150000, 40),  # eval_voc_classif_all.sh -nit 150000
+        "batch_size": (16, 16),      # eval_voc_classif_all.sh BSZ=16
+        "lr": (0.001, 0.001),        # eval_voc_classif_all.sh LR=0.001
+        "stepsize": (20000, 20),     # eval_voc_classif_all.sh stepsize=20000
+    },
+    "common": {
+        "lr_gamma": (0.5, 0.5),          # eval_voc_classif.py: lr *= 0.5 every stepsize iterations
+        "momentum": (0.9, 0.9),          # eval_voc_classif.py momentum=0.9
+        "weight_decay": (1e-6, 1e-6),    # eval_voc_classif.py --wd 1e-6
+        "grad_clip": (10.0, 10.0),       # eval_voc_classif.py clip_grad_norm_(..., 10)
+        "min_scale": (0.1, 0.1),         # eval_voc_classif.py --min_scale 0.1
+        "max_scale": (0.5, 0.5),         # eval_voc_classif.py --max_scale 0.5
+        "test_crops": (10, 3),           # eval_voc_classif.py: 10 random crops at test
+    },
+}
+
+
+def build_model(model, fc_init: str) -> nn.Module:
+    """A copy of the checkpoint's network with a new 20-way top layer (fc8)."""
+    net = copy.deepcopy(model)
+    if fc_init == "random":
+        for m in net.classifier.modules():
+            if isinstance(m, nn.Linear):
+                engine.init_linear(m, bias=0.1)  # eval_voc_classif.py: N(0, 0.01), bias 0.1
+    net.top_layer = nn.Linear(net.classifier[net.fc_indices[1]].out_features, len(VOC_CLASSES))
+    net.top_layer.bias.data.fill_(0.1)  # eval_voc_classif.py: default weight init, bias 0.1
+    return net
+
+
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum over classes of BCE against targets > 0, labels 0 (difficult only) masked; mean over batch."""
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, (targets > 0).float(), reduction="none")
+    return loss.masked_fill(targets == 0, 0).sum() / targets.shape[0]
+
+
+def trainable(net: nn.Module, layers: str) -> list[nn.Parameter]:
+    for p in net.parameters():
+        p.requires_grad = False
+    mods = [net.classifier, net.top_layer] + ([net.features] if layers == "all" else [])
+    params = [p for m in mods for p in m.parameters()]
+    for p in params:
+        p.requires_grad = True
+    return params
+
+
+def train(net: nn.Module, params, batches, *, iterations: int, lr: float, stepsize: int, gamma: float,
+          momentum: float, weight_decay: float, clip: float, device: str) -> list[float]:
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    losses = []
+    net.train()
+    net.features.eval()  # eval_voc_classif.py: "in the batch norms always use global statistics"
+    for it, (x, y) in enumerate(tqdm(itertools.islice(batches, iterations), total=iterations,
+                                     desc="voc train", leave=False, disable=None)):
+        if it and it % stepsize == 0:
+            for g in opt.param_groups:
+                g["lr"] *= gamma
+        loss = masked_bce(net(x.to(device)), y.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def evaluate(net: nn.Module, batches, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """Scores summed over each image's crops (B, n, C, H, W inputs), and the targets."""
+    net.eval()
+    scores, targets = [], []
+    with torch.no_grad():
+        for batch in batches:
+            if batch is None:
+                continue
+            x, y = batch
+            n = x.shape[1]
+            out = net(x.flatten(0, 1).to(device)).float().cpu()
+            scores.append(out.view(-1, n, out.shape[1]).sum(1).numpy())
+            targets.append(y.numpy())
+    return np.concatenate(scores), np.concatenate(targets)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_input_size_argument(p)
+    p.add_argument("--layers", choices=("fc6-8", "all"), default="fc6-8",
+                   help="fc6-8: frozen convs; all: fine-tune everything")
+    p.add_argument("--fc-init", choices=("random", "checkpoint"), default="random",
+                   help="fc6/fc7 start: random (DeepCluster's scripts) or the checkpoint's weights")
+    p.add_argument("--iterations", type=int, default=None, help="default: 150000 (full), 40 (smoke)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 16")
+    p.add_argument("--lr", type=float, default=None, help="default: 0.003 (fc6-8), 0.001 (all)")
+    p.add_argument("--stepsize", type=int, default=None, help="lr *= lr-gamma every N iterations")
+    p.add_argument("--lr-gamma", type=float, default=None)
+    p.add_argument("--momentum", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--grad-clip", type=float, default=None)
+    p.add_argument("--min-scale", type=float, default=None)
+    p.add_argument("--max-scale", type=float, default=None)
+    p.add_argument("--test-crops", type=int, default=None, help="random crops per test image (default: 10 full, 3 smoke)")
+    p.add_argument("--train-split", default="trainval")
+    p.add_argument("--test-split", default="test")
+
+
+def run(args: argparse.Namespace) -> Path:
+    timer = Timer()
+    proto = engine.resolve_protocol(args, {**DEFAULTS[args.layers], **DEFAULTS["common"]})
+    with timer("load"):
+        ckpt = load_for_transfer(args.checkpoint, need_fc=args.fc_init == "checkpoint",
+                                 task=f"voc-classification --layers {args.layers}")
+        size = input_size(args, ckpt.meta)
+        devkit = dataset_dir(args, "VOCdevkit", ("VOC2007",))
+        norm = [T.ToTensor(), normalize(ckpt.meta)]
+        aug = T.Compose([T.RandomHorizontalFlip(),
+                                T.RandomResizedCrop(size, scale=(proto["min_scale"], proto["max_scale"]),
+                                                           ratio=(1.0, 1.0)), *norm])
+        train_ds = VOCClassification(devkit, "2007", args.train_split, aug)
+        test_ds = VOCClassification(devkit, "2007", args.test_split, engine.RepeatedCrops(aug, proto["test_crops"]))
+        data_fp = fingerprint(devkit / "VOC2007")
+    engine.seed_everything(args.seed)
+    net = build_model(ckpt.model, args.fc_init).to(args.device)
+    params = trainable(net, args.layers)
+    trunk_before = engine.state_fingerprint(net.features)
+    bs, workers = proto["batch_size"], args.workers
+    # One loader for the whole run: successive permutations of trainval, iterations * batch samples.
+    gen = torch.Generator().manual_seed(args.seed)
+    sampler = torch.utils.data.RandomSampler(train_ds, num_samples=proto["iterations"] * bs, generator=gen)
+    batches = (b for b in torch.utils.data.DataLoader(train_ds, batch_size=bs, sampler=sampler, num_workers=workers,
+                                                      collate_fn=collate_skip_none, generator=gen)
+               if b is not None)
+    with timer("train"):
+        losses = train(net, params, batches, iterations=proto["iterations"], lr=proto["lr"],
+                       stepsize=proto["stepsize"], gamma=proto["lr_gamma"], momentum=proto["momentum"],
+                       weight_decay=proto["weight_decay"], clip=proto["grad_clip"], device=args.device)
+    if args.layers == "fc6-8" and engine.state_fingerprint(net.features) != trunk_before:
+        raise RuntimeError("the frozen trunk changed during fc6-8 training")
+    with timer("test"):
+        torch.manual_seed(args.seed + 1)
+        scores, targets = evaluate(net, engine.loader(test_ds, max(1, bs // 2), shuffle=False, workers=workers,
+                                                      seed=args.seed + 1), args.device)
+    aps = engine.voc_class_aps(scores, targets)
+    defined = ~np.isnan(aps)
+    result = make_result(
+        task="voc-classification", variant={"dataset": "voc2007", "layers": args.layers},
+        checkpoint=checkpoint_block(ckpt), metrics={"map": float(np.mean(aps[defined]) * 100)},
+        protocol={**proto, "layers": args.layers, "fc_init": args.fc_init, "optimizer": "SGD",
+                  "lr_schedule": "step: lr *= lr_gamma every stepsize iterations",
+                  "loss": "BCE with logits, difficult-only labels masked, summed over classes, mean over batch",
+                  "batchnorm": "running statistics (features in eval mode)",
+                  "train_transform": "flip, RandomResizedCrop(scale=(min_scale, max_scale), ratio=1)",
+                  "test_rule": "scores summed over test_crops random crops; AP on non-difficult images "
+                               "(sklearn average_precision_score rule); mean over classes with positives",
+                  "train_split": args.train_split, "test_split": args.test_split, "input_size": size,
+                  "seed": args.seed},
+        data={"name": "voc2007", "root": str(devkit), "fingerprint": data_fp,
+              "sizes": {args.train_split: len(train_ds), args.test_split: len(test_ds)}},
+        scale=args.scale, timings=timer.timings, selection={"rule": "final", "epochs": None},
+        details={"ap": {c: (None if np.isnan(a) else round(float(a) * 100, 3)) for c, a in zip(VOC_CLASSES, aps)},
+                 "classes_without_positives": [c for c, d in zip(VOC_CLASSES, defined) if not d],
+                 "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)] if losses else None})
+    return save_and_report(args, result)
