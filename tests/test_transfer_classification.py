@@ -1,0 +1,157 @@
+"""dc-transfer classification tasks end to end (tiny budgets), and their bad-input lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dcbench.checkpoint import save_checkpoint
+from dcbench.errors import run_cli
+from dcbench.models import build_model
+from dcbench.results import read_result
+from dcbench.transfer.cli import main
+
+
+@pytest.fixture(scope="module")
+def ckpt64(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "rand64"
+    save_checkpoint(path, build_model("alexnet", sobel=True, input_size=64, seed=0), origin="random")
+    return path
+
+
+def _run(argv, capsys):
+    code = run_cli(main, [str(a) for a in argv])
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _common(ckpt, data, tmp_path):
+    return ["--checkpoint", ckpt, "--data", data, "--out", tmp_path / "res", "--scale", "smoke",
+            "--device", "cpu", "--workers", "0", "--cache-dir", tmp_path / "cache"]
+
+
+def _only_result(tmp_path: Path) -> dict:
+    files = sorted((tmp_path / "res").glob("*.json"))
+    assert len(files) == 1, files
+    return read_result(files[0])
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: one line, exit 2
+
+
+def _tiny_tree(root: Path, split_classes: dict[str, list[str]]) -> Path:
+    for split, classes in split_classes.items():
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (40, 40), (i * 90, 30, 60)).save(d / f"{i}.jpg")
+    return root
+
+
+@pytest.mark.parametrize("task", ["mlp", "linear-imagenet"])
+def test_val_class_missing_from_train(task, ckpt64, tmp_path, capsys):
+    data = _tiny_tree(tmp_path / "data", {"train": ["a", "b"], "val": ["a", "zebra"]})
+    code, err = _run([task, *_common(ckpt64, data, tmp_path)], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "zebra" in err and "missing from train" in err
+
+
+def test_places_val_label_missing_from_train(ckpt64, tmp_path, capsys):
+    root = tmp_path / "places"
+    (root / "images" / "x").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (40, 40)).save(root / "images" / "x" / f"{i}.jpg")
+    lists = root / "trainvalsplit_places205"
+    lists.mkdir()
+    (lists / "train_places205.csv").write_text("x/0.jpg 0\nx/1.jpg 1\n")
+    (lists / "val_places205.csv").write_text("x/2.jpg 7\n")
+    code, err = _run(["linear-places", *_common(ckpt64, root, tmp_path)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "val labels missing from train: 7" in err
+
+
+@pytest.mark.parametrize("task", ["mlp", "linear-imagenet", "linear-places", "voc-classification",
+                                  "lowshot", "knn-graph"])
+def test_input_size_mismatch(task, ckpt64, tmp_path, capsys):
+    data = _tiny_tree(tmp_path / "data", {"train": ["a"], "val": ["a"]})
+    code, err = _run([task, *_common(ckpt64, data, tmp_path), "--input-size", "224"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "built for 64px" in err
+
+
+def test_missing_data_and_bad_layers(ckpt64, tmp_path, capsys):
+    code, err = _run(["linear-imagenet", *_common(ckpt64, tmp_path / "nope", tmp_path)], capsys)
+    assert code == 2 and "--data" in err and err.count("\n") == 1
+    data = _tiny_tree(tmp_path / "data", {"train": ["a"], "val": ["a"]})
+    code, err = _run(["linear-imagenet", *_common(ckpt64, data, tmp_path), "--layers", "conv9"], capsys)
+    assert code == 2 and "--layers" in err and err.count("\n") == 1
+
+
+def test_fc_layers_required(ckpt64, tmp_path, capsys, monkeypatch):
+    """A network without fc6/fc7 cannot serve fc6-8 with the checkpoint's fc weights."""
+    from dcbench.transfer import common
+
+    real = common.load_checkpoint
+
+    def no_fc(path):
+        ck = real(path)
+        del ck.model.classifier
+        return ck
+
+    monkeypatch.setattr(common, "load_checkpoint", no_fc)
+    code, err = _run(["voc-classification", *_common(ckpt64, tmp_path, tmp_path), "--fc-init", "checkpoint"],
+                     capsys)
+    assert code == 2 and "fc6/fc7" in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------------------------
+# End to end on the embedded data (tiny budgets)
+
+
+@pytest.mark.slow
+def test_linear_imagenet_end_to_end_and_cache(ckpt64, embedded_root, tmp_path, capsys):
+    argv = ["linear-imagenet", *_common(ckpt64, embedded_root, tmp_path), "--epochs", "2"]
+    assert _run(argv, capsys)[0] == 0
+    r = _only_result(tmp_path)
+    assert set(r["metrics"]) == {f"conv{i}{s}" for i in range(1, 6) for s in ("", "_best")}
+    assert r["selection"]["rule"] == "last+best" and set(r["selection"]["best_epochs"]) == {
+        f"conv{i}" for i in range(1, 6)}
+    assert r["protocol"]["pooling"]["conv1"]["dim"] == 6144 and r["details"]["feature_cache_hit"] is False
+    for f in (tmp_path / "res").glob("*.json"):
+        f.unlink()
+    assert _run(argv, capsys)[0] == 0  # second run: features from the cache, same numbers
+    r2 = _only_result(tmp_path)
+    assert r2["details"]["feature_cache_hit"] is True and r2["metrics"] == r["metrics"]
+
+
+@pytest.mark.slow
+def test_linear_places_end_to_end(ckpt64, embedded_root, tmp_path, capsys):
+    argv = ["linear-places", *_common(ckpt64, embedded_root, tmp_path), "--epochs", "1", "--layers", "conv1,conv5"]
+    assert _run(argv, capsys)[0] == 0
+    r = _only_result(tmp_path)
+    assert set(r["metrics"]) == {"conv1", "conv1_best", "conv5", "conv5_best"}
+    assert r["variant"]["dataset"] == "places205" and r["data"]["sizes"]["val"] > 0
+
+
+@pytest.mark.slow
+def test_mlp_end_to_end_ten_crops(ckpt64, embedded_root, tmp_path, capsys):
+    argv = ["mlp", *_common(ckpt64, embedded_root, tmp_path), "--epochs", "1", "--eval-crops", "10"]
+    assert _run(argv, capsys)[0] == 0
+    r = _only_result(tmp_path)
+    assert set(r["metrics"]) == {"top1", "top1_best"} and r["protocol"]["eval_crops"] == 10
+    assert r["selection"] == {"rule": "last+best", "epochs": 1, "best_epoch": 1}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layers", ["fc6-8", "all"])
+def test_voc_classification_end_to_end(layers, ckpt64, embedded_root, tmp_path, capsys):
+    argv = ["voc-classification", *_common(ckpt64, embedded_root, tmp_path), "--layers", layers,
+            "--iterations", "2", "--test-crops", "2"]
+    assert _run(argv, capsys)[0] == 0
+    r = _only_result(tmp_path)
+    assert set(r["metrics"]) == {"map"} and r["variant"]["layers"] == layers
+    assert len(r["details"]["ap"]) == 20
+    json.dumps(r)
