@@ -1,0 +1,259 @@
+"""knn-graph: the k-NN-graph diagnostics of thesis §4.1, and the pictures of Figures 5.2-5.3.
+
+Descriptors: by default the clustering features of DESIGN §5 — fc7 before its ReLU, centre
+crop, PCA-whitened to 256 dims, L2-normalised (``--features pool5`` uses the flattened trunk
+output instead). A 10-NN graph (exact L2 search, faiss) is built over one labelled split. For
+each class C, "ratio edge intra-class" = #edges (i, j) with i and j in C / #edges leaving C,
+in percent. A random graph's expected ratio for C is (|C| - 1) / (N - 1).
+
+Result: metrics ``ratio_mean``, ``ratio_median``, ``ratio_q1``, ``ratio_q3``, ``ratio_min``,
+``ratio_max`` (over classes, %), and ``random_graph_mean`` (the random-graph baseline, %);
+per-class ratios in ``details.per_class``; selection ``final``. Pictures (PNG) beside the
+result under ``OUT/knn-graph/<checkpoint>-<sha8>/``: ``neighbours.png`` (query images and their
+3 nearest neighbours, Fig. 5.3), ``filters.png`` (conv1 filters, composed with the Sobel
+filters when the network has them, Fig. 5.2), ``ratios.png`` (distribution, Fig. 4.1); their
+paths are in ``details.pictures``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from dcbench.datasets import ImageFolder, fingerprint, pil_loader
+from dcbench.results import checkpoint_block, make_result
+from dcbench.transfer import engine
+from dcbench.transfer.common import (
+    Timer,
+    add_input_size_argument,
+    dataset_dir,
+    input_size,
+    load_for_transfer,
+    save_and_report,
+)
+
+DESCRIPTION = "10-NN graph ratio edge intra-class, nearest-neighbour and conv1-filter pictures (§4.1, Figs 5.2-5.3)"
+
+DEFAULTS = {
+    "k": (10, 10),            # thesis §4.1: "10-NN graph"
+    "pca_dim": (256, 256),    # thesis §4.2 / DESIGN §5: PCA-whitening to 256 dims, then L2
+    "neighbours": (3, 3),     # thesis §5.3: "its 3 nearest neighbors according to the l2 distance"
+    "queries": (8, 8),        # rows of neighbours.png (one query per class, drawn with --seed)
+    "batch_size": (256, 128),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Pure core
+
+
+def pca_whiten_l2(x: np.ndarray, dim: int, eps: float = 1e-5) -> tuple[np.ndarray, int]:
+    """Centre, project on the top ``dim`` principal axes scaled by 1/sqrt(eigenvalue), L2-normalise.
+    ``dim`` is clipped to the rank available (N - 1, D); the dimension used is returned."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x - x.mean(0, keepdims=True)
+    dim = int(min(dim, x.shape[0] - 1, x.shape[1]))
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    eig = s[:dim] ** 2 / max(1, x.shape[0] - 1)
+    y = x @ vt[:dim].T / np.sqrt(eig + eps)
+    y /= np.linalg.norm(y, axis=1, keepdims=True) + 1e-12
+    return y.astype(np.float32), dim
+
+
+def knn(x: np.ndarray, k: int) -> np.ndarray:
+    """(N, k) indices of each row's k nearest other rows (exact L2, self excluded)."""
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(x)
+    _, nn = index.search(x, k + 1)
+    out = np.empty((len(x), k), dtype=np.int64)
+    for i, row in enumerate(nn):
+        row = row[row != i]  # self is normally first; duplicates can push it elsewhere
+        out[i] = row[:k]
+    return out
+
+
+def ratio_edge_intra_class(neighbours: np.ndarray, labels: np.ndarray) -> dict[int, float]:
+    """Per class C: #edges i -> j with i, j in C / #edges leaving C (percent)."""
+    labels = np.asarray(labels)
+    same = labels[neighbours] == labels[:, None]
+    return {int(c): float(same[labels == c].mean() * 100) for c in np.unique(labels)}
+
+
+def random_graph_ratio(labels: np.ndarray) -> dict[int, float]:
+    """Expected ratio of a uniformly random k-NN graph: (|C| - 1) / (N - 1)."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    return {int(c): float((np.sum(labels == c) - 1) / (n - 1) * 100) for c in np.unique(labels)}
+
+
+def first_layer_filters(model) -> tuple[np.ndarray, bool]:
+    """conv1 filters in input space: (F, h, w, 3) RGB, or (F, h, w) grey when composed with Sobel.
+
+    With Sobel, conv1 sees the two gradient maps of the grey image; the filter on the grey image
+    is the sum over the two Sobel channels of (conv1 filter) full-convolved with (Sobel kernel)."""
+    conv1 = next(m for m in model.features if isinstance(m, torch.nn.Conv2d))
+    w = conv1.weight.detach().float().cpu()
+    if model.sobel is None:
+        return w.permute(0, 2, 3, 1).numpy(), False
+    sob = model.sobel[1].weight.detach().float().cpu()  # (2, 1, 3, 3)
+    eff = sum(F.conv_transpose2d(w[:, c:c + 1], sob[c:c + 1]) for c in range(sob.shape[0]))
+    return eff[:, 0].numpy(), True
+
+
+# --------------------------------------------------------------------------------------------
+# Pictures
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_filters(filters: np.ndarray, grey: bool, path: Path, title: str) -> Path:
+    plt = _plt()
+    n = len(filters)
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.6, rows * 0.6 + 0.4))
+    for i, ax in enumerate(np.ravel(axes)):
+        ax.axis("off")
+        if i < n:
+            f = filters[i]
+            f = (f - f.min()) / (f.max() - f.min() + 1e-12)
+            ax.imshow(f, cmap="gray" if grey else None, interpolation="nearest")
+    fig.suptitle(title, fontsize=8)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_neighbours(paths: list[str], queries: list[int], nn: np.ndarray, labels: np.ndarray, classes,
+                    path: Path, title: str) -> Path:
+    plt = _plt()
+    k = nn.shape[1]
+    fig, axes = plt.subplots(len(queries), k + 1, figsize=((k + 1) * 1.3, len(queries) * 1.3 + 0.4), squeeze=False)
+    for r, q in enumerate(queries):
+        for c, idx in enumerate([q, *nn[q]]):
+            ax = axes[r, c]
+            ax.imshow(pil_loader(paths[idx]))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            colour = "black" if c == 0 else ("green" if labels[idx] == labels[q] else "red")
+            ax.set_title(str(classes[labels[idx]])[:12], fontsize=6, color=colour)
+            for s in ax.spines.values():
+                s.set_edgecolor(colour)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_ratios(ratios: dict, classes, random_mean: float, path: Path, title: str) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.boxplot(list(ratios.values()))
+    ax.axhline(random_mean, color="grey", ls="--", lw=0.8, label="random graph")
+    ax.set_ylabel("ratio edge intra-class (%)")
+    ax.set_xticks([])
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_input_size_argument(p)
+    p.add_argument("--split", choices=("train", "val"), default="val", help="labelled split to build the graph on")
+    p.add_argument("--features", choices=("penultimate", "pool5"), default="penultimate",
+                   help="penultimate: fc7 before ReLU (the clustering features); pool5: trunk output")
+    p.add_argument("--k", type=int, default=None, help="neighbours per node (default: 10)")
+    p.add_argument("--pca-dim", type=int, default=None, help="PCA-whitening dims (default: 256; 0 = none)")
+    p.add_argument("--neighbours", type=int, default=None, help="neighbours shown per query (default: 3)")
+    p.add_argument("--queries", type=int, default=None, help="query rows in neighbours.png (default: 8)")
+    p.add_argument("--batch-size", type=int, default=None)
+
+
+def run(args: argparse.Namespace) -> Path:
+    timer = Timer()
+    proto = engine.resolve_protocol(args, DEFAULTS)
+    with timer("load"):
+        ckpt = load_for_transfer(args.checkpoint, need_fc=args.features == "penultimate", task="knn-graph")
+        size = input_size(args, ckpt.meta)
+        root = dataset_dir(args, "classification", (args.split,))
+        ds = ImageFolder(root / args.split, engine.eval_crops_transform(ckpt.meta, size, 1))
+        data_fp = fingerprint(root / args.split)
+    model = engine.frozen(ckpt.model.to(args.device))
+
+    def forward(x):
+        return [model.penultimate(x) if args.features == "penultimate" else model.trunk(x).flatten(1)]
+
+    key = {"kind": f"knn-{args.features}", "checkpoint": ckpt.sha256, "data": data_fp, "split": args.split,
+           "transform": "center-crop", "input_size": size, "dtype": "float32"}
+    with timer("features"):
+        feats, labels, hit = engine.extract_cached(
+            args, key, [args.features], lambda: engine.loader(ds, proto["batch_size"], shuffle=False,
+                                                              workers=args.workers),
+            forward, device=args.device, desc="features", dtype=np.float32)
+    x = feats[args.features][:, 0]
+    with timer("graph"):
+        if proto["pca_dim"]:
+            x, used_dim = pca_whiten_l2(x, proto["pca_dim"])
+        else:
+            used_dim = x.shape[1]
+        k = min(proto["k"], len(x) - 1)
+        nn = knn(x, k)
+        ratios = ratio_edge_intra_class(nn, labels)
+        rand = random_graph_ratio(labels)
+    vals = np.array(list(ratios.values()))
+    metrics = {"ratio_mean": vals.mean(), "ratio_median": np.median(vals), "ratio_q1": np.percentile(vals, 25),
+               "ratio_q3": np.percentile(vals, 75), "ratio_min": vals.min(), "ratio_max": vals.max(),
+               "random_graph_mean": float(np.mean(list(rand.values())))}
+    with timer("pictures"):
+        pic_dir = Path(args.out) / "knn-graph" / f"{ckpt.name}-{ckpt.sha256[:8]}"
+        pic_dir.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(args.seed)
+        classes = ds.classes
+        per_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+        queries = [int(rng.choice(ix)) for ix in per_class[:proto["queries"]]]
+        shown = nn[:, :min(proto["neighbours"], k)]
+        paths = [p for p, _ in ds.samples]
+        title = f"{ckpt.name} ({ckpt.meta.get('origin')}, {args.features})"
+        filters, grey = first_layer_filters(model)
+        pictures = {
+            "neighbours": save_neighbours(paths, queries, shown, labels, classes, pic_dir / "neighbours.png", title),
+            "filters": save_filters(filters, grey, pic_dir / "filters.png",
+                                    f"{title}: conv1{' composed with Sobel' if grey else ''}"),
+            "ratios": save_ratios(ratios, classes, metrics["random_graph_mean"], pic_dir / "ratios.png", title),
+        }
+    result = make_result(
+        task="knn-graph", variant={"dataset": "imagenet", "split": args.split, "features": args.features},
+        checkpoint=checkpoint_block(ckpt), metrics=metrics,
+        protocol={**proto, "k_used": k, "pca_dim_used": used_dim, "features": args.features,
+                  "descriptor": ("fc7 before ReLU" if args.features == "penultimate" else "flattened trunk output")
+                  + (", PCA-whitened, L2-normalised" if proto["pca_dim"] else ""),
+                  "search": "exact L2 (faiss IndexFlatL2), self excluded", "transform": "centre crop",
+                  "input_size": size, "split": args.split, "seed": args.seed},
+        data={"name": "imagenet", "root": str(root), "fingerprint": data_fp, "sizes": {args.split: len(labels)}},
+        scale=args.scale, timings=timer.timings, selection={"rule": "final", "epochs": None},
+        details={"per_class": {str(classes[c]): round(v, 3) for c, v in ratios.items()},
+                 "random_graph_per_class": {str(classes[c]): round(v, 3) for c, v in rand.items()},
+                 "queries": [paths[q] for q in queries], "pictures": {n: str(p) for n, p in pictures.items()},
+                 "filters_composed_with_sobel": grey, "feature_cache_hit": hit})
+    return save_and_report(args, result)
