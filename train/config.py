@@ -25,6 +25,7 @@ class TrainConfig:
     arch: str = "alexnet"  # AlexNet with batch norm, LRN removed (thesis §3.3)
     sobel: bool = True  # Sobel input (thesis §3.3, Table 5.1)
     input_size: int = 224  # RandomResizedCrop / centre-crop size (thesis §3.3: 224*224 crops)
+    crop_min_scale: float = 0.08  # RandomResizedCrop's smallest area fraction (torchvision default, original code)
     # --- clustering (thesis §3.3, §4.6; original DeepCluster code)
     clustering: str = "kmeans"  # kmeans | pic (Table 5.1)
     k: int = 10_000  # k-means clusters (Table 5.1: 10K-means)
@@ -41,6 +42,7 @@ class TrainConfig:
     lr: float = 0.02  # Table 5.1
     weight_decay: float = 1e-5  # Table 5.1
     momentum: float = 0.9  # thesis §3.3
+    top_momentum: float = 0.9  # thesis §3.3 (momentum 0.9 throughout); the original code's top layer used 0
     batch_size: int = 256  # thesis §3.3
     steps_per_epoch: int | None = None  # None = epoch_multiplier * |X~| // batch (thesis §3.3)
     epoch_multiplier: int = 1  # 1 on ImageNet, 3 on YFCC100m (thesis §3.3)
@@ -83,7 +85,9 @@ class TrainConfig:
             raise UserError(f"--subset-size {self.subset_size} is larger than --pool-size {self.pool_size}")
         if not (self.lr > 0):
             raise UserError(f"--lr must be positive, got {self.lr}")
-        if self.weight_decay < 0 or not (0 <= self.momentum < 1):
+        if not (0 < self.crop_min_scale <= 1):
+            raise UserError(f"--crop-min-scale must be in (0, 1], got {self.crop_min_scale}")
+        if self.weight_decay < 0 or not (0 <= self.momentum < 1) or not (0 <= self.top_momentum < 1):
             raise UserError("--wd must be >= 0 and --momentum in [0, 1)")
         if self.pic_sigma <= 0 or not (0 < self.pic_alpha <= 1):
             raise UserError("--pic-sigma must be > 0 and --pic-alpha in (0, 1]")
@@ -106,8 +110,10 @@ PRESETS: dict[str, dict] = {
 # Smoke scale: the embedded classification set (~600 images of 96 px, 10 classes at `smoke`).
 # Same algorithm, sizes shrunk: k ~ 5x the classes for the 10K presets (ImageNet: 10x), 1x for 1K;
 # 64-px crops of the 96-px images; batch 64; enough steps per epoch for the fresh top layer to
-# move the trunk; no pool (the embedded set is small).
-SMOKE: dict = dict(input_size=64, batch_size=64, epochs=6, steps_per_epoch=40, workers=0,
+# move the trunk; no pool (the embedded set is small). PCA to 32 dims, not 256: whitening n points
+# to nearly n-1 dims makes them all equidistant (a regular simplex), and k-means on that is random;
+# the thesis's 256 dims are for 1.2M images.
+SMOKE: dict = dict(input_size=64, batch_size=64, epochs=5, steps_per_epoch=30, workers=0, pca_dim=32,
                    snapshot_every=0, pool_size=None, subset_size=None, epoch_multiplier=1)
 SMOKE_K = {10_000: 50, 1_000: 10}
 

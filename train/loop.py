@@ -73,7 +73,7 @@ def transforms(cfg: TrainConfig):
     import torchvision.transforms as T
 
     norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train = T.Compose([T.RandomResizedCrop(cfg.input_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    train = T.Compose([T.RandomResizedCrop(cfg.input_size, scale=(cfg.crop_min_scale, 1.0)), T.RandomHorizontalFlip(), T.ToTensor(), norm])
     centre = T.Compose([T.Resize(int(round(cfg.input_size * 256 / 224))), T.CenterCrop(cfg.input_size),
                         T.ToTensor(), norm])
     return train, centre
@@ -429,7 +429,9 @@ def _train_pass(model, opt, ds, items, targets, mine, per, steps, m, tf, cfg, de
         net = nn.parallel.DistributedDataParallel(net, device_ids=[ddp_device] if ddp_device is not None else None)
     sgt = cfg.sgt and cfg.sgt < m
     top = model.top_layer
-    opt_top = None if sgt else torch.optim.SGD(top.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt_top = None if sgt else torch.optim.SGD(top.parameters(), lr=cfg.lr, momentum=cfg.top_momentum,
+                                               weight_decay=cfg.weight_decay)
+    bufs = {id(p): torch.zeros_like(p) for p in top.parameters()} if sgt else {}
     rng_rows = np.random.default_rng(stage_seed(cfg.seed, epoch, 6))
     model.train()
     loader = _loader(_View(ds, items[mine], targets[mine], tf), per, cfg, stage_seed(cfg.seed, epoch, 7))
@@ -466,8 +468,9 @@ def _train_pass(model, opt, ds, items, targets, mine, per, steps, m, tf, cfg, de
         else:
             with torch.no_grad():  # lazy SGD on the selected rows only
                 for p in (top.weight, top.bias):
-                    g = p.grad[rows] + cfg.weight_decay * p[rows]
-                    p[rows] = p[rows] - cfg.lr * g
+                    b = bufs[id(p)]
+                    b[rows] = cfg.top_momentum * b[rows] + p.grad[rows] + cfg.weight_decay * p[rows]
+                    p[rows] = p[rows] - cfg.lr * b[rows]
         loss_sum += lv * y.shape[0]
         loss_n += y.shape[0]
     return loss_sum, loss_n

@@ -1,0 +1,199 @@
+"""dc-train end to end on tiny embedded-style data: outputs, resume exactness, bad input."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dcbench.checkpoint import load_checkpoint
+from dcbench.train import cli as train_cli
+from dcbench.train.config import make_config
+from dcbench.train.loop import load_assignments, read_log, train
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """4 classes x 12 images of 96 px, drawn by the embedded-data generator."""
+    from dcbench.synth import CLASSIFICATION_FAMILIES, render_classification
+
+    root = tmp_path_factory.mktemp("dctrain") / "data"
+    for ci, fam in enumerate(sorted(CLASSIFICATION_FAMILIES)[:4]):
+        (root / fam).mkdir(parents=True)
+        for i in range(12):
+            render_classification(np.random.default_rng([ci, i]), fam, 96).save(root / fam / f"{i:03d}.jpg",
+                                                                                quality=90)
+    return root
+
+
+def tiny(data, out, **kw):
+    base = dict(data=str(data), out=str(out), k=4, pca_dim=8, batch_size=16, steps_per_epoch=3, epochs=2,
+                quiet=True, workers=0, seed=1)
+    base.update(kw)
+    return make_config("km-ImNet-Sob", "smoke", **base)
+
+
+def weights(out) -> dict:
+    return load_file(str(Path(out) / "checkpoint" / "model.safetensors"))
+
+
+def test_outputs_and_log(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(tiny_data, out, snapshot_every=1))
+    ck = load_checkpoint(out / "checkpoint", with_train_state=True)
+    assert ck.meta["origin"] == "dcbench-train" and ck.meta["epoch"] == 2 and ck.meta["num_clusters"] == 4
+    assert ck.meta["num_classes"] == 4 and ck.meta["train_config"]["k"] == 4 and ck.meta["data_fingerprint"]
+    assert ck.train_state["epoch"] == 2
+    assert (out / "snapshots" / "epoch_0001" / "model.safetensors").is_file()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["git_sha"] and cfg["environment"]["torch"] and cfg["config"]["k"] == 4
+    log = read_log(out)
+    assert [r["epoch"] for r in log] == [1, 2]
+    for r in log:
+        assert r["empty"] == 0 and r["size_min"] >= 1 and math.isfinite(r["loss"])
+        assert {"features", "pca", "clustering", "train"} <= set(r["time"])
+        assert 0 <= r["nmi_labels"] <= 1 and 0 <= r["ratio_edge_intra_class"] <= 1
+    assert log[0]["nmi_prev"] is None and 0 <= log[1]["nmi_prev"] <= 1
+    idx, lab = load_assignments(out / "assignments" / "epoch_0002.npz")
+    assert idx.shape == lab.shape == (48,) and lab.dtype == np.int32 and set(lab) == {0, 1, 2, 3}
+
+
+def test_resume_is_exact(tiny_data, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    train(tiny(tiny_data, full, epochs=3))
+    # Stopped after epoch 1, then resumed to 3.
+    part = tmp_path / "part"
+    train(tiny(tiny_data, part, epochs=1))
+    train(tiny(tiny_data, part, epochs=3), resume=True)
+    a, b = weights(full), weights(part)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Killed mid-epoch 3 (after its log line, before its checkpoint), restarted on the same folder.
+    import dcbench.train.loop as L
+
+    killed = tmp_path / "killed"
+    real = L.save_checkpoint
+
+    def crash(path, model, **kw):
+        if kw.get("epoch") == 3:
+            raise KeyboardInterrupt
+        return real(path, model, **kw)
+
+    monkeypatch.setattr(L, "save_checkpoint", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(tiny_data, killed, epochs=3))
+    monkeypatch.setattr(L, "save_checkpoint", real)
+    assert load_checkpoint(killed / "checkpoint").meta["epoch"] == 2
+    train(tiny(tiny_data, killed, epochs=3))  # no --resume: the same output folder resumes
+    c = weights(killed)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert [r["epoch"] for r in read_log(killed)] == [1, 2, 3]
+    assert [r["loss"] for r in read_log(killed)] == [r["loss"] for r in read_log(full)]
+
+
+def test_resume_with_other_settings_is_refused(tiny_data, tmp_path):
+    out = tmp_path / "r"
+    train(tiny(tiny_data, out, epochs=1))
+    assert train_cli.main(["--data", str(tiny_data), "--out", str(out), "--scale", "smoke", "--k", "4",
+                           "--pca-dim", "8", "--batch-size", "16", "--steps-per-epoch", "3", "--seed", "1",
+                           "--epochs", "1", "--quiet"]) == 0
+    from dcbench.errors import run_cli
+
+    rc = run_cli(train_cli.main, ["--data", str(tiny_data), "--out", str(out), "--scale", "smoke", "--k", "5",
+                                  "--quiet"])
+    assert rc == 2
+
+
+def _cli(args, capsys):
+    from dcbench.errors import run_cli
+
+    rc = run_cli(train_cli.main, args)
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, err
+
+
+def test_bad_input_one_line_exit_2(tiny_data, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, err = _cli(["--data", str(empty), "--out", str(tmp_path / "o1"), "--scale", "smoke", "--quiet"], capsys)
+    assert rc == 2 and len(err) == 1 and str(empty) in err[0]
+    rc, err = _cli(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o2"), "--quiet"], capsys)
+    assert rc == 2 and len(err) == 1 and "does not exist" in err[0]
+    rc, err = _cli(["--data", str(tiny_data), "--out", str(tmp_path / "o3"), "--scale", "smoke", "--k", "100",
+                    "--quiet"], capsys)
+    assert rc == 2 and "48 images for 100 clusters" in err[-1]
+    corrupt = tmp_path / "corrupt" / "a"
+    corrupt.mkdir(parents=True)
+    for i in range(5):
+        (corrupt / f"{i}.jpg").write_bytes(b"not a jpeg")
+    rc, err = _cli(["--data", str(corrupt.parent), "--out", str(tmp_path / "o4"), "--scale", "smoke", "--quiet"],
+                   capsys)
+    assert rc == 2 and "no readable images" in err[-1]
+    rc, err = _cli(["--epochs", "0"], capsys)
+    assert rc == 2 and len(err) == 1 and "--epochs" in err[0]
+
+
+def test_nan_loss_exit_1_and_no_space_exit_2_keep_last_checkpoint(tiny_data, tmp_path, capsys, monkeypatch):
+    import dcbench.train.loop as L
+
+    out = tmp_path / "nan"
+    args = ["--data", str(tiny_data), "--out", str(out), "--scale", "smoke", "--k", "4", "--pca-dim", "8",
+            "--batch-size", "16", "--steps-per-epoch", "2", "--seed", "1", "--quiet"]
+    assert _cli(args + ["--epochs", "1"], capsys)[0] == 0
+    good = weights(out)
+    real_ce = L.F.cross_entropy
+    monkeypatch.setattr(L.F, "cross_entropy", lambda *a, **k: real_ce(*a, **k) * float("nan"))
+    rc, err = _cli(args + ["--epochs", "2"], capsys)
+    assert rc == 1 and "loss is nan" in err[-1] and "intact" in err[-1]
+    monkeypatch.setattr(L.F, "cross_entropy", real_ce)
+    assert load_checkpoint(out / "checkpoint").meta["epoch"] == 1
+    assert all(torch.equal(good[k], v) for k, v in weights(out).items())
+
+    import dcbench.checkpoint as ckmod
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckmod, "save_file", full_disk)
+    rc, err = _cli(args + ["--epochs", "2"], capsys)
+    assert rc == 2 and "no space left" in err[-1]
+    assert load_checkpoint(out / "checkpoint").meta["epoch"] == 1
+    assert all(torch.equal(good[k], v) for k, v in weights(out).items())
+
+
+def test_pic_and_sgt_and_algorithm2_run(tiny_data, tmp_path):
+    out = tmp_path / "pic"
+    train(tiny(tiny_data, out, clustering="pic", epochs=1, pic_iters=20))
+    r = read_log(out)[0]
+    assert r["empty"] == 0 and r["num_clusters"] >= 1
+    assert load_checkpoint(out / "checkpoint").meta["num_classes"] == r["num_clusters"]
+    out2 = tmp_path / "sgt"
+    train(tiny(tiny_data, out2, sgt=2, pool_size=40, subset_size=24, epochs=2))
+    log = read_log(out2)
+    assert [x["images"] for x in log] == [24, 24]
+    i1, _ = load_assignments(out2 / "assignments" / "epoch_0001.npz")
+    i2, _ = load_assignments(out2 / "assignments" / "epoch_0002.npz")
+    assert not np.array_equal(i1, i2)  # a fresh X~ each epoch
+
+
+def test_sgt_updates_only_selected_rows(tiny_data, tmp_path, monkeypatch):
+    """With --sgt, top-layer rows that are neither targets nor drawn stay at their initial values."""
+    import dcbench.train.loop as L
+
+    captured = {}
+    real_reset = L.reset_top_layer
+
+    def spy_reset(model, m, device):
+        real_reset(model, m, device)
+        captured["init"] = model.top_layer.weight.detach().clone()
+        captured["model"] = model
+
+    monkeypatch.setattr(L, "reset_top_layer", spy_reset)
+    train(tiny(tiny_data, tmp_path / "s", sgt=2, k=8, epochs=1, steps_per_epoch=1, batch_size=2))
+    changed = (captured["model"].top_layer.weight.detach() != captured["init"]).any(dim=1)
+    assert 1 <= int(changed.sum()) <= 2
