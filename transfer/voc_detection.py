@@ -1,0 +1,388 @@
+"""voc-detection: Faster R-CNN / Fast R-CNN on the checkpoint's conv trunk, VOC07 trainval -> test, mAP.
+
+The detector, built from any format-v1 checkpoint with torchvision's detection models:
+
+    image -> [sobel] -> conv trunk up to conv5 (the last max-pool dropped: stride 16)
+          -> RoI max pooling (Fast R-CNN's RoIPool, spatial scale 1/16) to the checkpoint's conv5
+             output size (feature_shape), so fc6's weights apply unchanged
+          -> the checkpoint's classifier (fc6, fc7 with their ReLU/dropout) as the box head
+          -> 21-way classification + class-specific box regression (new, Fast R-CNN init)
+
+``--method faster-rcnn`` (default) adds torchvision's RPN on conv5; ``--method fast-rcnn`` (or any
+``--proposals FILE``) runs the thesis's Fast R-CNN protocol: precomputed proposals through the
+same RoI heads. ``--layers fc6-8`` freezes the whole trunk (no gradient, BatchNorm statistics
+untouched; checked after training); ``--layers all`` fine-tunes it. BatchNorm always runs on its
+stored statistics (two images per batch; the Caffe Fast R-CNN of the thesis folded BN into the
+convs). Training: multi-scale (shorter side drawn per image) and horizontal flips, as Fast R-CNN;
+difficult objects are left out of training, as in Fast R-CNN. Test: one scale.
+
+Output: ``comp4_det_test_<class>.txt`` per class (VOC devkit results format, 1-based pixel boxes)
+in ``<out>/voc-detection-<checkpoint>-<variant>-<time>/``, and mAP by the VOC2007 rules computed
+from those files (:mod:`dcbench.transfer.voc_eval`).
+
+Proposals file (``--proposals``), JSON::
+
+    {"format": "dcbench-proposals", "version": 1,
+     "boxes": {"<image_id>": [[x1, y1, x2, y2], ...], ...}}
+
+1-based inclusive pixel coordinates as in the VOC annotations (1 <= x1 <= x2 <= width), one
+entry per trainval *and* test image (an image may have an empty list). Selective-search boxes
+from Fast R-CNN's ``selective_search_data/voc_2007_*.mat`` convert by reordering each row
+``[y1 x1 y2 x2]`` to ``[x1 y1 x2 y2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.rpn import AnchorGenerator
+from torchvision.models.detection.transform import resize_boxes
+from tqdm import tqdm
+
+from dcbench.datasets import VOC_CLASSES, VOCDetection, fingerprint
+from dcbench.errors import DataError, UserError
+from dcbench.models import DeepClusterNet
+from dcbench.results import checkpoint_block, make_result
+from dcbench.transfer.common import Timer, data_root, load_for_transfer, save_and_report
+from dcbench.transfer.voc_eval import eval_detection_files, write_detection_files
+from dcbench.transfer.voc_segmentation import ConvTrunk, assert_unchanged, fc_layers, parameter_snapshot
+
+DESCRIPTION = "VOC07 detection, Faster/Fast R-CNN on conv5 + fc6/fc7 box head (Table 5.5); mAP@0.5"
+LAYERS = ("fc6-8", "all")
+METHODS = ("faster-rcnn", "fast-rcnn")
+PROPOSALS_FORMAT = "dcbench-proposals"
+
+# Full scale. Fast R-CNN (Girshick 2015, fast-rcnn config.py and VOC solvers): lr 0.001, x0.1 at
+# 30k, 40k iterations, momentum 0.9, wd 5e-4, 2 images x 64 RoIs (25% fg, fg IoU >= .5, bg [.1, .5)),
+# multi-scale training {480,576,688,864,1200} (paper §5.2), test 600, max side 1000, NMS .3,
+# score > .05, 100 per image. Faster R-CNN: py-faster-rcnn end2end VOC07 (70k iterations, x0.1 at
+# 50k; RPN 256 anchors/image, NMS .7, pre/post-NMS 12000/2000 train, 6000/300 test; anchors
+# 128, 256, 512 x ratios .5, 1, 2), with the Fast R-CNN multi-scale/flip training above.
+_COMMON_FULL = dict(lr=0.001, momentum=0.9, weight_decay=5e-4, lr_gamma=0.1, images_per_batch=2,
+                    rois_per_image=64, fg_fraction=0.25, fg_iou=0.5, bg_iou=0.5,
+                    train_scales=[480, 576, 688, 864, 1200], test_scale=600, max_size=1000,
+                    test_nms=0.3, score_thresh=0.05, detections_per_image=100, flip=True,
+                    anchor_sizes=[128, 256, 512], anchor_ratios=[0.5, 1.0, 2.0], rpn_batch_per_image=256,
+                    rpn_nms=0.7, rpn_pre_nms_train=12000, rpn_post_nms_train=2000,
+                    rpn_pre_nms_test=6000, rpn_post_nms_test=300)
+PROTOCOLS = {
+    ("full", "fast-rcnn"): dict(_COMMON_FULL, iterations=40_000, lr_steps=[30_000]),
+    ("full", "faster-rcnn"): dict(_COMMON_FULL, iterations=70_000, lr_steps=[50_000]),
+}
+# Smoke: the embedded ~150 px images; small scales, anchors and budgets.
+_COMMON_SMOKE = dict(_COMMON_FULL, lr=0.01, rois_per_image=32, score_thresh=0.001, train_scales=[128, 160, 192], test_scale=160,
+                     max_size=320, anchor_sizes=[16, 32, 64, 128], rpn_batch_per_image=64,
+                     rpn_pre_nms_train=600, rpn_post_nms_train=200, rpn_pre_nms_test=300,
+                     rpn_post_nms_test=100)
+PROTOCOLS[("smoke", "fast-rcnn")] = dict(_COMMON_SMOKE, iterations=120, lr_steps=[90])
+PROTOCOLS[("smoke", "faster-rcnn")] = dict(_COMMON_SMOKE, iterations=120, lr_steps=[90])
+FEATURE_STRIDE = 16
+
+
+# ----------------------------------------------------------------------------------------------
+# Model
+class RoIPoolConv5(nn.Module):
+    """Fast R-CNN RoI max pooling on the single stride-16 map, with MultiScaleRoIAlign's call signature."""
+
+    def __init__(self, output_size: tuple[int, int], spatial_scale: float = 1.0 / FEATURE_STRIDE):
+        super().__init__()
+        self.output_size, self.spatial_scale = tuple(output_size), spatial_scale
+
+    def forward(self, features: dict, proposals: list[torch.Tensor], image_shapes) -> torch.Tensor:
+        return torchvision.ops.roi_pool(features["0"], proposals, self.output_size, self.spatial_scale)
+
+
+class BoxHead(nn.Module):
+    """The checkpoint's classifier (fc6, fc7 with its ReLUs and dropouts) on pooled RoIs."""
+
+    def __init__(self, classifier: nn.Sequential):
+        super().__init__()
+        self.classifier = copy.deepcopy(classifier)
+        self.out_channels = [m for m in self.classifier if isinstance(m, nn.Linear)][-1].out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(x, 1))
+
+
+def build_detector(model: DeepClusterNet, path: Path, proto: dict, *, frozen_trunk: bool,
+                   mean, std, num_classes: int = len(VOC_CLASSES) + 1) -> FasterRCNN:
+    fc_layers(model, path)  # one-line error if fc6/fc7 are missing
+    trunk = ConvTrunk(model, drop_last_pool=True, frozen=frozen_trunk)
+    _, kh, kw = (int(v) for v in model.feature_shape)
+    head = BoxHead(model.classifier)
+    predictor = FastRCNNPredictor(head.out_channels, num_classes)
+    # Fast R-CNN's initialisation of the new layers
+    nn.init.normal_(predictor.cls_score.weight, std=0.01)
+    nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
+    nn.init.zeros_(predictor.cls_score.bias)
+    nn.init.zeros_(predictor.bbox_pred.bias)
+    anchors = AnchorGenerator(sizes=(tuple(proto["anchor_sizes"]),),
+                              aspect_ratios=(tuple(proto["anchor_ratios"]),))
+    det = FasterRCNN(
+        trunk, num_classes=None, min_size=tuple(proto["train_scales"]), max_size=proto["max_size"],
+        image_mean=list(mean), image_std=list(std), rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=proto["rpn_pre_nms_train"], rpn_post_nms_top_n_train=proto["rpn_post_nms_train"],
+        rpn_pre_nms_top_n_test=proto["rpn_pre_nms_test"], rpn_post_nms_top_n_test=proto["rpn_post_nms_test"],
+        rpn_nms_thresh=proto["rpn_nms"], rpn_batch_size_per_image=proto["rpn_batch_per_image"],
+        box_roi_pool=torchvision.ops.MultiScaleRoIAlign(["0"], (kh, kw), 2), box_head=head, box_predictor=predictor,
+        box_score_thresh=proto["score_thresh"], box_nms_thresh=proto["test_nms"],
+        box_detections_per_img=proto["detections_per_image"], box_fg_iou_thresh=proto["fg_iou"],
+        box_bg_iou_thresh=proto["bg_iou"], box_batch_size_per_image=proto["rois_per_image"],
+        box_positive_fraction=proto["fg_fraction"],
+    )
+    # FasterRCNN's constructor only accepts RoIAlign; Fast R-CNN pools with RoIPool, swapped in here.
+    det.roi_heads.box_roi_pool = RoIPoolConv5((kh, kw))
+    return det
+
+
+def detector_forward(det: FasterRCNN, images: list[torch.Tensor], targets=None, proposals=None):
+    """Faster R-CNN (``proposals`` None) or Fast R-CNN from given proposals (0-based boxes in the
+    original image frame) through the same transform, trunk and RoI heads."""
+    if proposals is None:
+        return det(images, targets)
+    original_sizes = [tuple(img.shape[-2:]) for img in images]
+    image_list, targets = det.transform(images, targets)
+    props = [resize_boxes(p, osz, nsz) for p, osz, nsz in zip(proposals, original_sizes, image_list.image_sizes)]
+    features = OrderedDict([("0", det.backbone(image_list.tensors))])
+    detections, losses = det.roi_heads(features, props, image_list.image_sizes, targets)
+    if det.training:
+        return losses
+    return det.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Proposals
+def load_proposals(path: Path, datasets: list[VOCDetection]) -> dict[str, torch.Tensor]:
+    """Read and check a proposals file; return image_id -> (N, 4) 0-based continuous boxes."""
+    if not path.is_file():
+        raise UserError(f"--proposals {path} does not exist; pass a {PROPOSALS_FORMAT} JSON file")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict) or obj.get("format") != PROPOSALS_FORMAT or not isinstance(obj.get("boxes"), dict):
+        raise DataError(f"{path}: expected {{\"format\": \"{PROPOSALS_FORMAT}\", \"version\": 1, "
+                        "\"boxes\": {image_id: [[x1, y1, x2, y2], ...]}}")
+    boxes = obj["boxes"]
+    out = {}
+    for ds in datasets:
+        missing = [i for i in ds.ids if i not in boxes]
+        if missing:
+            raise DataError(f"{path}: no proposals for {len(missing)} {ds.split} images (first: {missing[0]}); "
+                            "the file must cover every trainval and test image")
+        for idx, image_id in enumerate(ds.ids):
+            h, w = ds.annotations[idx]["height"], ds.annotations[idx]["width"]
+            try:
+                b = np.asarray(boxes[image_id], dtype=np.float64).reshape(-1, 4)
+            except (TypeError, ValueError):
+                raise DataError(f"{path}: proposals of image {image_id} are not a list of [x1, y1, x2, y2]") from None
+            bad = ~((b[:, 0] >= 1) & (b[:, 1] >= 1) & (b[:, 2] <= w) & (b[:, 3] <= h)
+                    & (b[:, 0] <= b[:, 2]) & (b[:, 1] <= b[:, 3]))
+            if bad.any():
+                raise DataError(f"{path}: image {image_id} has {int(bad.sum())} proposals outside its {w}x{h} "
+                                f"frame or inverted (first: {b[bad][0].tolist()}); boxes are 1-based, "
+                                "1 <= x1 <= x2 <= width")
+            b = b.copy()
+            b[:, :2] -= 1  # 1-based inclusive -> 0-based continuous, as the dataset reader does
+            out[image_id] = torch.as_tensor(b, dtype=torch.float32)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+class DetectionItems(torch.utils.data.Dataset):
+    """(image tensor in [0, 1], target with difficult objects removed, image_id, original size)."""
+
+    def __init__(self, ds: VOCDetection, drop_difficult: bool):
+        self.ds, self.drop_difficult = ds, drop_difficult
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        item = self.ds[i]
+        if item is None:
+            return None
+        img, t = item
+        x = torchvision.transforms.functional.to_tensor(img)
+        keep = ~t["difficult"] if self.drop_difficult else torch.ones(len(t["labels"]), dtype=torch.bool)
+        return x, {"boxes": t["boxes"][keep], "labels": t["labels"][keep]}, t["image_id"]
+
+
+def _collate(batch):
+    return [b for b in batch if b is not None]
+
+
+def flip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
+    """Mirror 0-based continuous boxes in an image ``width`` wide."""
+    b = boxes.clone()
+    b[:, 0], b[:, 2] = width - boxes[:, 2], width - boxes[:, 0]
+    return b
+
+
+# ----------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layers", choices=LAYERS, default="all",
+                   help="fc6-8: frozen conv trunk; all: everything fine-tuned (Table 5.5 reports all)")
+    p.add_argument("--method", choices=METHODS, default=None,
+                   help="faster-rcnn (RPN, default) or fast-rcnn (needs --proposals)")
+    p.add_argument("--proposals", type=Path, default=None,
+                   help="precomputed proposals (JSON, see module doc) for Fast R-CNN; implies --method fast-rcnn")
+    p.add_argument("--iterations", type=int, default=None, help="override the protocol's iterations")
+    p.add_argument("--lr", type=float, default=None, help="override the protocol's learning rate")
+
+
+def protocol(args: argparse.Namespace, method: str) -> dict:
+    proto = dict(PROTOCOLS[(args.scale, method)])
+    if args.iterations is not None:
+        if args.iterations < 1:
+            raise UserError("--iterations must be at least 1")
+        proto["iterations"] = args.iterations
+        proto["lr_steps"] = [s for s in proto["lr_steps"] if s < args.iterations]
+    if args.lr is not None:
+        if not args.lr > 0:
+            raise UserError("--lr must be positive")
+        proto["lr"] = args.lr
+    proto.update(
+        method=method, layers=args.layers, train_split="VOC2007 trainval", test_split="VOC2007 test",
+        engine=f"torchvision {torchvision.__version__} FasterRCNN / RoIHeads",
+        roi_pooling=f"RoIPool (max) at 1/{FEATURE_STRIDE} on conv5 (last max-pool removed), output = checkpoint "
+                    "feature_shape", box_head="checkpoint classifier (fc6, fc7, ReLU, dropout)",
+        batchnorm="stored statistics (eval mode) in both variants", train_difficult=False,
+        proposals=str(args.proposals) if args.proposals else None,
+        metric="VOC2007 11-point AP, IoU > 0.5, difficult ignored, duplicates false positives",
+        source=("Fast R-CNN (Girshick 2015) solver/config" if method == "fast-rcnn"
+                else "py-faster-rcnn end2end VOC07 + Fast R-CNN multi-scale training"),
+    )
+    return proto
+
+
+def train_detector(det: FasterRCNN, loader, proto: dict, device, proposals=None) -> list[float]:
+    trainable = [p for n, p in det.named_parameters()
+                 if p.requires_grad and not (proposals is not None and n.startswith("rpn."))]
+    opt = torch.optim.SGD(trainable, lr=proto["lr"], momentum=proto["momentum"],
+                          weight_decay=proto["weight_decay"])
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=proto["lr_steps"], gamma=proto["lr_gamma"])
+    det.transform.min_size = tuple(proto["train_scales"])  # drawn per image: multi-scale training
+    det.train()
+    losses: list[float] = []
+    it = iter(loader)
+    gen = torch.Generator().manual_seed(int(torch.initial_seed()) % (2 ** 31))
+    bar = tqdm(range(proto["iterations"]), desc="detector train", leave=False, mininterval=2)
+    for _ in bar:
+        batch = []
+        while not batch:
+            try:
+                batch = next(it)
+            except StopIteration:
+                it = iter(loader)
+        images, targets, props = [], [], []
+        for x, t, image_id in batch:
+            p = proposals[image_id] if proposals is not None else None
+            if proto["flip"] and torch.rand((), generator=gen) < 0.5:
+                w = x.shape[-1]
+                x, t = x.flip(-1), {"boxes": flip_boxes(t["boxes"], w), "labels": t["labels"]}
+                if p is not None:
+                    p = flip_boxes(p, w)
+            images.append(x.to(device))
+            targets.append({k: v.to(device) for k, v in t.items()})
+            if p is not None:
+                props.append(p.to(device))
+        loss_dict = detector_forward(det, images, targets, props if proposals is not None else None)
+        loss = sum(loss_dict.values())
+        if not torch.isfinite(loss):
+            raise UserError(f"detector training diverged at lr {proto['lr']} (loss is not finite); pass a lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    return losses
+
+
+@torch.no_grad()
+def detect(det: FasterRCNN, dataset: DetectionItems, proto: dict, device, proposals=None) -> dict:
+    """class name -> [(image_id, score, (x1, y1, x2, y2) 1-based devkit pixels)]."""
+    det.eval()
+    det.transform.min_size = (proto["test_scale"],)
+    out: dict[str, list] = {c: [] for c in VOC_CLASSES}
+    for i in tqdm(range(len(dataset)), desc="detector test", leave=False, mininterval=2):
+        item = dataset[i]
+        if item is None:
+            continue
+        x, _, image_id = item
+        props = [proposals[image_id].to(device)] if proposals is not None else None
+        res = detector_forward(det, [x.to(device)], None, props)[0]
+        for box, score, label in zip(res["boxes"].cpu().tolist(), res["scores"].cpu().tolist(),
+                                     res["labels"].cpu().tolist()):
+            # 0-based continuous [x1, x2] -> devkit 1-based inclusive pixels (inverse of the reader)
+            out[VOC_CLASSES[label - 1]].append((image_id, score, (box[0] + 1, box[1] + 1, box[2], box[3])))
+    return out
+
+
+def run(args: argparse.Namespace) -> Path:
+    timer = Timer()
+    torch.manual_seed(args.seed)
+    method = args.method or ("fast-rcnn" if args.proposals else "faster-rcnn")
+    if method == "fast-rcnn" and args.proposals is None:
+        raise UserError("--method fast-rcnn needs --proposals FILE (precomputed boxes, see --help)")
+    if method == "faster-rcnn" and args.proposals is not None:
+        raise UserError("--proposals is for --method fast-rcnn; drop one of them")
+    ckpt = load_for_transfer(args.checkpoint, need_fc=True, task="voc-detection")
+    proto = protocol(args, method)
+    device = torch.device(args.device)
+    root = data_root(args)
+    train_ds = VOCDetection(root, "2007", "trainval")
+    test_ds = VOCDetection(root, "2007", "test")
+    proposals = load_proposals(args.proposals, [train_ds, test_ds]) if args.proposals else None
+    pre = ckpt.meta.get("preprocessing") or {}
+    mean, std = pre.get("mean", (0.485, 0.456, 0.406)), pre.get("std", (0.229, 0.224, 0.225))
+    det = build_detector(ckpt.model, args.checkpoint, proto, frozen_trunk=args.layers == "fc6-8",
+                         mean=mean, std=std).to(device)
+    trunk_before = parameter_snapshot(det.backbone) if args.layers == "fc6-8" else None
+    gen = torch.Generator().manual_seed(args.seed)
+    loader = torch.utils.data.DataLoader(DetectionItems(train_ds, drop_difficult=True),
+                                         batch_size=proto["images_per_batch"], shuffle=True, generator=gen,
+                                         num_workers=args.workers, collate_fn=_collate)
+    with timer("train"):
+        losses = train_detector(det, loader, proto, device, proposals)
+    if trunk_before is not None:
+        assert_unchanged(det.backbone, trunk_before, "voc-detection fc6-8")
+    with timer("test"):
+        dets = detect(det, DetectionItems(test_ds, drop_difficult=False), proto, device, proposals)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    det_dir = Path(args.out) / f"voc-detection-{ckpt.name}-{method}-{args.layers}-{stamp}"
+    with timer("eval"):
+        write_detection_files(det_dir, dets, VOC_CLASSES)
+        annotations = {i: a["objects"] for i, a in zip(test_ds.ids, test_ds.annotations)}
+        scores = eval_detection_files(det_dir, annotations, VOC_CLASSES)
+    print(f"detections: {det_dir}")
+    result = make_result(
+        task="voc-detection",
+        variant={"dataset": "VOC2007", "layers": args.layers, "method": method},
+        checkpoint=checkpoint_block(ckpt),
+        metrics={"map": scores["map"]},
+        protocol=proto,
+        data={"name": "VOC2007", "root": str(root), "fingerprint": fingerprint(train_ds.base),
+              "sizes": {"trainval": len(train_ds), "test": len(test_ds)}},
+        scale=args.scale,
+        timings=timer.timings,
+        selection={"rule": "last", "epochs": None},
+        details={"ap": scores["ap"], "counts": scores["counts"],
+                 "classes_without_ground_truth": scores["classes_without_ground_truth"],
+                 "detections_dir": str(det_dir), "final_loss": float(np.mean(losses[-10:])) if losses else None,
+                 "seed": args.seed},
+    )
+    return save_and_report(args, result)

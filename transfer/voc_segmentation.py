@@ -1,0 +1,347 @@
+"""voc-segmentation: FCN-32s on the checkpoint's conv trunk, VOC2012 seg train -> val, mean IoU.
+
+The network (Long et al. 2015, FCN-32s), built from any format-v1 checkpoint:
+
+    image -> [sobel] -> features (all of it, stride 32) -> fc6 as a conv (kernel = the conv5
+    output's spatial size in the checkpoint, so fc6's weights apply unchanged; zero-padded to keep
+    the size) -> ReLU -> dropout -> fc7 as a 1x1 conv -> ReLU -> dropout -> 21-way 1x1 "score"
+    conv (zero init, as FCN) -> learned upsampling: a stride-32 transposed conv initialised to
+    bilinear interpolation -> resized to the input size.
+
+``--layers all`` fine-tunes everything except the frozen Sobel filters; ``--layers fc6-8`` leaves
+the whole conv trunk untouched (no gradient, BatchNorm statistics frozen; checked after
+training). In both, BatchNorm runs on its stored statistics: FCN trains with one image per
+batch, where batch statistics are meaningless (the Caffe protocols of the thesis era folded BN
+into the convs for the same reason). Label 255 is ignored in the loss and in the metric.
+
+Run on the embedded data: ``dc-transfer voc-segmentation --scale smoke --checkpoint CKPT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from dcbench.datasets import VOCSegmentation, fingerprint
+from dcbench.errors import DataError, UserError
+from dcbench.models import DeepClusterNet
+from dcbench.results import checkpoint_block, make_result
+from dcbench.transfer.common import Timer, data_root, load_for_transfer, save_and_report
+from dcbench.transfer.voc_eval import confusion_matrix, segmentation_scores
+
+DESCRIPTION = "VOC2012 semantic segmentation, FCN-32s from conv trunk + fc6/fc7 (Table 5.5); mean IoU"
+NUM_CLASSES = 21
+IGNORE = 255
+LAYERS = ("fc6-8", "all")
+
+# Full scale: FCN-32s as released with Long et al. 2015 (fcn.berkeleyvision.org, voc-fcn32s
+# solver.prototxt and solve.py): SGD, lr 1e-10 on the *summed* per-pixel loss, momentum 0.99,
+# weight decay 5e-4, one image per batch at full resolution, no augmentation, 100k iterations
+# (25 x 4000), constant lr. The thesis does not give its own FCN settings.
+PROTOCOLS = {
+    "full": dict(iterations=100_000, batch_size=1, lr=1e-10, loss_reduction="sum", momentum=0.99,
+                 weight_decay=5e-4, lr_steps=[], min_side=None),
+    # Smoke: the embedded ~150 px images; a mean loss with an ordinary lr, a few hundred steps.
+    "smoke": dict(iterations=300, batch_size=1, lr=0.01, loss_reduction="mean", momentum=0.9,
+                  weight_decay=5e-4, lr_steps=[200], min_side=None),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# The conv trunk, shared with voc-detection
+class ConvTrunk(nn.Module):
+    """The checkpoint's Sobel (frozen) + conv trunk, with BatchNorm always on stored statistics.
+
+    ``drop_last_pool``: conv5 at stride 16 (detection) instead of pool5 at stride 32 (FCN).
+    ``frozen``: no parameter gets a gradient and the module stays in eval mode (the fc6-8 variant).
+    """
+
+    def __init__(self, model: DeepClusterNet, *, drop_last_pool: bool, frozen: bool):
+        super().__init__()
+        self.sobel = model.sobel
+        layers = list(model.features)
+        if drop_last_pool:
+            if not isinstance(layers[-1], nn.MaxPool2d):
+                raise UserError(f"{model.spec.arch} trunk does not end in a max-pool; cannot take conv5")
+            layers = layers[:-1]
+        self.features = nn.Sequential(*layers)
+        self.frozen = frozen
+        self.out_channels = next(m.out_channels for m in reversed(layers) if isinstance(m, nn.Conv2d))
+        for p in self.parameters():
+            p.requires_grad = not frozen
+        if self.sobel is not None:
+            for p in self.sobel.parameters():
+                p.requires_grad = False
+        self.train(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode and not self.frozen)
+        for m in self.modules():  # BN on stored statistics in every variant (see module doc)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sobel is not None:
+            x = self.sobel(x)
+        return self.features(x)
+
+
+def fc_layers(model: DeepClusterNet, path: Path) -> tuple[nn.Linear, nn.Linear]:
+    """fc6 and fc7 of the checkpoint, or a one-line error naming the checkpoint."""
+    classifier = getattr(model, "classifier", None)
+    try:
+        fc6, fc7 = (classifier[i] for i in model.fc_indices)
+    except (TypeError, IndexError):
+        fc6 = fc7 = None
+    if not isinstance(fc6, nn.Linear) or not isinstance(fc7, nn.Linear):
+        raise UserError(f"{path}: this task needs fc6/fc7 (classifier.*) and the checkpoint has none")
+    return fc6, fc7
+
+
+def parameter_snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every parameter and buffer (BN running statistics included)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_unchanged(module: nn.Module, snapshot: dict[str, torch.Tensor], what: str) -> None:
+    """The moco-style sanity check: a frozen part must be bit-identical after training."""
+    for k, v in module.state_dict().items():
+        if not torch.equal(v, snapshot[k]):
+            raise RuntimeError(f"{what}: {k} changed during training although it is frozen")
+
+
+# ----------------------------------------------------------------------------------------------
+# FCN-32s
+def bilinear_kernel(channels: int, kernel: int) -> torch.Tensor:
+    """Weights of a transposed conv that does bilinear upsampling channel by channel."""
+    factor = (kernel + 1) // 2
+    center = factor - 1 if kernel % 2 == 1 else factor - 0.5
+    og = torch.arange(kernel, dtype=torch.float32)
+    filt = 1 - (og - center).abs() / factor
+    weight = torch.zeros(channels, channels, kernel, kernel)
+    weight[range(channels), range(channels)] = filt[:, None] * filt[None, :]
+    return weight
+
+
+class FCN32s(nn.Module):
+    def __init__(self, model: DeepClusterNet, path: Path, *, frozen_trunk: bool,
+                 num_classes: int = NUM_CLASSES):
+        super().__init__()
+        fc6, fc7 = fc_layers(model, path)
+        self.trunk = ConvTrunk(model, drop_last_pool=False, frozen=frozen_trunk)
+        c, kh, kw = (int(v) for v in model.feature_shape)
+        self.fc6_kernel = (kh, kw)
+        # fc6/fc7 keep their Linear weights; forward slides them over the map (unfold + matmul),
+        # which is the convolution FCN turns them into, without reshaping a single weight.
+        self.fc6 = nn.Linear(fc6.in_features, fc6.out_features)
+        self.fc7 = nn.Linear(fc7.in_features, fc7.out_features)
+        self.fc6.load_state_dict(fc6.state_dict())
+        self.fc7.load_state_dict(fc7.state_dict())
+        if fc6.in_features != c * kh * kw:
+            raise UserError(f"{path}: fc6 takes {fc6.in_features} inputs, conv5 gives {c}x{kh}x{kw}")
+        self.drop6, self.drop7 = nn.Dropout(0.5), nn.Dropout(0.5)
+        self.score = nn.Linear(fc7.out_features, num_classes)  # the 1x1 classifier conv
+        nn.init.zeros_(self.score.weight)
+        nn.init.zeros_(self.score.bias)
+        self.stride = 32
+        self.upscore = nn.ConvTranspose2d(num_classes, num_classes, 2 * self.stride, stride=self.stride,
+                                          padding=self.stride // 2, bias=False)
+        self.upscore.weight.data.copy_(bilinear_kernel(num_classes, 2 * self.stride))
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if not n.startswith("trunk.")]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        y = self.trunk(x)
+        kh, kw = self.fc6_kernel
+        # "same" zero padding so a map smaller than fc6's window still gives one score per cell
+        y = F.pad(y, ((kw - 1) // 2, kw - 1 - (kw - 1) // 2, (kh - 1) // 2, kh - 1 - (kh - 1) // 2))
+        n, _, ph, pw = y.shape
+        oh, ow = ph - kh + 1, pw - kw + 1
+        cols = F.unfold(y, (kh, kw)).transpose(1, 2)  # (n, oh*ow, c*kh*kw), fc6's input order
+        y = self.drop6(F.relu(self.fc6(cols)))
+        y = self.drop7(F.relu(self.fc7(y)))
+        y = self.score(y).transpose(1, 2).reshape(n, -1, oh, ow)
+        y = self.upscore(y)  # (oh*32) x (ow*32)
+        return F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+class PairTransform:
+    """PIL (image, mask) -> normalised tensor, int64 mask; pads to ``min_side`` with label 255."""
+
+    def __init__(self, mean, std, min_side: int):
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+        self.min_side = min_side
+
+    def __call__(self, img: Image.Image, mask: Image.Image):
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
+        x = (x - self.mean) / self.std
+        m = torch.from_numpy(np.asarray(mask, dtype=np.int64).copy())
+        ph, pw = max(0, self.min_side - x.shape[1]), max(0, self.min_side - x.shape[2])
+        if ph or pw:  # zero = the mean colour after normalisation; padding is void
+            x = F.pad(x, (0, pw, 0, ph))
+            m = F.pad(m, (0, pw, 0, ph), value=IGNORE)
+        return x, m
+
+
+def _collate_one(batch):
+    batch = [b for b in batch if b is not None]
+    return batch[0] if batch else None
+
+
+def min_input_side(model: DeepClusterNet) -> int:
+    """The smallest square input for which the full trunk still yields a 1x1 map."""
+    side = 32
+    while True:
+        try:
+            with torch.no_grad():
+                c = 2 if model.sobel is not None else 3
+                model.features.eval()(torch.zeros(1, c, side, side))
+            return side
+        except RuntimeError:
+            side += 16
+
+
+# ----------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layers", choices=LAYERS, default="all",
+                   help="fc6-8: frozen conv trunk; all: everything fine-tuned (Table 5.5 reports all)")
+    p.add_argument("--train-split", default="train",
+                   help="ImageSets/Segmentation/<name>.txt to train on (e.g. train_aug for the SBD-augmented "
+                        "list: put the SBD masks as palette PNGs in SegmentationClass; must not overlap val)")
+    p.add_argument("--val-split", default="val", help="ImageSets/Segmentation/<name>.txt to evaluate on")
+    p.add_argument("--iterations", type=int, default=None, help="override the protocol's iterations")
+    p.add_argument("--lr", type=float, default=None, help="override the protocol's learning rate")
+
+
+def protocol(args: argparse.Namespace) -> dict:
+    proto = dict(PROTOCOLS[args.scale])
+    if args.iterations is not None:
+        if args.iterations < 1:
+            raise UserError("--iterations must be at least 1")
+        proto["iterations"] = args.iterations
+        proto["lr_steps"] = [s for s in proto["lr_steps"] if s < args.iterations]
+    if args.lr is not None:
+        if not args.lr > 0:
+            raise UserError("--lr must be positive")
+        proto["lr"] = args.lr
+    proto.update(
+        model="FCN-32s", layers=args.layers, train_split=args.train_split, val_split=args.val_split,
+        lr_gamma=0.1, augmentation="none (as FCN)", batchnorm="stored statistics (eval mode) in both variants",
+        fc6="conv, kernel = checkpoint conv5 output size, zero 'same' padding",
+        upsampling="transposed conv stride 32, bilinear init, learned; then resized to the input",
+        score_init="zeros", dropout=0.5, ignore_label=IGNORE, metric="mean IoU over 21 classes (confusion "
+        "matrix over the whole val split; classes in neither ground truth nor prediction left out)",
+        source="Long et al. 2015 FCN-32s (voc-fcn32s solver.prototxt / solve.py)",
+    )
+    return proto
+
+
+def train_fcn(net: FCN32s, loader, proto: dict, device: torch.device, seed: int) -> list[float]:
+    """SGD on (image, mask) pairs for ``proto['iterations']`` steps; returns the loss per step."""
+    params = net.head_parameters() if net.trunk.frozen else [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=proto["lr"], momentum=proto["momentum"],
+                          weight_decay=proto["weight_decay"])
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=proto["lr_steps"], gamma=0.1)
+    net.train()
+    losses: list[float] = []
+    it = iter(loader)
+    bar = tqdm(range(proto["iterations"]), desc="fcn train", leave=False, mininterval=2)
+    for _ in bar:
+        batch = None
+        while batch is None:
+            try:
+                batch = next(it)
+            except StopIteration:
+                it = iter(loader)
+        x, m = batch
+        x, m = x.unsqueeze(0).to(device), m.unsqueeze(0).to(device)
+        logits = net(x)
+        loss = F.cross_entropy(logits, m, ignore_index=IGNORE, reduction=proto["loss_reduction"])
+        if not torch.isfinite(loss):
+            if (m != IGNORE).any():
+                raise UserError(f"FCN training diverged at lr {proto['lr']} (loss is not finite); pass a lower --lr")
+            continue  # an all-void image has no loss to follow
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    return losses
+
+
+@torch.no_grad()
+def evaluate_fcn(net: FCN32s, dataset, device: torch.device) -> np.ndarray:
+    net.eval()
+    hist = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    for i in tqdm(range(len(dataset)), desc="fcn eval", leave=False, mininterval=2):
+        item = dataset[i]
+        if item is None:
+            continue
+        x, m = item
+        pred = net(x.unsqueeze(0).to(device)).argmax(1)[0].cpu().numpy()
+        hist += confusion_matrix(m.numpy(), pred, NUM_CLASSES, IGNORE)
+    return hist
+
+
+def run(args: argparse.Namespace) -> Path:
+    timer = Timer()
+    torch.manual_seed(args.seed)
+    ckpt = load_for_transfer(args.checkpoint, need_fc=True, task="voc-segmentation")
+    proto = protocol(args)
+    device = torch.device(args.device)
+    root = data_root(args)
+    pre = ckpt.meta.get("preprocessing") or {}
+    mean, std = pre.get("mean", (0.485, 0.456, 0.406)), pre.get("std", (0.229, 0.224, 0.225))
+    net = FCN32s(ckpt.model, args.checkpoint, frozen_trunk=args.layers == "fc6-8")
+    tf = PairTransform(mean, std, min_input_side(ckpt.model))
+    train_set = VOCSegmentation(root, "2012", args.train_split, transforms=tf)
+    val_set = VOCSegmentation(root, "2012", args.val_split, transforms=tf)
+    overlap = sorted(set(train_set.ids) & set(val_set.ids))
+    if overlap:
+        raise DataError(f"{train_set.base / 'ImageSets' / 'Segmentation' / (args.train_split + '.txt')}: "
+                        f"{len(overlap)} images are also in {args.val_split} (first: {overlap[0]}); remove them")
+    net.to(device)
+    trunk_before = parameter_snapshot(net.trunk) if net.trunk.frozen else None
+    gen = torch.Generator().manual_seed(args.seed)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=1, shuffle=True, generator=gen,
+                                         num_workers=args.workers, collate_fn=_collate_one)
+    with timer("train"):
+        losses = train_fcn(net, loader, proto, device, args.seed)
+    if trunk_before is not None:
+        assert_unchanged(net.trunk, trunk_before, "voc-segmentation fc6-8")
+    with timer("eval"):
+        hist = evaluate_fcn(net, val_set, device)
+    scores = segmentation_scores(hist)
+    classes = list(val_set.classes)
+    result = make_result(
+        task="voc-segmentation",
+        variant={"dataset": "VOC2012", "layers": args.layers},
+        checkpoint=checkpoint_block(ckpt),
+        metrics={"miou": scores["miou"], "pixel_acc": scores["pixel_acc"]},
+        protocol=proto,
+        data={"name": "VOC2012", "root": str(root), "fingerprint": fingerprint(train_set.base),
+              "sizes": {args.train_split: len(train_set), args.val_split: len(val_set)}},
+        scale=args.scale,
+        timings=timer.timings,
+        selection={"rule": "last", "epochs": None},
+        details={"iou": dict(zip(classes, scores["iou"])),
+                 "final_loss": float(np.mean(losses[-20:])) if losses else None,
+                 "confusion_matrix": hist.tolist(), "classes": classes,
+                 "seed": args.seed, "nan_free": all(math.isfinite(v) for v in losses)},
+    )
+    return save_and_report(args, result)
