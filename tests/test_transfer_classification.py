@@ -155,3 +155,30 @@ def test_voc_classification_end_to_end(layers, ckpt64, embedded_root, tmp_path, 
     assert set(r["metrics"]) == {"map"} and r["variant"]["layers"] == layers
     assert len(r["details"]["ap"]) == 20
     json.dumps(r)
+
+
+@pytest.mark.slow
+def test_lowshot_end_to_end_records_draws(ckpt64, embedded_root, tmp_path, capsys):
+    argv = ["lowshot", *_common(ckpt64, embedded_root, tmp_path), "--shots", "2", "--draws", "2",
+            "--iterations", "1"]
+    assert _run(argv, capsys)[0] == 0
+    r = _only_result(tmp_path)
+    assert set(r["metrics"]) == {"n2_mean", "n2_std", "random_n2_mean", "random_n2_std"}
+    runs = r["details"]["runs"]
+    assert len(runs) == 4 and len({x["seed"] for x in runs}) == 2
+    lines = Path(runs[0]["images"]).read_text().split()
+    assert len(lines) == 2 * 10  # 2 per class, 10 classes
+    # The random-init run of a draw uses the checkpoint run's images.
+    assert runs[0]["images_sha256"] == runs[1]["images_sha256"] != runs[2]["images_sha256"]
+
+
+@pytest.mark.slow
+def test_knn_graph_end_to_end_pictures(ckpt64, embedded_root, tmp_path, capsys):
+    argv = ["knn-graph", *_common(ckpt64, embedded_root, tmp_path)]
+    assert _run(argv, capsys)[0] == 0
+    r = _only_result(tmp_path)
+    assert {"ratio_mean", "ratio_median", "random_graph_mean"} <= set(r["metrics"])
+    assert len(r["details"]["per_class"]) == 10
+    for p in r["details"]["pictures"].values():
+        assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert r["details"]["filters_composed_with_sobel"] is True

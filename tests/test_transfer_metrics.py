@@ -187,3 +187,53 @@ def test_align_classes_rejects_unknown_val_class():
 
     with pytest.raises(UserError, match="missing from train: d"):
         engine.align_classes(["a", "b"], ["a", "d"], "x")
+
+
+# --------------------------------------------------------------------------------------------
+# k-NN graph
+
+
+def test_ratio_edge_intra_class_by_hand():
+    from dcbench.transfer.knn_graph import random_graph_ratio, ratio_edge_intra_class
+
+    labels = np.array([0, 0, 0, 1, 1])
+    nn_ = np.array([[1, 3], [0, 2], [3, 4], [4, 0], [3, 2]])
+    r = ratio_edge_intra_class(nn_, labels)
+    assert r == {0: pytest.approx(100 * 3 / 6), 1: pytest.approx(100 * 2 / 4)}
+    assert random_graph_ratio(labels) == {0: pytest.approx(50.0), 1: pytest.approx(25.0)}
+
+
+def test_knn_excludes_self_and_is_exact():
+    from dcbench.transfer.knn_graph import knn
+
+    x = np.array([[0.0], [1.0], [3.0], [7.0]], dtype=np.float32)
+    assert knn(x, 2).tolist() == [[1, 2], [0, 2], [1, 0], [2, 1]]
+
+
+def test_filters_composed_with_sobel_act_like_the_network():
+    from torch.nn import functional as F
+
+    from dcbench.transfer.knn_graph import first_layer_filters
+
+    model = build_model("alexnet", sobel=True, input_size=64, seed=0).eval()
+    eff, grey = first_layer_filters(model)
+    assert grey and eff.shape == (96, 13, 13)
+    # conv1(sobel(gray(x))) without biases == conv(gray(x), composed filter) away from the borders.
+    x = torch.randn(1, 3, 40, 40)
+    conv1 = model.features[0]
+    g = model.sobel[0](x)
+    ref = F.conv2d(F.conv2d(g, model.sobel[1].weight), conv1.weight, stride=4)
+    got = F.conv2d(g, torch.from_numpy(eff).unsqueeze(1), stride=4)
+    assert torch.allclose(ref, got, atol=1e-4)
+    rgb, grey2 = first_layer_filters(build_model("alexnet", sobel=False, input_size=64, seed=0))
+    assert not grey2 and rgb.shape == (96, 11, 11, 3)
+
+
+def test_lowshot_draws_are_deterministic_and_per_class():
+    from dcbench.transfer.lowshot import draw_subset
+
+    targets = [0] * 5 + [1] * 7
+    a = draw_subset(targets, 3, seed=0, shots=3, draw=0)
+    assert a == draw_subset(targets, 3, seed=0, shots=3, draw=0)
+    assert a != draw_subset(targets, 3, seed=0, shots=3, draw=1)
+    assert sum(targets[i] == 0 for i in a) == 3 and sum(targets[i] == 1 for i in a) == 3
