@@ -9,9 +9,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from dcbench.errors import DataError
-from dcbench.transfer import voc_eval
+from dcbench.checkpoint import save_checkpoint
+from dcbench.datasets import VOC_CLASSES, VOCDetection
+from dcbench.errors import DataError, run_cli
+from dcbench.models import build_model
+from dcbench.transfer import cli, voc_eval
+from dcbench.transfer.voc_detection import (
+    PROTOCOLS,
+    DetectionItems,
+    build_detector,
+    detector_forward,
+    flip_boxes,
+    train_detector,
+)
+from dcbench.transfer.voc_segmentation import assert_unchanged, parameter_snapshot
 
 CLASSES = ("bird", "cat", "dog", "person")
 
@@ -180,5 +193,150 @@ def test_voc07_ap_eleven_points():
     assert voc_eval.voc07_ap(np.array([3 / 10]), np.array([1.0])) == pytest.approx(4 / 11)
 
 
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text())
+# ----------------------------------------------------------------------------------------------
+# Model, frozen trunk, bad input, end to end
+@pytest.fixture()
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ckpt64(tmp_path_factory):
+    model = build_model("alexnet", sobel=True, batchnorm=True, input_size=64, seed=0)
+    return save_checkpoint(tmp_path_factory.mktemp("ck") / "rand64", model, origin="random")
+
+
+def _proposals(embedded_root, path: Path, drop: str | None = None, outside: str | None = None) -> Path:
+    """Ground-truth boxes jittered plus a few random boxes per image, in the documented JSON format."""
+    rng = np.random.default_rng(0)
+    boxes = {}
+    for split in ("trainval", "test"):
+        ds = VOCDetection(embedded_root, "2007", split)
+        for image_id, ann in zip(ds.ids, ds.annotations):
+            w, h = ann["width"], ann["height"]
+            bl = [o["bndbox"] for o in ann["objects"]]
+            for _ in range(8):
+                x1, y1 = rng.integers(1, w // 2), rng.integers(1, h // 2)
+                bl.append([int(x1), int(y1), int(rng.integers(x1, w + 1)), int(rng.integers(y1, h + 1))])
+            boxes[image_id] = bl
+    if drop:
+        del boxes[drop]
+    if outside:
+        boxes[outside].append([5, 5, 10_000, 20])
+    path.write_text(json.dumps({"format": "dcbench-proposals", "version": 1, "boxes": boxes}))
+    return path
+
+
+def test_flip_boxes_is_an_involution():
+    b = torch.tensor([[0.0, 1.0, 10.0, 5.0], [3.0, 0.0, 20.0, 8.0]])
+    f = flip_boxes(b, 20)
+    assert f.tolist() == [[10.0, 1.0, 20.0, 5.0], [0.0, 0.0, 17.0, 8.0]]
+    assert torch.equal(flip_boxes(f, 20), b)
+
+
+@pytest.mark.parametrize("method", ["faster-rcnn", "fast-rcnn"])
+def test_frozen_trunk_is_untouched(method, ckpt64, embedded_root, one_thread):
+    from dcbench.checkpoint import load_checkpoint
+    from dcbench.transfer.voc_detection import load_proposals
+
+    torch.manual_seed(0)
+    ck = load_checkpoint(ckpt64)
+    proto = dict(PROTOCOLS[("smoke", method)], iterations=3, lr=0.05, images_per_batch=2)
+    det = build_detector(ck.model, ckpt64, proto, frozen_trunk=True, mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert all(not p.requires_grad for p in det.backbone.parameters())
+    before = parameter_snapshot(det.backbone)
+    everything = parameter_snapshot(det)
+    assert any(k.endswith("running_var") for k in before)
+    ds = VOCDetection(embedded_root, "2007", "trainval")
+    items = DetectionItems(ds, drop_difficult=True)
+    batches = [[items[0], items[1]], [items[2], items[3]]]
+    proposals = None
+    if method == "fast-rcnn":
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            f = _proposals(embedded_root, Path(d) / "p.json")
+            proposals = load_proposals(f, [ds, VOCDetection(embedded_root, "2007", "test")])
+    losses = train_detector(det, batches, proto, torch.device("cpu"), proposals)
+    assert len(losses) == 3
+    assert_unchanged(det.backbone, before, "test")
+    changed = {k for k, v in det.state_dict().items() if not torch.equal(v, everything[k])}
+    assert any(k.startswith("roi_heads.box_head.classifier") for k in changed)  # fc6/fc7 did train
+    assert not any(k.startswith("backbone.") for k in changed)
+    assert any(k.startswith("rpn.") for k in changed) == (method == "faster-rcnn")
+    det.eval()
+    out = detector_forward(det, [items[0][0]], None, [proposals[items[0][2]]] if proposals else None)
+    assert set(out[0]) == {"boxes", "scores", "labels"}
+
+
+def test_box_head_starts_from_the_checkpoint_fc_layers(ckpt64):
+    from dcbench.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(ckpt64)
+    det = build_detector(ck.model, ckpt64, PROTOCOLS[("smoke", "faster-rcnn")], frozen_trunk=False,
+                         mean=(0.5,) * 3, std=(0.25,) * 3)
+    sd = det.state_dict()
+    for k, v in ck.model.state_dict().items():
+        if k.startswith("classifier."):
+            assert torch.equal(sd[f"roi_heads.box_head.{k}"], v)
+        elif k.startswith(("features.", "sobel.")):
+            assert torch.equal(sd[f"backbone.{k}"], v), k
+    assert det.roi_heads.box_roi_pool.output_size == tuple(ck.meta["feature_shape"][1:])
+
+
+def _run(argv, capsys):
+    code = run_cli(cli.main, argv)
+    return code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("problem", ["missing", "outside"])
+def test_bad_proposals_are_exit_2(problem, ckpt64, embedded_root, tmp_path, capsys):
+    ids = VOCDetection(embedded_root, "2007", "test").ids
+    f = _proposals(embedded_root, tmp_path / "props.json", drop=ids[3] if problem == "missing" else None,
+                   outside=ids[5] if problem == "outside" else None)
+    code, err = _run(["voc-detection", "--checkpoint", str(ckpt64), "--data", str(embedded_root), "--scale",
+                      "smoke", "--proposals", str(f), "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and str(f) in err
+    assert (ids[3] if problem == "missing" else ids[5]) in err
+
+
+def test_checkpoint_without_fc_is_exit_2(ckpt64, embedded_root, tmp_path, capsys):
+    from test_voc_segmentation import _strip_fc
+
+    bad = _strip_fc(ckpt64, tmp_path / "nofc")
+    code, err = _run(["voc-detection", "--checkpoint", str(bad), "--data", str(embedded_root), "--scale",
+                      "smoke", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and str(bad) in err and "classifier" in err
+
+
+def test_fast_rcnn_needs_proposals(ckpt64, embedded_root, tmp_path, capsys):
+    code, err = _run(["voc-detection", "--checkpoint", str(ckpt64), "--method", "fast-rcnn",
+                      "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "--proposals" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["faster-rcnn", "fast-rcnn"])
+def test_voc_detection_end_to_end(method, ckpt64, embedded_root, tmp_path, one_thread):
+    out = tmp_path / "results"
+    argv = ["voc-detection", "--checkpoint", str(ckpt64), "--data", str(embedded_root), "--scale", "smoke",
+            "--iterations", "6", "--workers", "0", "--out", str(out)]
+    if method == "fast-rcnn":
+        argv += ["--proposals", str(_proposals(embedded_root, tmp_path / "p.json"))]
+    assert run_cli(cli.main, argv) == 0
+    (path,) = out.glob("voc-detection__*.json")
+    r = json.loads(path.read_text())
+    assert r["variant"] == {"dataset": "VOC2007", "layers": "all", "method": method}
+    assert set(r["metrics"]) == {"map"} and 0 <= r["metrics"]["map"] <= 100
+    assert r["protocol"]["iterations"] == 6 and r["data"]["sizes"]["test"] > 0
+    det_dir = Path(r["details"]["detections_dir"])
+    files = sorted(det_dir.glob("comp4_det_test_*.txt"))
+    assert len(files) == 20
+    # the result's mAP is the devkit evaluation of the files written
+    ds = VOCDetection(embedded_root, "2007", "test")
+    again = voc_eval.eval_detection_files(det_dir, {i: a["objects"] for i, a in zip(ds.ids, ds.annotations)},
+                                          VOC_CLASSES)
+    assert again["map"] == pytest.approx(r["metrics"]["map"])
