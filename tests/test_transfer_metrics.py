@@ -106,9 +106,11 @@ def test_ten_crop_transform_shape():
     from PIL import Image
 
     meta = {"input_size": 64, "preprocessing": {}}
-    x = engine.ten_crop_transform(meta, 64)(Image.new("RGB", (96, 80)))
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 96, 3), dtype=np.uint8))
+    x = engine.ten_crop_transform(meta, 64)(img)
     assert x.shape == (10, 3, 64, 64)
-    assert torch.allclose(x[0], x[5].flip(-1))  # corner crop and its mirror
+    assert torch.allclose(x[1], x[5].flip(-1))  # top-right crop == mirror of the mirrored image's top-left
+    assert not torch.allclose(x[0], x[1])
 
 
 # --------------------------------------------------------------------------------------------
