@@ -1,0 +1,285 @@
+#!/bin/bash
+# The container stage of CI (issue #6): build the images and run them end to end, for real.
+#
+#   bash docker/smoke.sh            (as root; tox -e docker calls it; .ci/run calls tox)
+#
+# 1. start a private Docker engine (its own socket, data-root and exec-root in one temp folder);
+# 2. make a base image locally: debootstrap bookworm (minbase + python3) and `docker import`,
+#    because no image registry is reachable here (the Dockerfile's default base stays the public one);
+# 3. build dc-train and dc-transfer from docker/Dockerfile (FLAVOR=cpu by default);
+# 4. docker run dc-train --help / dc-transfer --help: the presets and tasks are listed;
+# 5. docker run dc-train (no arguments) -> a checkpoint in the mounted /checkpoints;
+# 6. docker run dc-transfer TASK on that checkpoint -> a result JSON in the mounted /results;
+# 7. docker run dc-transfer dc-leaderboard on the results -> LEADERBOARD.md;
+# 8. a read-only /results is refused in one line with exit 2;
+# then the files are checked (format, sha256, git sha), and the engine is stopped and its disk
+# freed on every exit path, failures included.
+#
+# Settings (environment):
+#   DC_SMOKE_TMP        parent of the temp folder (default /tmp)
+#   DC_SMOKE_MIN_FREE_GB  free space required there (default 14; the run peaks near 11 GB)
+#   DC_SMOKE_FLAVOR     cpu (default) or gpu
+#   DC_SMOKE_TASK       transfer task to run (default linear-imagenet)
+#   DC_SMOKE_TRAIN_ARGS arguments for `docker run dc-train` (default none: the no-argument run)
+#   DC_SMOKE_DEB_CACHE  where debootstrap keeps its .debs between runs (default /var/cache/dcbench-debootstrap)
+#   DC_SMOKE_ARTIFACTS  copy the checkpoint, results and logs here before cleaning up
+#   DC_SMOKE_DEBIAN_MIRROR  mirror for debootstrap (default: debootstrap's own)
+#   DC_SMOKE_PIP_MIRROR 0 to ignore the machine's local wheel mirror and use only PyPI
+#   DOCKERD, DOCKER_CLI, DEBOOTSTRAP  engine, client and debootstrap binaries (default /usr/sbin/dockerd, /usr/bin/docker:
+#                       Debian's 20.10 client builds with the engine's built-in BuildKit; a newer
+#                       client would need buildx)
+# Exit: 0 all checks passed; 1 a check failed or the engine/build could not run (one line says
+# which); 2 bad settings.
+
+set -euo pipefail
+
+T0=$(date +%s)
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TMP_PARENT=${DC_SMOKE_TMP:-/tmp}
+MIN_FREE_GB=${DC_SMOKE_MIN_FREE_GB:-14}
+FLAVOR=${DC_SMOKE_FLAVOR:-cpu}
+TASK=${DC_SMOKE_TASK:-linear-imagenet}
+DOCKERD=${DOCKERD:-/usr/sbin/dockerd}
+DOCKER_CLI=${DOCKER_CLI:-/usr/bin/docker}
+DEBOOTSTRAP=${DEBOOTSTRAP:-debootstrap}
+BASE_TAG=dcbench-base:bookworm-local
+DEB_CACHE=${DC_SMOKE_DEB_CACHE:-/var/cache/dcbench-debootstrap}  # the .debs only (~40 MB), kept
+read -r -a TRAIN_ARGS <<<"${DC_SMOKE_TRAIN_ARGS:-}"
+PRESETS=(PIC-ImNet-Sob km-ImNet-Sob km-ImNet-RGB km-fl1M-Sob km-fl2M-Sob)
+
+WORK="" DOCKERD_PID="" HTTP_PID="" PASSED=0 FAILED=0
+
+say() { printf '[docker-smoke %4ds] %s\n' "$(($(date +%s) - T0))" "$*"; }
+die() {  # one clear line, then the EXIT trap cleans up
+    echo "docker-smoke: FAILED: $*" >&2
+    exit "${2:-1}"
+}
+ok() { PASSED=$((PASSED + 1)); say "ok: $*"; }
+check() {  # check DESCRIPTION COMMAND...: a failed check is counted and reported, not fatal
+    local what=$1
+    shift
+    if "$@"; then ok "$what"; else FAILED=$((FAILED + 1)); echo "docker-smoke: check failed: $what" >&2; fi
+}
+docker() { DOCKER_HOST="unix://$WORK/docker.sock" DOCKER_BUILDKIT=1 "$DOCKER_CLI" "$@"; }
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    if [[ -n $HTTP_PID ]]; then kill "$HTTP_PID" 2>/dev/null; wait "$HTTP_PID" 2>/dev/null; fi
+    if [[ -n $DOCKERD_PID ]] && kill -0 "$DOCKERD_PID" 2>/dev/null; then
+        docker ps -aq 2>/dev/null | xargs -r "$DOCKER_CLI" -H "unix://$WORK/docker.sock" rm -f >/dev/null 2>&1
+        kill -TERM "$DOCKERD_PID" 2>/dev/null
+        for _ in $(seq 60); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
+        kill -KILL "$DOCKERD_PID" 2>/dev/null
+        wait "$DOCKERD_PID" 2>/dev/null
+    fi
+    if [[ -n $WORK && -d $WORK ]]; then
+        # Processes this run started that outlived the engine (containerd, shims) name $WORK.
+        local pid
+        for pid in $(pgrep -f -- "$WORK"); do
+            [[ $pid != "$$" ]] && kill -KILL "$pid" 2>/dev/null
+        done
+        # Overlay and shm mounts of the engine, deepest first, then the folder itself.
+        awk -v w="$WORK" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
+        if [[ -n ${DC_SMOKE_ARTIFACTS:-} && -d $WORK/out ]]; then
+            mkdir -p "$DC_SMOKE_ARTIFACTS" && cp -a "$WORK/out/." "$DC_SMOKE_ARTIFACTS/"
+        fi
+        rm -rf "$WORK"
+        if [[ -e $WORK ]]; then echo "docker-smoke: could not remove $WORK" >&2; else say "engine stopped, $WORK removed"; fi
+    fi
+    exit "$rc"
+}
+
+# --- preconditions: one line each -------------------------------------------------------------
+[[ $FLAVOR == cpu || $FLAVOR == gpu ]] || die "DC_SMOKE_FLAVOR must be cpu or gpu, not '$FLAVOR'" 2
+[[ $MIN_FREE_GB =~ ^[0-9]+$ ]] || die "DC_SMOKE_MIN_FREE_GB must be a whole number, not '$MIN_FREE_GB'" 2
+[[ -d $TMP_PARENT ]] || die "DC_SMOKE_TMP=$TMP_PARENT is not a folder" 2
+free_gb=$(($(df -Pk "$TMP_PARENT" | awk 'NR == 2 { print $4 }') / 1024 / 1024))
+if ((free_gb < MIN_FREE_GB)); then
+    die "only ${free_gb} GB free under $TMP_PARENT, the container stage needs ${MIN_FREE_GB} GB (free some, or point DC_SMOKE_TMP at a roomier folder)"
+fi
+[[ $(id -u) -eq 0 ]] || die "must run as root: it starts its own Docker engine (dockerd)"
+
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+missing=()
+[[ -x $DOCKERD ]] || missing+=(docker.io)
+[[ -x $DOCKER_CLI ]] || missing+=(docker-cli)
+command -v "$DEBOOTSTRAP" >/dev/null || missing+=(debootstrap)
+if ((${#missing[@]})); then
+    say "installing ${missing[*]} (apt-get)"
+    pkgs=$(printf '%s\n' "${missing[@]}" | sed 's/^docker-cli$/docker.io/' | sort -u | tr '\n' ' ')
+    # shellcheck disable=SC2086
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $pkgs; } \
+        >/tmp/dcbench-docker-apt.log 2>&1 || die "apt-get install $pkgs failed (see /tmp/dcbench-docker-apt.log)"
+    [[ -x $DOCKERD && -x $DOCKER_CLI ]] || die "no Docker engine: $DOCKERD or $DOCKER_CLI missing after installing docker.io"
+fi
+
+WORK=$(mktemp -d "$TMP_PARENT/dcbench-docker.XXXXXX")
+mkdir -p "$WORK/out/checkpoints" "$WORK/out/results" "$WORK/out/logs" "$WORK/exec"
+LOGS=$WORK/out/logs
+say "work folder $WORK (${free_gb} GB free), flavour $FLAVOR, task $TASK"
+
+# --- 1. the engine --------------------------------------------------------------------------------
+"$DOCKERD" --data-root "$WORK/docker" --exec-root "$WORK/exec" --pidfile "$WORK/dockerd.pid" \
+    -H "unix://$WORK/docker.sock" --storage-driver overlay2 --iptables=false --ip-masq=false \
+    --bridge=none >"$LOGS/dockerd.log" 2>&1 &
+DOCKERD_PID=$!
+for _ in $(seq 120); do
+    docker info >/dev/null 2>&1 && break
+    kill -0 "$DOCKERD_PID" 2>/dev/null || break
+    sleep 0.5
+done
+if ! docker info >/dev/null 2>&1; then
+    reason=$(grep -E 'level=(fatal|error)|failed to start' "$LOGS/dockerd.log" | tail -1 | sed 's/.*msg="\([^"]*\)".*/\1/')
+    die "no Docker engine: dockerd did not start (${reason:-no reason logged}; log $LOGS/dockerd.log)"
+fi
+say "engine up: $(docker version --format 'server {{.Server.Version}}, client {{.Client.Version}}')"
+
+# --- 2. the base image -------------------------------------------------------------------------------
+t=$(date +%s)
+mkdir -p "$DEB_CACHE"
+# shellcheck disable=SC2086  # an empty mirror setting must vanish, not become an empty argument
+"$DEBOOTSTRAP" --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
+    --cache-dir="$DEB_CACHE" bookworm "$WORK/rootfs" ${DC_SMOKE_DEBIAN_MIRROR:-} >"$LOGS/debootstrap.log" 2>&1 \
+    || die "debootstrap of the base failed (last line: $(tail -1 "$LOGS/debootstrap.log"))"
+tar -C "$WORK/rootfs" -c . | docker import -c 'ENV LANG=C.UTF-8' - "$BASE_TAG" >/dev/null \
+    || die "docker import of the base failed"
+rm -rf "$WORK/rootfs"
+say "base image $BASE_TAG made in $(($(date +%s) - t))s"
+
+# --- 3. the images ---------------------------------------------------------------------------------
+GIT_SHA=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)
+[[ $GIT_SHA == unknown || -z $(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null) ]] || GIT_SHA+=+dirty
+build_args=(--build-arg "BASE_IMAGE=$BASE_TAG" --build-arg "FLAVOR=$FLAVOR" --build-arg "DCBENCH_GIT_SHA=$GIT_SHA")
+ca=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
+[[ -s $ca ]] && build_args+=(--secret "id=cacert,src=$ca")
+# This machine's pip may carry file:// indexes (a local wheel mirror); the build container cannot
+# see the host's files, so serve their common root on loopback for the build (--network host).
+if [[ ${DC_SMOKE_PIP_MIRROR:-1} != 0 ]]; then
+    extra=$(python3 -m pip config get global.extra-index-url 2>/dev/null || true)
+    roots=() urls=()
+    for u in $extra; do
+        [[ $u == file://* && -d ${u#file://} ]] || continue
+        p=${u#file://}
+        roots+=("$(dirname "$(dirname "$p")")")
+        urls+=("$p")
+    done
+    if ((${#urls[@]})) && [[ $(printf '%s\n' "${roots[@]}" | sort -u | wc -l) -eq 1 ]]; then
+        root=${roots[0]}
+        port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        (cd "$root" && exec python3 -m http.server --bind 127.0.0.1 "$port") >"$LOGS/mirror.log" 2>&1 &
+        HTTP_PID=$!
+        http_urls=()
+        for p in "${urls[@]}"; do http_urls+=("http://127.0.0.1:$port${p#"$root"}"); done
+        build_args+=(--build-arg "PIP_EXTRA_INDEX_URL=${http_urls[*]}" --build-arg "PIP_TRUSTED_HOST=127.0.0.1")
+        say "pip: PyPI plus this machine's wheel mirror (${urls[*]}) served on 127.0.0.1:$port"
+    fi
+fi
+
+declare -A BUILD_S SIZE
+for target in dc-train dc-transfer; do
+    t=$(date +%s)
+    if ! docker build --network host -f "$REPO/docker/Dockerfile" --target "$target" -t "$target" \
+        "${build_args[@]}" --progress plain "$REPO" >"$LOGS/build-$target.log" 2>&1; then
+        tail -25 "$LOGS/build-$target.log" >&2
+        die "docker build --target $target failed (log above)"
+    fi
+    BUILD_S[$target]=$(($(date +%s) - t))
+    SIZE[$target]=$(docker image inspect -f '{{.Size}}' "$target")
+    say "built $target in ${BUILD_S[$target]}s: $((SIZE[$target] / 1000000)) MB"
+done
+ok "images built"
+docker images --format '  {{.Repository}}:{{.Tag}}  {{.Size}}'
+
+# --- 4. --help lists the presets and tasks -----------------------------------------------------------
+run=(docker run --rm --network none)
+"${run[@]}" dc-train --help >"$LOGS/dc-train-help.txt" 2>&1 || die "docker run dc-train --help failed"
+"${run[@]}" dc-transfer --help >"$LOGS/dc-transfer-help.txt" 2>&1 || die "docker run dc-transfer --help failed"
+sed 's/^/  | /' "$LOGS/dc-train-help.txt" | head -12
+sed 's/^/  | /' "$LOGS/dc-transfer-help.txt"
+for p in "${PRESETS[@]}"; do
+    check "dc-train --help lists preset $p" grep -q -- "$p" "$LOGS/dc-train-help.txt"
+done
+check "dc-transfer --help lists task $TASK" grep -q -- "$TASK" "$LOGS/dc-transfer-help.txt"
+
+# --- 5-7. train -> transfer -> leaderboard, as the container's user ----------------------------------
+CK=$WORK/out/checkpoints RES=$WORK/out/results
+uid=$(docker run --rm --network none --entrypoint id dc-train -u)
+gid=$(docker run --rm --network none --entrypoint id dc-train -g)
+chown "$uid:$gid" "$CK" "$RES"
+
+t=$(date +%s)
+docker run --rm --network none -v "$CK:/checkpoints" dc-train "${TRAIN_ARGS[@]}" >"$LOGS/dc-train.log" 2>&1 \
+    || { tail -20 "$LOGS/dc-train.log" >&2; die "docker run dc-train ${TRAIN_ARGS[*]:-(no arguments)} failed"; }
+TRAIN_S=$(($(date +%s) - t))
+ckpt=$(find "$CK" -name model.safetensors -printf '%h\n' | head -1)
+[[ -n $ckpt ]] || die "docker run dc-train wrote no checkpoint under /checkpoints"
+say "docker run dc-train ${TRAIN_ARGS[*]:-(no arguments)}: ${TRAIN_S}s, checkpoint ${ckpt#"$CK"/}"
+ckpt_in=/checkpoints/${ckpt#"$CK"/}
+
+t=$(date +%s)
+docker run --rm --network none -v "$CK:/checkpoints:ro" -v "$RES:/results" \
+    dc-transfer "$TASK" --checkpoint "$ckpt_in" --scale smoke >"$LOGS/dc-transfer.log" 2>&1 \
+    || { tail -20 "$LOGS/dc-transfer.log" >&2; die "docker run dc-transfer $TASK failed"; }
+TRANSFER_S=$(($(date +%s) - t))
+mapfile -t results < <(cd "$RES" && find . -name '*.json' -printf '%P\n' | sort)
+((${#results[@]})) || die "docker run dc-transfer $TASK wrote no result JSON under /results"
+say "docker run dc-transfer $TASK: ${TRANSFER_S}s, ${#results[@]} result file(s)"
+
+docker run --rm --network none -v "$RES:/results" dc-transfer dc-leaderboard \
+    "${results[@]/#//results/}" --out /results/LEADERBOARD.md >"$LOGS/dc-leaderboard.log" 2>&1 \
+    || { tail -20 "$LOGS/dc-leaderboard.log" >&2; die "docker run dc-transfer dc-leaderboard failed"; }
+
+# --- 8. bad input: an output folder the container cannot write -----------------------------------------
+set +e
+docker run --rm --network none -v "$CK:/checkpoints:ro" -v "$RES:/results:ro" \
+    dc-transfer "$TASK" --checkpoint "$ckpt_in" --scale smoke >"$LOGS/readonly.log" 2>&1
+ro_rc=$?
+set -e
+say "read-only /results: exit $ro_rc: $(head -1 "$LOGS/readonly.log")"
+check "a read-only /results is refused with exit 2 in one line" \
+    test "$ro_rc" -eq 2 -a "$(wc -l <"$LOGS/readonly.log")" -eq 1
+
+# --- the files -------------------------------------------------------------------------------------
+say "files the containers wrote:"
+(cd "$WORK/out" && find checkpoints results -type f -printf '  %-78p %10s bytes\n' | sort)
+check "checkpoint and its meta.json verify against each other" python3 - "$ckpt" <<'EOF'
+import hashlib, json, sys, pathlib
+d = pathlib.Path(sys.argv[1]); meta = json.loads((d / "meta.json").read_text())
+sha = hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()
+blob = json.dumps(meta)
+assert sha in blob, f"sha256 {sha} not in meta.json"
+assert "dcbench-train" in blob, "meta.json does not say the trainer made it"
+EOF
+check "result JSON(s) name the task, the checkpoint's sha256 and the image's git sha" \
+    python3 - "$ckpt" "$RES" "$TASK" "$GIT_SHA" <<'EOF'
+import hashlib, json, sys, pathlib
+ck, res, task, sha = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+wsha = hashlib.sha256((ck / "model.safetensors").read_bytes()).hexdigest()
+files = sorted(res.rglob("*.json"))
+assert files
+for f in files:
+    r = json.loads(f.read_text())
+    assert r.get("task") == task, (f, r.get("task"))
+    assert r["checkpoint"]["sha256"] == wsha, (f, "checkpoint sha256 differs")
+    assert r["metrics"], (f, "no metrics")
+    assert r["environment"]["git_sha"] == sha, (f, r["environment"]["git_sha"], sha)
+    print(f"  {f.name}: {r['metrics']}")
+EOF
+check "dc-leaderboard wrote /results/LEADERBOARD.md" test -s "$RES/LEADERBOARD.md"
+
+STAGE_S=$(($(date +%s) - T0))
+echo
+echo "docker-smoke summary (flavour $FLAVOR, task $TASK)"
+for target in dc-train dc-transfer; do
+    printf '  image %-12s %6d MB   built in %4ds\n' "$target" $((SIZE[$target] / 1000000)) "${BUILD_S[$target]}"
+done
+printf '  docker run dc-train        %4ds (%s)\n' "$TRAIN_S" "${TRAIN_ARGS[*]:-no arguments}"
+printf '  docker run dc-transfer     %4ds (%s)\n' "$TRANSFER_S" "$TASK"
+printf '  container stage total      %4ds\n' "$STAGE_S"
+echo "docker: $PASSED passed, $FAILED failed"
+((FAILED == 0)) || exit 1
