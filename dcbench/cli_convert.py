@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from dcbench import convert
-from dcbench.checkpoint import save_checkpoint
+from dcbench.atomic import write_file_atomic
+from dcbench.checkpoint import load_checkpoint, save_checkpoint
 from dcbench.errors import ArgumentParser, UserError, run_cli
 
+EXPORTS = ("detectron2",)
 ORIGIN = {"deepcluster-release": "deepcluster-release", "torchvision-vgg16bn": "torchvision",
           "random": "random"}
 
@@ -17,10 +21,15 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
     p = ArgumentParser("dc-convert", add_help=add_help,
                        description="Import DeepCluster-release / torchvision vgg16_bn weights or a random "
                                    "initialisation as a dcbench checkpoint.")
-    p.add_argument("--from", dest="source", choices=convert.SOURCES, required=True,
-                   help="what SRC is (random needs no SRC)")
-    p.add_argument("src", nargs="?", type=Path, help="file to import (checkpoint.pth.tar, vgg16_bn .pth)")
-    p.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    p.add_argument("--from", dest="source", choices=convert.SOURCES, default=None,
+                   help="what SRC is (random needs no SRC); one of --from / --to is required")
+    p.add_argument("--to", dest="target", choices=EXPORTS, default=None,
+                   help="export: dc-convert --to detectron2 CKPT OUT.pth writes a detectron2 checkpoint "
+                        "(key mapping: dcbench/convert.py, detectron2_key_map)")
+    p.add_argument("src", nargs="?", type=Path, help="file to import (checkpoint.pth.tar, vgg16_bn .pth); "
+                   "with --to: the checkpoint directory to export")
+    p.add_argument("dst", nargs="?", type=Path, help="with --to: the file to write (or pass --out)")
+    p.add_argument("--out", type=Path, default=None, help="checkpoint directory to write (with --to: the file)")
     p.add_argument("--arch", choices=("alexnet", "vgg16"), help="architecture (default: from the file; "
                    "alexnet for random)")
     p.add_argument("--sobel", action=__import__("argparse").BooleanOptionalAction, default=None,
@@ -32,8 +41,35 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
     return p
 
 
+def export(args) -> int:
+    if args.source is not None:
+        raise UserError("dc-convert: pass either --from (import) or --to (export), not both")
+    out = args.dst or args.out
+    if args.src is None or out is None or (args.dst is not None and args.out is not None):
+        raise UserError(f"dc-convert --to {args.target} needs CKPT and OUT: dc-convert --to {args.target} CKPT OUT.pth")
+    ckpt = load_checkpoint(args.src)
+    obj, conv = convert.to_detectron2(ckpt.model, ckpt.meta)
+    if not args.quiet:
+        for old, new in conv.renamed:
+            print(f"renamed  {old} -> {new}")
+    for k in conv.dropped:
+        print(f"dropped  {k}")
+    write_file_atomic(out, lambda p: torch.save(obj, p))
+    print(f"wrote {out} (detectron2 checkpoint from {ckpt.name}: {len(conv.renamed)} renamed, "
+          f"{len(conv.dropped)} dropped)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    if args.target is not None:
+        return export(args)
+    if args.source is None:
+        raise UserError("dc-convert: pass --from SOURCE to import (or --to FORMAT to export); see --help")
+    if args.dst is not None:
+        raise UserError(f"dc-convert: unexpected second path {args.dst}; the output goes in --out")
+    if args.out is None:
+        raise UserError("dc-convert: --out is required (the checkpoint directory to write)")
     if args.source == "random":
         if args.src is not None:
             raise UserError("dc-convert --from random takes no SRC file")

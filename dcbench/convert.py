@@ -124,3 +124,72 @@ def build(conv: Conversion) -> DeepClusterNet:
     model = DeepClusterNet(conv.spec)
     model.load_state_dict(conv.state_dict, strict=True)
     return model
+
+
+# ------------------------------------------------------------------------------------------------
+# Export: detectron2
+# Key mapping (documented for users who run detectron2 themselves; detectron2 has no AlexNet/VGG
+# backbone, so these names are what a user's backbone and box head should call their modules):
+#   sobel.0.*                    -> backbone.sobel.grayscale.*      (frozen, 3 -> 1)
+#   sobel.1.*                    -> backbone.sobel.filter.*         (frozen, 1 -> 2)
+#   features.<i> (k-th conv)     -> backbone.conv<k>.{weight,bias}  (AlexNet: conv1..conv5;
+#                                   VGG16: conv<block>_<j>, e.g. conv3_2, as in the VGG paper)
+#   features.<i+1> (its BN)      -> backbone.conv<k>.norm.{weight,bias,running_mean,running_var,...}
+#                                   (detectron2's layers.Conv2d(norm=...) naming)
+#   classifier.<fc6>             -> roi_heads.box_head.fc1.*        (FastRCNNConvFCHead's names)
+#   classifier.<fc7>             -> roi_heads.box_head.fc2.*
+#   top_layer.*                  -> left out (the clustering head is not a detector layer)
+def detectron2_key_map(model: DeepClusterNet) -> dict[str, str]:
+    """Our module prefixes -> detectron2 names (see the table above)."""
+    mapping = {}
+    if model.sobel is not None:
+        mapping["sobel.0."] = "backbone.sobel.grayscale."
+        mapping["sobel.1."] = "backbone.sobel.filter."
+    block, j, k = 1, 0, 0
+    layers = list(model.features)
+    for i, m in enumerate(layers):
+        if isinstance(m, torch.nn.MaxPool2d):
+            block, j = block + 1, 0
+        if not isinstance(m, torch.nn.Conv2d):
+            continue
+        k, j = k + 1, j + 1
+        name = f"conv{k}" if model.spec.arch == "alexnet" else f"conv{block}_{j}"
+        mapping[f"features.{i}."] = f"backbone.{name}."
+        if i + 1 < len(layers) and isinstance(layers[i + 1], torch.nn.BatchNorm2d):
+            mapping[f"features.{i + 1}."] = f"backbone.{name}.norm."
+    fc6, fc7 = model.fc_indices
+    mapping[f"classifier.{fc6}."] = "roi_heads.box_head.fc1."
+    mapping[f"classifier.{fc7}."] = "roi_heads.box_head.fc2."
+    return mapping
+
+
+def to_detectron2(model: DeepClusterNet, meta: dict) -> tuple[dict, Conversion]:
+    """A detectron2 checkpoint dict: ``{"model": {name: tensor}, "__author__", "matching_heuristics",
+    "dcbench": provenance}``. Tensors (not numpy arrays) so ``torch.load(weights_only=True)`` reads it;
+    detectron2's ``DetectionCheckpointer`` accepts tensors in ``.pth`` files."""
+    mapping = detectron2_key_map(model)
+    conv = Conversion(state_dict={}, spec=model.spec)
+    out = {}
+    for key, t in model.state_dict().items():
+        prefix = next((p for p in mapping if key.startswith(p)), None)
+        if prefix is None:
+            conv.dropped.append(key)
+            continue
+        new = mapping[prefix] + key[len(prefix):]
+        conv.renamed.append((key, new))
+        out[new] = t.detach().cpu().clone()
+    conv.state_dict = out
+    pre = meta.get("preprocessing") or {}
+    mean, std = pre.get("mean", [0.485, 0.456, 0.406]), pre.get("std", [0.229, 0.224, 0.225])
+    note = {
+        "exported_by": "dcbench dc-convert --to detectron2",
+        "checkpoint": meta.get("name"), "model_sha256": meta.get("model_sha256"), "origin": meta.get("origin"),
+        "arch": model.spec.arch, "sobel": model.spec.sobel, "batchnorm": model.spec.batchnorm,
+        "input_size": model.spec.input_size, "feature_shape": list(model.feature_shape),
+        "conv5_stride": 16, "box_head_pooler_resolution": list(model.feature_shape[1:]),
+        # detectron2 feeds 0-255 pixels: our [0, 1]-then-normalised RGB input becomes
+        "suggested_config": {"INPUT.FORMAT": "RGB", "MODEL.PIXEL_MEAN": [255.0 * m for m in mean],
+                             "MODEL.PIXEL_STD": [255.0 * s for s in std]},
+        "key_map": dict(mapping), "left_out": list(conv.dropped),
+    }
+    return {"model": out, "__author__": "dcbench", "matching_heuristics": False, "dcbench": note}, conv
