@@ -177,8 +177,9 @@ def test_knn_graph_end_to_end_pictures(ckpt64, embedded_root, tmp_path, capsys):
     argv = ["knn-graph", *_common(ckpt64, embedded_root, tmp_path)]
     assert _run(argv, capsys)[0] == 0
     r = _only_result(tmp_path)
-    assert {"ratio_mean", "ratio_median", "random_graph_mean"} <= set(r["metrics"])
+    assert {"ratio_intra", "ratio_median", "random_graph_mean"} <= set(r["metrics"])
     assert len(r["details"]["per_class"]) == 10
-    for p in r["details"]["pictures"].values():
+    for name in ("png_neighbours", "png_filters", "png_ratios"):
+        p = r["details"][name]
         assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert r["details"]["filters_composed_with_sobel"] is True

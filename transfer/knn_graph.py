@@ -6,13 +6,13 @@ output instead). A 10-NN graph (exact L2 search, faiss) is built over one labell
 each class C, "ratio edge intra-class" = #edges (i, j) with i and j in C / #edges leaving C,
 in percent. A random graph's expected ratio for C is (|C| - 1) / (N - 1).
 
-Result: metrics ``ratio_mean``, ``ratio_median``, ``ratio_q1``, ``ratio_q3``, ``ratio_min``,
+Result: metrics ``ratio_intra`` (mean over classes), ``ratio_median``, ``ratio_q1``, ``ratio_q3``, ``ratio_min``,
 ``ratio_max`` (over classes, %), and ``random_graph_mean`` (the random-graph baseline, %);
 per-class ratios in ``details.per_class``; selection ``final``. Pictures (PNG) beside the
 result under ``OUT/knn-graph/<checkpoint>-<sha8>/``: ``neighbours.png`` (query images and their
 3 nearest neighbours, Fig. 5.3), ``filters.png`` (conv1 filters, composed with the Sobel
 filters when the network has them, Fig. 5.2), ``ratios.png`` (distribution, Fig. 4.1); their
-paths are in ``details.pictures``.
+paths are in ``details.png_neighbours``, ``details.png_filters``, ``details.png_ratios``.
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> Path:
         ratios = ratio_edge_intra_class(nn, labels)
         rand = random_graph_ratio(labels)
     vals = np.array(list(ratios.values()))
-    metrics = {"ratio_mean": vals.mean(), "ratio_median": np.median(vals), "ratio_q1": np.percentile(vals, 25),
+    metrics = {"ratio_intra": vals.mean(), "ratio_median": np.median(vals), "ratio_q1": np.percentile(vals, 25),
                "ratio_q3": np.percentile(vals, 75), "ratio_min": vals.min(), "ratio_max": vals.max(),
                "random_graph_mean": float(np.mean(list(rand.values())))}
     with timer("pictures"):
@@ -254,6 +254,6 @@ def run(args: argparse.Namespace) -> Path:
         scale=args.scale, timings=timer.timings, selection={"rule": "final", "epochs": None},
         details={"per_class": {str(classes[c]): round(v, 3) for c, v in ratios.items()},
                  "random_graph_per_class": {str(classes[c]): round(v, 3) for c, v in rand.items()},
-                 "queries": [paths[q] for q in queries], "pictures": {n: str(p) for n, p in pictures.items()},
+                 "queries": [paths[q] for q in queries], **{f"png_{n}": str(p) for n, p in pictures.items()},
                  "filters_composed_with_sobel": grey, "feature_cache_hit": hit})
     return save_and_report(args, result)
