@@ -171,7 +171,8 @@ def load_proposals(path: Path, datasets: list[VOCDetection]) -> dict[str, torch.
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(obj, dict) or obj.get("format") != PROPOSALS_FORMAT or not isinstance(obj.get("boxes"), dict):
+    if (not isinstance(obj, dict) or obj.get("format") != PROPOSALS_FORMAT or obj.get("version") != 1
+            or not isinstance(obj.get("boxes"), dict)):
         raise DataError(f"{path}: expected {{\"format\": \"{PROPOSALS_FORMAT}\", \"version\": 1, "
                         "\"boxes\": {image_id: [[x1, y1, x2, y2], ...]}}")
     boxes = obj["boxes"]
@@ -238,7 +239,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=METHODS, default=None,
                    help="faster-rcnn (RPN, default) or fast-rcnn (needs --proposals)")
     p.add_argument("--proposals", type=Path, default=None,
-                   help="precomputed proposals (JSON, see module doc) for Fast R-CNN; implies --method fast-rcnn")
+                   help='precomputed proposals for Fast R-CNN (implies --method fast-rcnn): JSON {"format": '
+                        '"dcbench-proposals", "version": 1, "boxes": {"<image_id>": [[x1, y1, x2, y2], ...]}}, '
+                        "1-based pixel boxes inside the image, one entry per trainval and test image")
     p.add_argument("--iterations", type=int, default=None, help="override the protocol's iterations")
     p.add_argument("--lr", type=float, default=None, help="override the protocol's learning rate")
 

@@ -204,15 +204,15 @@ def _collate_one(batch):
 
 def min_input_side(model: DeepClusterNet) -> int:
     """The smallest square input for which the full trunk still yields a 1x1 map."""
-    side = 32
-    while True:
+    c = 2 if model.sobel is not None else 3
+    for side in range(32, 1025, 16):
         try:
             with torch.no_grad():
-                c = 2 if model.sobel is not None else 3
                 model.features.eval()(torch.zeros(1, c, side, side))
             return side
         except RuntimeError:
-            side += 16
+            continue
+    raise UserError(f"{model.spec.arch}: no input up to 1024 px gives a pool5 map")
 
 
 # ----------------------------------------------------------------------------------------------
