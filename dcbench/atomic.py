@@ -13,6 +13,12 @@ from pathlib import Path
 from dcbench.errors import UserError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _disk_error(e: OSError, target: Path) -> UserError | OSError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return UserError(f"no space left while writing {target}; free disk space and rerun "
@@ -36,6 +42,8 @@ def write_file_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) -
         writer(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        # mkstemp makes the file private (0600); give it the mode a plain open() would have.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -69,6 +77,13 @@ def replace_dir_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) 
     old = path.with_name(path.name + ".old")
     try:
         writer(tmp)
+        # mkdtemp (and safetensors) make private files; give them the modes mkdir()/open() would, so
+        # another user (a container's uid) can read the result as with any other output.
+        mask = _umask()
+        os.chmod(tmp, 0o777 & ~mask)
+        for f in tmp.iterdir():
+            if f.is_file():
+                os.chmod(f, 0o666 & ~mask)
         if old.exists():
             shutil.rmtree(old)
         if path.exists():

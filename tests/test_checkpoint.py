@@ -120,3 +120,15 @@ def test_dc_inspect_console_script_reports_ok_and_errors(ckpt, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "dcbench.cli_inspect", str(tmp_path / "nope")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_checkpoint_files_get_ordinary_permissions(ckpt):
+    import os
+    import stat
+
+    path, _ = ckpt
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~mask
+    for f in path.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, f.name
