@@ -55,6 +55,8 @@ def _takes_task(module) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    if args.scale is None:
+        args.scale = "smoke" if args.data is None else "full"
     args._module.run(args)
     return 0
 

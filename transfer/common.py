@@ -30,8 +30,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=None,
                    help="dataset root (default: the embedded data, generated once and cached)")
     p.add_argument("--out", type=Path, default=Path("results"), help="folder for result JSON files")
-    p.add_argument("--scale", choices=("smoke", "full"), default="full",
-                   help="full = the thesis protocol; smoke = small budgets for the embedded data")
+    p.add_argument("--scale", choices=("smoke", "full"), default=None,
+                   help="full = the thesis protocol; smoke = small budgets for the embedded data "
+                        "(default: smoke without --data, full with it, as dc-train)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loader workers")
