@@ -197,3 +197,47 @@ def test_sgt_updates_only_selected_rows(tiny_data, tmp_path, monkeypatch):
     train(tiny(tiny_data, tmp_path / "s", sgt=2, k=8, epochs=1, steps_per_epoch=1, batch_size=2))
     changed = (captured["model"].top_layer.weight.detach() != captured["init"]).any(dim=1)
     assert 1 <= int(changed.sum()) <= 2
+
+
+def test_help_and_smoke_defaults(capsys):
+    with pytest.raises(SystemExit) as e:
+        train_cli.main(["--help"])
+    assert e.value.code == 0 and "--preset" in capsys.readouterr().out
+    cfg = make_config()  # what `dc-train` with no arguments runs (on the embedded data)
+    assert cfg.data is None and cfg.scale == "smoke" and cfg.preset == "km-ImNet-Sob"
+    assert cfg.input_size == 64 and cfg.k == 50 and cfg.epochs * cfg.steps_per_epoch <= 200
+
+
+@pytest.fixture(scope="module")
+def embedded_subset(tmp_path_factory) -> Path:
+    """The embedded classification train split (smoke), first 10 images of each of its 10 classes."""
+    import os
+
+    from dcbench.embedded import embedded_data
+
+    src = Path(embedded_data("smoke", 0)) / "classification" / "train"
+    dst = tmp_path_factory.mktemp("dctrain_embedded") / "train10"
+    for c in sorted(os.listdir(src)):
+        (dst / c).mkdir(parents=True)
+        for f in sorted(os.listdir(src / c))[:10]:
+            os.symlink(src / c / f, dst / c / f)
+    return dst
+
+
+@pytest.mark.slow
+def test_mechanics_loss_falls_clusters_never_empty_nmi_logged(embedded_subset, tmp_path):
+    """CI-scale DeepCluster on embedded images: the pseudo-label loss falls well below ln k.
+
+    k=3 on 100 images, PCA to 4 dims, 30 updates of 16 images per epoch, lr 0.01: the smallest
+    setting found where the fresh top layer has time to fit within an epoch (fewer steps or larger
+    lr stay at or above ln k on this data).
+    """
+    out = tmp_path / "mech"
+    train(tiny(embedded_subset, out, k=3, pca_dim=4, lr=0.01, steps_per_epoch=30, epochs=4, batch_size=16))
+    log = read_log(out)
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4]
+    assert all(r["empty"] == 0 and r["num_clusters"] == 3 for r in log)
+    assert log[-1]["loss"] <= 0.85 * math.log(3), [r["loss"] for r in log]
+    nmis = [r["nmi_prev"] for r in log]
+    assert nmis[0] is None and all(0 <= v <= 1 for v in nmis[1:])
+    assert max(nmis[2:]) > 0.3  # consecutive assignments agree far above chance (~0.01 for k=3, n=100)
