@@ -49,6 +49,21 @@ def load_for_transfer(path: Path, *, need_fc: bool = False, task: str = "") -> C
     return ckpt
 
 
+def override_schedule(proto: dict, args: argparse.Namespace) -> dict:
+    """Apply ``--iterations`` / ``--lr`` to a protocol dict; lr steps past the new end are dropped."""
+    proto = dict(proto)
+    if args.iterations is not None:
+        if args.iterations < 1:
+            raise UserError("--iterations must be at least 1")
+        proto["iterations"] = args.iterations
+        proto["lr_steps"] = [s for s in proto["lr_steps"] if s < args.iterations]
+    if args.lr is not None:
+        if not args.lr > 0:
+            raise UserError("--lr must be positive")
+        proto["lr"] = args.lr
+    return proto
+
+
 def add_input_size_argument(p: argparse.ArgumentParser) -> None:
     """``--input-size``: for tasks that feed the checkpoint's own input size (checked, never resized)."""
     p.add_argument("--input-size", type=int, default=None,

@@ -54,7 +54,7 @@ from dcbench.datasets import VOC_CLASSES, VOCDetection, fingerprint
 from dcbench.errors import DataError, UserError
 from dcbench.models import DeepClusterNet
 from dcbench.results import checkpoint_block, make_result
-from dcbench.transfer.common import Timer, data_root, load_for_transfer, save_and_report
+from dcbench.transfer.common import Timer, data_root, load_for_transfer, override_schedule, save_and_report
 from dcbench.transfer.voc_eval import eval_detection_files, write_detection_files
 from dcbench.transfer.voc_segmentation import ConvTrunk, assert_unchanged, fc_layers, parameter_snapshot
 
@@ -247,16 +247,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def protocol(args: argparse.Namespace, method: str) -> dict:
-    proto = dict(PROTOCOLS[(args.scale, method)])
-    if args.iterations is not None:
-        if args.iterations < 1:
-            raise UserError("--iterations must be at least 1")
-        proto["iterations"] = args.iterations
-        proto["lr_steps"] = [s for s in proto["lr_steps"] if s < args.iterations]
-    if args.lr is not None:
-        if not args.lr > 0:
-            raise UserError("--lr must be positive")
-        proto["lr"] = args.lr
+    proto = override_schedule(PROTOCOLS[(args.scale, method)], args)
     proto.update(
         method=method, layers=args.layers, train_split="VOC2007 trainval", test_split="VOC2007 test",
         engine=f"torchvision {torchvision.__version__} FasterRCNN / RoIHeads",

@@ -34,7 +34,7 @@ from dcbench.datasets import VOCSegmentation, fingerprint
 from dcbench.errors import DataError, UserError
 from dcbench.models import DeepClusterNet
 from dcbench.results import checkpoint_block, make_result
-from dcbench.transfer.common import Timer, data_root, load_for_transfer, save_and_report
+from dcbench.transfer.common import Timer, data_root, load_for_transfer, override_schedule, save_and_report
 from dcbench.transfer.voc_eval import confusion_matrix, segmentation_scores
 
 DESCRIPTION = "VOC2012 semantic segmentation, FCN-32s from conv trunk + fc6/fc7 (Table 5.5); mean IoU"
@@ -228,16 +228,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def protocol(args: argparse.Namespace) -> dict:
-    proto = dict(PROTOCOLS[args.scale])
-    if args.iterations is not None:
-        if args.iterations < 1:
-            raise UserError("--iterations must be at least 1")
-        proto["iterations"] = args.iterations
-        proto["lr_steps"] = [s for s in proto["lr_steps"] if s < args.iterations]
-    if args.lr is not None:
-        if not args.lr > 0:
-            raise UserError("--lr must be positive")
-        proto["lr"] = args.lr
+    proto = override_schedule(PROTOCOLS[args.scale], args)
     proto.update(
         model="FCN-32s", layers=args.layers, train_split=args.train_split, val_split=args.val_split,
         lr_gamma=0.1, augmentation="none (as FCN)", batchnorm="stored statistics (eval mode) in both variants",
