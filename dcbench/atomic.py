@@ -19,13 +19,12 @@ def _umask() -> int:
     return mask
 
 
-def _disk_error(e: OSError, target: Path) -> UserError | OSError:
+def _disk_error(e: OSError, target: Path) -> UserError:
+    """An output that cannot be written is the user's to fix (disk, permissions, path): one line."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return UserError(f"no space left while writing {target}; free disk space and rerun "
                          "(the previous version, if any, is intact)")
-    if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-        return UserError(f"cannot write {target}: {e.strerror}; choose a writable output folder")
-    return e
+    return UserError(f"cannot write {target}: {e.strerror or e}; choose a writable output folder")
 
 
 def write_file_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
