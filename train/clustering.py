@@ -31,7 +31,7 @@ def top_eigh(a: np.ndarray, dim: int, oversample: int = 64, tol: float = 1e-12, 
 
     d = a.shape[0]
     b = min(d, dim + oversample)
-    if 2 * b >= d:
+    if 2 * b >= d or d <= 2048:
         with threadpool_limits(1):  # LAPACK's tridiagonalisation does not scale; oversubscription hurts
             w, v = scipy.linalg.eigh(a, subset_by_index=[d - dim, d - 1], driver="evr", check_finite=False)
         return w[::-1].copy(), v[:, ::-1].copy()
