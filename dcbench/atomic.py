@@ -19,7 +19,7 @@ def _umask() -> int:
     return mask
 
 
-def _disk_error(e: OSError, target: Path) -> UserError:
+def disk_error(e: OSError, target: Path) -> UserError:
     """An output that cannot be written is the user's to fix (disk, permissions, path): one line."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return UserError(f"no space left while writing {target}; free disk space and rerun "
@@ -35,7 +35,7 @@ def write_file_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) -
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
     except OSError as e:
-        raise _disk_error(e, path) from None
+        raise disk_error(e, path) from None
     tmp = Path(tmp)
     try:
         writer(tmp)
@@ -46,7 +46,7 @@ def write_file_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) -
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise _disk_error(e, path) from None
+        raise disk_error(e, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -72,7 +72,7 @@ def replace_dir_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) 
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     except OSError as e:
-        raise _disk_error(e, path) from None
+        raise disk_error(e, path) from None
     old = path.with_name(path.name + ".old")
     try:
         writer(tmp)
@@ -92,7 +92,7 @@ def replace_dir_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) 
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not path.exists():
             os.rename(old, path)
-        raise _disk_error(e, path) from None
+        raise disk_error(e, path) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from dcbench.errors import UserError
+from dcbench.knn_graph import ratio_edge_intra_class
 from dcbench.train import clustering as C
 from dcbench.train import sampler as S
 from dcbench.train.config import PRESETS, make_config
-from dcbench.train.metrics import cluster_stats, ratio_edge_intra_class
+from dcbench.train.metrics import cluster_stats
 
 
 def _spectrum_data(n=2000, d=256, seed=0):
@@ -134,7 +135,7 @@ def test_ratio_edge_intra_class():
     nbrs = np.array([[1], [0], [3], [0]])
     labels = np.array([0, 0, 1, 1])
     # class 0: both edges intra (1.0); class 1: 2->3 intra, 3->0 not (0.5)
-    assert ratio_edge_intra_class(nbrs, labels) == pytest.approx(0.75)
+    assert ratio_edge_intra_class(nbrs, labels) == {0: pytest.approx(1.0), 1: pytest.approx(0.5)}
 
 
 def test_cluster_stats():

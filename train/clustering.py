@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from dcbench.errors import UserError
+from dcbench.knn_graph import knn
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,26 +137,6 @@ def _flat_index(d: int, use_gpu: bool):
         cfg.useFloat16 = False
         return faiss.GpuIndexFlatL2(res, d, cfg)
     return faiss.IndexFlatL2(d)
-
-
-def knn(x: np.ndarray, k: int, use_gpu: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Squared L2 distances and indices of the k nearest neighbours, self excluded."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    n = x.shape[0]
-    k = min(k, n - 1)
-    index = _flat_index(x.shape[1], use_gpu)
-    index.add(x)
-    dist, idx = index.search(x, k + 1)
-    # Drop the point itself; with duplicates it may not be in column 0.
-    out_i = np.empty((n, k), dtype=np.int64)
-    out_d = np.empty((n, k), dtype=np.float32)
-    self_mask = idx == np.arange(n)[:, None]
-    has_self = self_mask.any(axis=1)
-    keep = ~self_mask
-    keep[~has_self, -1] = False
-    out_i[:] = idx[keep].reshape(n, k)
-    out_d[:] = dist[keep].reshape(n, k)
-    return out_d, out_i
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,16 +29,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from dcbench.atomic import _disk_error, write_file_atomic, write_json_atomic
+from dcbench.atomic import disk_error, write_file_atomic, write_json_atomic
 from dcbench.checkpoint import META, load_checkpoint, save_checkpoint
 from dcbench.errors import UserError
+from dcbench.knn_graph import knn, ratio_edge_intra_class
 from dcbench.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 from dcbench.provenance import environment, git_sha, utc_now
 from dcbench.train import distributed as D
 from dcbench.train import sampler as S
-from dcbench.train.clustering import _faiss_gpu_available, cluster, knn, pca_whiten
+from dcbench.train.clustering import _faiss_gpu_available, cluster, pca_whiten
 from dcbench.train.config import RESUME_FREE, TrainConfig
-from dcbench.train.metrics import cluster_stats, nmi, ratio_edge_intra_class
+from dcbench.train.metrics import cluster_stats, nmi
 
 CHECKPOINT = "checkpoint"
 
@@ -191,7 +192,7 @@ def _append_log(path: Path, record: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        raise _disk_error(e, path) from None
+        raise disk_error(e, path) from None
 
 
 def _trim_log(path: Path, last_epoch: int) -> None:
@@ -365,7 +366,7 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
                 y = gt[subset][valid_np]
                 record["nmi_labels"] = nmi(lab, y)
                 _, nbrs = knn(xw, 10, use_gpu=use_faiss_gpu)
-                record["ratio_edge_intra_class"] = ratio_edge_intra_class(nbrs, y)
+                record["ratio_edge_intra_class"] = float(np.mean(list(ratio_edge_intra_class(nbrs, y).values())))
             times["metrics"] = time.perf_counter() - t
             lab_t = torch.from_numpy(labels)
         else:

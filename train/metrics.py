@@ -1,4 +1,5 @@
-"""Per-epoch diagnostics: NMI between assignments, cluster-size statistics, ratio edge intra-class."""
+"""Per-epoch diagnostics: NMI between assignments, cluster-size statistics (the k-NN graph ratio
+lives in dcbench.knn_graph, shared with the knn-graph task)."""
 
 from __future__ import annotations
 
@@ -26,12 +27,3 @@ def cluster_stats(labels: np.ndarray) -> dict:
         "size_histogram": {f"{int(lo)}-{'inf' if hi == np.inf else int(hi) - 1}": int(h)
                            for lo, hi, h in zip(edges[:-1], edges[1:], hist) if h},
     }
-
-
-def ratio_edge_intra_class(nbr_idx: np.ndarray, labels: np.ndarray) -> float:
-    """Thesis §4.1: per class, the share of k-NN edges leaving its nodes that end in the same class;
-    averaged over classes. ``nbr_idx`` (n, k): each node's neighbours, self excluded."""
-    labels = np.asarray(labels)
-    same = labels[nbr_idx] == labels[:, None]
-    ratios = [same[labels == c].mean() for c in np.unique(labels)]
-    return float(np.mean(ratios))

@@ -25,6 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from dcbench.datasets import ImageFolder, fingerprint, pil_loader
+from dcbench.knn_graph import knn, random_graph_ratio, ratio_edge_intra_class
 from dcbench.results import checkpoint_block, make_result
 from dcbench.transfer import engine
 from dcbench.transfer.common import (
@@ -62,35 +63,6 @@ def pca_whiten_l2(x: np.ndarray, dim: int, eps: float = 1e-5) -> tuple[np.ndarra
     y = x @ vt[:dim].T / np.sqrt(eig + eps)
     y /= np.linalg.norm(y, axis=1, keepdims=True) + 1e-12
     return y.astype(np.float32), dim
-
-
-def knn(x: np.ndarray, k: int) -> np.ndarray:
-    """(N, k) indices of each row's k nearest other rows (exact L2, self excluded)."""
-    import faiss
-
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    index = faiss.IndexFlatL2(x.shape[1])
-    index.add(x)
-    _, nn = index.search(x, k + 1)
-    out = np.empty((len(x), k), dtype=np.int64)
-    for i, row in enumerate(nn):
-        row = row[row != i]  # self is normally first; duplicates can push it elsewhere
-        out[i] = row[:k]
-    return out
-
-
-def ratio_edge_intra_class(neighbours: np.ndarray, labels: np.ndarray) -> dict[int, float]:
-    """Per class C: #edges i -> j with i, j in C / #edges leaving C (percent)."""
-    labels = np.asarray(labels)
-    same = labels[neighbours] == labels[:, None]
-    return {int(c): float(same[labels == c].mean() * 100) for c in np.unique(labels)}
-
-
-def random_graph_ratio(labels: np.ndarray) -> dict[int, float]:
-    """Expected ratio of a uniformly random k-NN graph: (|C| - 1) / (N - 1)."""
-    labels = np.asarray(labels)
-    n = len(labels)
-    return {int(c): float((np.sum(labels == c) - 1) / (n - 1) * 100) for c in np.unique(labels)}
 
 
 def first_layer_filters(model) -> tuple[np.ndarray, bool]:
@@ -218,9 +190,9 @@ def run(args: argparse.Namespace) -> Path:
         else:
             used_dim = x.shape[1]
         k = min(proto["k"], len(x) - 1)
-        nn = knn(x, k)
-        ratios = ratio_edge_intra_class(nn, labels)
-        rand = random_graph_ratio(labels)
+        _, nn = knn(x, k)
+        ratios = {c: 100 * r for c, r in ratio_edge_intra_class(nn, labels).items()}
+        rand = {c: 100 * r for c, r in random_graph_ratio(labels).items()}
     vals = np.array(list(ratios.values()))
     metrics = {"ratio_intra": vals.mean(), "ratio_median": np.median(vals), "ratio_q1": np.percentile(vals, 25),
                "ratio_q3": np.percentile(vals, 75), "ratio_min": vals.min(), "ratio_max": vals.max(),

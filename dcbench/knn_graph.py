@@ -1,0 +1,43 @@
+"""The k-NN graph diagnostic of thesis §4.1, shared by dc-train's epoch log and the knn-graph task.
+
+For a labelled set, build the k-NN graph of the features; for each class C, the *ratio edge
+intra-class* is the share of edges leaving C's nodes that end in C. High ratios mean the
+features put same-class images next to each other.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def knn(x: np.ndarray, k: int, use_gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Exact squared-L2 distances and indices of each row's k nearest other rows, self excluded."""
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = x.shape[0]
+    k = min(k, n - 1)
+    index = faiss.IndexFlatL2(x.shape[1])
+    if use_gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    index.add(x)
+    dist, idx = index.search(x, k + 1)
+    # Drop the point itself; with duplicate rows it need not be in column 0.
+    self_mask = idx == np.arange(n)[:, None]
+    keep = ~self_mask
+    keep[~self_mask.any(axis=1), -1] = False
+    return dist[keep].reshape(n, k), idx[keep].reshape(n, k).astype(np.int64)
+
+
+def ratio_edge_intra_class(neighbours: np.ndarray, labels: np.ndarray) -> dict[int, float]:
+    """Per class: the fraction (0..1) of k-NN edges leaving the class's nodes that stay in it."""
+    labels = np.asarray(labels)
+    same = labels[neighbours] == labels[:, None]
+    return {int(c): float(same[labels == c].mean()) for c in np.unique(labels)}
+
+
+def random_graph_ratio(labels: np.ndarray) -> dict[int, float]:
+    """What a uniformly random graph would score per class: (|C| - 1) / (N - 1)."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    return {int(c): float((np.sum(labels == c) - 1) / (n - 1)) for c in np.unique(labels)}
