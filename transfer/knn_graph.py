@@ -12,7 +12,8 @@ per-class ratios in ``details.per_class``; selection ``final``. Pictures (PNG) b
 result under ``OUT/knn-graph/<checkpoint>-<sha8>/``: ``neighbours.png`` (query images and their
 3 nearest neighbours, Fig. 5.3), ``filters.png`` (conv1 filters, composed with the Sobel
 filters when the network has them, Fig. 5.2), ``ratios.png`` (distribution, Fig. 4.1); their
-paths are in ``details.png_neighbours``, ``details.png_filters``, ``details.png_ratios``.
+paths are in ``details.png_neighbours``, ``details.png_filters``, ``details.png_ratios``, relative to
+the result file's folder (``--out``), so a results folder can be moved as a whole.
 """
 
 from __future__ import annotations
@@ -226,6 +227,6 @@ def run(args: argparse.Namespace) -> Path:
         scale=args.scale, timings=timer.timings, selection={"rule": "final", "epochs": None},
         details={"per_class": {str(classes[c]): round(v, 3) for c, v in ratios.items()},
                  "random_graph_per_class": {str(classes[c]): round(v, 3) for c, v in rand.items()},
-                 "queries": [paths[q] for q in queries], **{f"png_{n}": str(p) for n, p in pictures.items()},
+                 "queries": [paths[q] for q in queries], **{f"png_{n}": str(p.relative_to(args.out)) for n, p in pictures.items()},
                  "filters_composed_with_sobel": grey, "feature_cache_hit": hit})
     return save_and_report(args, result)
