@@ -68,6 +68,16 @@ def pil_loader(path: str) -> Image.Image:
         return im.convert("RGB")
 
 
+def _load_or_skip(dataset, path) -> Image.Image | None:
+    """Decode ``path``; an unreadable image is recorded in ``dataset.skipped``, reported once, and None."""
+    try:
+        return pil_loader(str(path))
+    except Exception:  # noqa: BLE001 - any decode failure means "skip this image"
+        dataset.skipped.append(str(path))
+        _report_skips(dataset.root, [str(path)], "load")
+        return None
+
+
 def collate_skip_none(batch: list):
     """``default_collate`` over the items that are not ``None`` (unreadable images)."""
     from torch.utils.data import default_collate
@@ -103,11 +113,8 @@ class _SkippingDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        try:
-            img = pil_loader(path)
-        except Exception:
-            self.skipped.append(path)
-            _report_skips(self.root, [path], "load")
+        img = _load_or_skip(self, path)
+        if img is None:
             return None
         if self.transform is not None:
             img = self.transform(img)
@@ -296,12 +303,8 @@ class VOCDetection(torch.utils.data.Dataset):
         )
 
     def __getitem__(self, index: int):
-        path = self.root / f"{self.ids[index]}.jpg"
-        try:
-            img = pil_loader(str(path))
-        except Exception:
-            self.skipped.append(str(path))
-            _report_skips(self.root, [str(path)], "load")
+        img = _load_or_skip(self, self.root / f"{self.ids[index]}.jpg")
+        if img is None:
             return None
         target = self.target(index)
         if self.transform is not None:
@@ -346,12 +349,8 @@ class VOCClassification(torch.utils.data.Dataset):
         return len(self.ids)
 
     def __getitem__(self, index: int):
-        path = self.root / f"{self.ids[index]}.jpg"
-        try:
-            img = pil_loader(str(path))
-        except Exception:
-            self.skipped.append(str(path))
-            _report_skips(self.root, [str(path)], "load")
+        img = _load_or_skip(self, self.root / f"{self.ids[index]}.jpg")
+        if img is None:
             return None
         if self.transform is not None:
             img = self.transform(img)
