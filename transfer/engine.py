@@ -216,6 +216,25 @@ def state_fingerprint(module: nn.Module) -> float:
 # Heads on frozen features: one feature pass feeds every head
 
 
+def _default_help(full, smoke) -> str:
+    return f"default: {full}" if full == smoke else f"default: {full} (full), {smoke} (smoke)"
+
+
+def add_sgd_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
+    """The optimiser / crop flags of the probe-style tasks, their help drawn from ``defaults``
+    ((full, smoke) pairs), so the help can never disagree with what :func:`resolve_protocol` uses."""
+    p.add_argument("--epochs", type=int, default=None, help=_default_help(*defaults["epochs"]))
+    p.add_argument("--batch-size", type=int, default=None, help=_default_help(*defaults["batch_size"]))
+    p.add_argument("--lr", type=float, default=None, help=_default_help(*defaults["lr"]))
+    p.add_argument("--momentum", type=float, default=None, help=_default_help(*defaults["momentum"]))
+    p.add_argument("--weight-decay", type=float, default=None, help=_default_help(*defaults["weight_decay"]))
+    p.add_argument("--train-aug", choices=("crop-flip", "none"), default=None,
+                   help="crop-flip streams the trunk through augmented crops; none caches the frozen "
+                        "features. " + _default_help(*defaults["train_aug"]))
+    p.add_argument("--eval-crops", type=int, choices=(1, 10), default=None,
+                   help=_default_help(*defaults["eval_crops"]))
+
+
 def resolve_protocol(args: argparse.Namespace, defaults: dict) -> dict:
     """Each protocol value: the flag if given, else the (full, smoke) default for --scale."""
     col = 0 if args.scale == "full" else 1

@@ -158,14 +158,7 @@ def make_forward(model, pools: list[Pool], layers: tuple[str, ...]):
 
 def add_arguments(p: argparse.ArgumentParser, task: str) -> None:
     add_input_size_argument(p)
-    p.add_argument("--epochs", type=int, default=None, help="default: 90 (full), 20 (smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 256 (full), 128 (smoke)")
-    p.add_argument("--lr", type=float, default=None, help="default: 0.01")
-    p.add_argument("--momentum", type=float, default=None, help="default: 0.9")
-    p.add_argument("--weight-decay", type=float, default=None, help="default: 1e-7")
-    p.add_argument("--train-aug", choices=("crop-flip", "none"), default=None,
-                   help="crop-flip streams the trunk (full default); none caches features (smoke default)")
-    p.add_argument("--eval-crops", type=int, choices=(1, 10), default=None, help="default: 10 (full), 1 (smoke)")
+    engine.add_sgd_arguments(p, DEFAULTS)
     p.add_argument("--layers", default=",".join(LAYERS), help="comma-separated subset of conv1..conv5")
     if task == "linear-places":
         p.add_argument("--images", type=Path, default=None,

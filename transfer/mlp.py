@@ -62,14 +62,7 @@ def build_head(model, n_classes: int) -> nn.Sequential:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_input_size_argument(p)
-    p.add_argument("--epochs", type=int, default=None, help="default: 90 (full), 4 (smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 256 (full), 128 (smoke)")
-    p.add_argument("--lr", type=float, default=None, help="default: 0.01")
-    p.add_argument("--momentum", type=float, default=None, help="default: 0.9")
-    p.add_argument("--weight-decay", type=float, default=None, help="default: 1e-4")
-    p.add_argument("--train-aug", choices=("crop-flip", "none"), default=None,
-                   help="crop-flip streams the trunk (full default); none caches pool5 features (smoke)")
-    p.add_argument("--eval-crops", type=int, choices=(1, 10), default=None, help="default: 10 (full), 1 (smoke)")
+    engine.add_sgd_arguments(p, DEFAULTS)
 
 
 def run(args: argparse.Namespace) -> Path:
