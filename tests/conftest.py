@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +17,32 @@ def embedded_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("embedded") / "data"
     make_datasets(root, seed=0, scale="smoke")
     return root
+
+
+@pytest.fixture()
+def one_thread():
+    """The test machines are shared: one intra-op thread is faster than two fighting."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture()
+def strip_fc():
+    """``strip_fc(src, dst)``: copy a checkpoint without its fc6/fc7 weights (sha256 kept valid)."""
+    from safetensors.torch import load_file, save_file
+
+    from dcbench.checkpoint import sha256_file
+
+    def make(src, dst):
+        shutil.copytree(src, dst)
+        tensors = {k: v for k, v in load_file(str(dst / "model.safetensors")).items()
+                   if not k.startswith("classifier.")}
+        save_file(tensors, str(dst / "model.safetensors"))
+        meta = json.loads((dst / "meta.json").read_text())
+        meta["model_sha256"] = sha256_file(dst / "model.safetensors")
+        (dst / "meta.json").write_text(json.dumps(meta))
+        return dst
+
+    return make

@@ -195,14 +195,6 @@ def test_voc07_ap_eleven_points():
 
 # ----------------------------------------------------------------------------------------------
 # Model, frozen trunk, bad input, end to end
-@pytest.fixture()
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def ckpt64(tmp_path_factory):
     model = build_model("alexnet", sobel=True, batchnorm=True, input_size=64, seed=0)
@@ -303,10 +295,8 @@ def test_bad_proposals_are_exit_2(problem, ckpt64, embedded_root, tmp_path, caps
     assert (ids[3] if problem == "missing" else ids[5]) in err
 
 
-def test_checkpoint_without_fc_is_exit_2(ckpt64, embedded_root, tmp_path, capsys):
-    from test_voc_segmentation import _strip_fc
-
-    bad = _strip_fc(ckpt64, tmp_path / "nofc")
+def test_checkpoint_without_fc_is_exit_2(ckpt64, embedded_root, tmp_path, capsys, strip_fc):
+    bad = strip_fc(ckpt64, tmp_path / "nofc")
     code, err = _run(["voc-detection", "--checkpoint", str(bad), "--data", str(embedded_root), "--scale",
                       "smoke", "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and len(err.splitlines()) == 1 and str(bad) in err and "classifier" in err

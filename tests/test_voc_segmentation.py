@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
-from dcbench.checkpoint import save_checkpoint, sha256_file
+from dcbench.checkpoint import save_checkpoint
 from dcbench.errors import run_cli
 from dcbench.models import build_model
 from dcbench.transfer import cli
@@ -23,15 +21,6 @@ from dcbench.transfer.voc_segmentation import (
     parameter_snapshot,
     train_fcn,
 )
-
-
-@pytest.fixture()
-def one_thread():
-    """The test machines are shared: one intra-op thread is faster than two fighting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_miou_by_hand_with_void_border():
@@ -126,25 +115,14 @@ def ckpt64(tmp_path_factory):
     return save_checkpoint(tmp_path_factory.mktemp("ck") / "rand64", _tiny_model(64), origin="random")
 
 
-def _strip_fc(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    tensors = {k: v for k, v in load_file(str(dst / "model.safetensors")).items()
-               if not k.startswith("classifier.")}
-    save_file(tensors, str(dst / "model.safetensors"))
-    meta = json.loads((dst / "meta.json").read_text())
-    meta["model_sha256"] = sha256_file(dst / "model.safetensors")
-    (dst / "meta.json").write_text(json.dumps(meta))
-    return dst
-
-
 def _run(argv, capsys):
     code = run_cli(cli.main, argv)
     err = capsys.readouterr().err.strip()
     return code, err
 
 
-def test_checkpoint_without_fc_is_exit_2(ckpt64, tmp_path, embedded_root, capsys):
-    bad = _strip_fc(ckpt64, tmp_path / "nofc")
+def test_checkpoint_without_fc_is_exit_2(ckpt64, tmp_path, embedded_root, capsys, strip_fc):
+    bad = strip_fc(ckpt64, tmp_path / "nofc")
     code, err = _run(["voc-segmentation", "--checkpoint", str(bad), "--data", str(embedded_root),
                       "--scale", "smoke", "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and len(err.splitlines()) == 1
