@@ -49,7 +49,7 @@ def main() -> None:
 
     rng = np.random.default_rng(args.seed)
     # Low-rank structure + isotropic noise, with a clearly decaying spectrum, like fc7 features.
-    r = 512
+    r = min(512, args.d)
     basis = np.linalg.qr(rng.standard_normal((args.d, r)))[0].astype(np.float32)
     coef = (rng.standard_normal((args.n, r)) * np.geomspace(20, 0.5, r)).astype(np.float32)
     x = coef @ basis.T
