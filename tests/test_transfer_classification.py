@@ -90,21 +90,13 @@ def test_missing_data_and_bad_layers(ckpt64, tmp_path, capsys):
     assert code == 2 and "--layers" in err and err.count("\n") == 1
 
 
-def test_fc_layers_required(ckpt64, tmp_path, capsys, monkeypatch):
-    """A network without fc6/fc7 cannot serve fc6-8 with the checkpoint's fc weights."""
-    from dcbench.transfer import common
-
-    real = common.load_checkpoint
-
-    def no_fc(path):
-        ck = real(path)
-        del ck.model.classifier
-        return ck
-
-    monkeypatch.setattr(common, "load_checkpoint", no_fc)
-    code, err = _run(["voc-classification", *_common(ckpt64, tmp_path, tmp_path), "--fc-init", "checkpoint"],
-                     capsys)
-    assert code == 2 and "fc6/fc7" in err and err.count("\n") == 1
+@pytest.mark.parametrize("argv", [["voc-classification", "--fc-init", "checkpoint"], ["mlp"]])
+def test_checkpoint_without_fc_layers_is_exit_2(ckpt64, tmp_path, capsys, strip_fc, argv):
+    """fc6-8 protocols need the checkpoint's fc6/fc7: a file without them is refused, naming it."""
+    bad = strip_fc(ckpt64, tmp_path / "nofc")
+    code, err = _run([argv[0], *_common(bad, tmp_path, tmp_path), *argv[1:]], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert str(bad) in err and "classifier" in err
 
 
 # --------------------------------------------------------------------------------------------

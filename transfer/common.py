@@ -19,7 +19,6 @@ from safetensors.numpy import save_file as save_np
 from torchvision import transforms as T
 
 from dcbench.atomic import write_file_atomic
-from dcbench.checkpoint import Checkpoint, load_checkpoint
 from dcbench.errors import UserError
 from dcbench.results import write_result
 
@@ -39,14 +38,6 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="feature cache (default: $DCBENCH_CACHE or ~/.cache/dcbench/features)")
     p.add_argument("--no-cache", action="store_true", help="recompute features even if cached")
-
-
-def load_for_transfer(path: Path, *, need_fc: bool = False, task: str = "") -> Checkpoint:
-    """Load a checkpoint for evaluation; fail in one line if it cannot serve ``task``."""
-    ckpt = load_checkpoint(path)
-    if need_fc and not hasattr(ckpt.model, "classifier"):
-        raise UserError(f"{path}: {task} needs fc6/fc7 (classifier.*), this checkpoint has none")
-    return ckpt
 
 
 def override_schedule(proto: dict, args: argparse.Namespace) -> dict:

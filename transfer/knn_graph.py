@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import ImageFolder, fingerprint, pil_loader
 from dcbench.knn_graph import knn, random_graph_ratio, ratio_edge_intra_class
 from dcbench.results import checkpoint_block, make_result
@@ -34,7 +35,6 @@ from dcbench.transfer.common import (
     add_input_size_argument,
     dataset_dir,
     input_size,
-    load_for_transfer,
     save_and_report,
 )
 
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> Path:
     timer = Timer()
     proto = engine.resolve_protocol(args, DEFAULTS)
     with timer("load"):
-        ckpt = load_for_transfer(args.checkpoint, need_fc=args.features == "penultimate", task="knn-graph")
+        ckpt = load_checkpoint(args.checkpoint)
         size = input_size(args, ckpt.meta)
         root = dataset_dir(args, "classification", (args.split,))
         ds = ImageFolder(root / args.split, engine.eval_crops_transform(ckpt.meta, size, 1))

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import ImageFolder, ListFileDataset, fingerprint
 from dcbench.errors import UserError
 from dcbench.models import ALEXNET_CFG, VGG16_CFG
@@ -41,7 +42,6 @@ from dcbench.transfer.common import (
     add_input_size_argument,
     dataset_dir,
     input_size,
-    load_for_transfer,
     save_and_report,
 )
 
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> Path:
     proto = engine.resolve_protocol(args, DEFAULTS)
     layers = parse_layers(args.layers)
     with timer("load"):
-        ckpt = load_for_transfer(args.checkpoint, task=task)
+        ckpt = load_checkpoint(args.checkpoint)
         size = input_size(args, ckpt.meta)
         arch = ckpt.meta["arch"]
         pools = [p for p in pooling_for(arch, size) if p.layer in layers]

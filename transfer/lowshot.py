@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import ImageFolder, collate_skip_none, fingerprint
 from dcbench.errors import UserError
 from dcbench.models import build_model
@@ -39,7 +40,6 @@ from dcbench.transfer.common import (
     add_input_size_argument,
     dataset_dir,
     input_size,
-    load_for_transfer,
     save_and_report,
 )
 
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> Path:
     shots = parse_shots(proto["shots"])
     proto["shots"] = ",".join(map(str, shots))
     with timer("load"):
-        ckpt = load_for_transfer(args.checkpoint, task="lowshot")
+        ckpt = load_checkpoint(args.checkpoint)
         size = input_size(args, ckpt.meta)
         root = dataset_dir(args, "classification", ("train", "val"))
         train = ImageFolder(root / "train", engine.train_transform(ckpt.meta, size, proto["train_aug"]))

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import ImageFolder, fingerprint
 from dcbench.results import checkpoint_block, make_result
 from dcbench.transfer import engine
@@ -28,7 +29,6 @@ from dcbench.transfer.common import (
     add_input_size_argument,
     dataset_dir,
     input_size,
-    load_for_transfer,
     save_and_report,
 )
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> Path:
     timer = Timer()
     proto = engine.resolve_protocol(args, DEFAULTS)
     with timer("load"):
-        ckpt = load_for_transfer(args.checkpoint, need_fc=True, task="mlp")
+        ckpt = load_checkpoint(args.checkpoint)
         size = input_size(args, ckpt.meta)
         root = dataset_dir(args, "classification", ("train", "val"))
         train = ImageFolder(root / "train", engine.train_transform(ckpt.meta, size, proto["train_aug"]))

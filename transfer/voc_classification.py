@@ -29,6 +29,7 @@ from torch import nn
 from torchvision import transforms as T
 from tqdm import tqdm
 
+from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import VOC_CLASSES, VOCClassification, collate_skip_none, fingerprint
 from dcbench.results import checkpoint_block, make_result
 from dcbench.transfer import engine
@@ -37,7 +38,6 @@ from dcbench.transfer.common import (
     add_input_size_argument,
     dataset_dir,
     input_size,
-    load_for_transfer,
     normalize,
     save_and_report,
 )
@@ -159,8 +159,7 @@ def run(args: argparse.Namespace) -> Path:
     timer = Timer()
     proto = engine.resolve_protocol(args, {**DEFAULTS[args.layers], **DEFAULTS["common"]})
     with timer("load"):
-        ckpt = load_for_transfer(args.checkpoint, need_fc=args.fc_init == "checkpoint",
-                                 task=f"voc-classification --layers {args.layers}")
+        ckpt = load_checkpoint(args.checkpoint)
         size = input_size(args, ckpt.meta)
         devkit = dataset_dir(args, "VOCdevkit", ("VOC2007",))
         norm = [T.ToTensor(), normalize(ckpt.meta)]

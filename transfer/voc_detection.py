@@ -50,11 +50,12 @@ from torchvision.models.detection.rpn import AnchorGenerator
 from torchvision.models.detection.transform import resize_boxes
 from tqdm import tqdm
 
+from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import VOC_CLASSES, VOCDetection, fingerprint
 from dcbench.errors import DataError, UserError
 from dcbench.models import DeepClusterNet
 from dcbench.results import checkpoint_block, make_result
-from dcbench.transfer.common import Timer, data_root, load_for_transfer, override_schedule, save_and_report
+from dcbench.transfer.common import Timer, data_root, override_schedule, save_and_report
 from dcbench.transfer.voc_eval import eval_detection_files, write_detection_files
 from dcbench.transfer.voc_segmentation import ConvTrunk, assert_unchanged, fc_layers, parameter_snapshot
 
@@ -334,7 +335,7 @@ def run(args: argparse.Namespace) -> Path:
         raise UserError("--method fast-rcnn needs --proposals FILE (precomputed boxes, see --help)")
     if method == "faster-rcnn" and args.proposals is not None:
         raise UserError("--proposals is for --method fast-rcnn; drop one of them")
-    ckpt = load_for_transfer(args.checkpoint, need_fc=True, task="voc-detection")
+    ckpt = load_checkpoint(args.checkpoint)
     proto = protocol(args, method)
     device = torch.device(args.device)
     root = data_root(args)

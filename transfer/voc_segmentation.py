@@ -30,11 +30,12 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import VOCSegmentation, fingerprint
 from dcbench.errors import DataError, UserError
 from dcbench.models import DeepClusterNet
 from dcbench.results import checkpoint_block, make_result
-from dcbench.transfer.common import Timer, data_root, load_for_transfer, override_schedule, save_and_report
+from dcbench.transfer.common import Timer, data_root, override_schedule, save_and_report
 from dcbench.transfer.voc_eval import confusion_matrix, segmentation_scores
 
 DESCRIPTION = "VOC2012 semantic segmentation, FCN-32s from conv trunk + fc6/fc7 (Table 5.5); mean IoU"
@@ -292,7 +293,7 @@ def evaluate_fcn(net: FCN32s, dataset, device: torch.device) -> np.ndarray:
 def run(args: argparse.Namespace) -> Path:
     timer = Timer()
     torch.manual_seed(args.seed)
-    ckpt = load_for_transfer(args.checkpoint, need_fc=True, task="voc-segmentation")
+    ckpt = load_checkpoint(args.checkpoint)
     proto = protocol(args)
     device = torch.device(args.device)
     root = data_root(args)
