@@ -105,7 +105,7 @@ def test_ten_crop_changes_the_decision():
 def test_ten_crop_transform_shape():
     from PIL import Image
 
-    meta = {"input_size": 64, "preprocessing": {}}
+    meta = {"input_size": 64, "preprocessing": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "colour_order": "RGB"}}
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 96, 3), dtype=np.uint8))
     x = protocol.ten_crop_transform(meta, 64)(img)
     assert x.shape == (10, 3, 64, 64)
@@ -239,3 +239,18 @@ def test_lowshot_draws_are_deterministic_and_per_class():
     assert a == draw_subset(targets, 3, seed=0, shots=3, draw=0)
     assert a != draw_subset(targets, 3, seed=0, shots=3, draw=1)
     assert sum(targets[i] == 0 for i in a) == 3 and sum(targets[i] == 1 for i in a) == 3
+
+
+def test_steps_restarts_the_loader_and_skips_unreadable_batches():
+    loader = [1, None, [], 2]  # None / [] = every image of the batch unreadable
+    assert list(training.steps(loader, 5)) == [1, 2, 1, 2, 1]
+    assert list(training.steps(loader, 0)) == []
+
+
+def test_assert_unchanged_catches_a_moved_batchnorm_buffer():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    snap = training.parameter_snapshot(net)
+    training.assert_unchanged(net, snap, "trunk")
+    net.train()(torch.randn(2, 3, 8, 8))  # updates running_mean/var only
+    with pytest.raises(RuntimeError, match="running_mean"):
+        training.assert_unchanged(net, snap, "trunk")
