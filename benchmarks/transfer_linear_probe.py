@@ -37,18 +37,18 @@ def main() -> None:
     from dcbench.embedded import embedded_data
     from dcbench.models import build_model
     from dcbench.provenance import environment
-    from dcbench.transfer import engine
+    from dcbench.transfer import protocol, training
     from dcbench.transfer.linear_probe import LAYERS, make_forward, pooling_for
 
     meta = {"input_size": args.input_size, "preprocessing": {}}
     ds = ImageFolder(embedded_data() / "classification" / "train",
-                     engine.center_crop_transform(meta, args.input_size))
+                     protocol.center_crop_transform(meta, args.input_size))
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:args.images].tolist()
     xs = torch.stack([ds[i][0] for i in idx])
     ys = torch.tensor([ds[i][1] for i in idx])
     batches = [(xs[s:s + args.batch_size], ys[s:s + args.batch_size]) for s in range(0, len(xs), args.batch_size)]
     val = [(x.unsqueeze(1), y) for x, y in batches[:1]]
-    model = engine.frozen(build_model(args.arch, input_size=args.input_size, seed=0).to(args.device))
+    model = training.frozen(build_model(args.arch, input_size=args.input_size, seed=0).to(args.device))
     pools = pooling_for(args.arch, args.input_size)
     n_classes = len(ds.classes)
 
@@ -61,8 +61,8 @@ def main() -> None:
         heads = heads_for(layers)
         fwd = make_forward(model, pools, layers)
         t0 = time.perf_counter()
-        engine.train_heads(heads, engine.stream_batches(lambda e: batches, fwd, args.device),
-                           engine.stream_val_batches(lambda: val, fwd, args.device), epochs=args.epochs,
+        training.train_heads(heads, training.stream_batches(lambda e: batches, fwd, args.device),
+                           training.stream_val_batches(lambda: val, fwd, args.device), epochs=args.epochs,
                            lr=0.01, momentum=0.9, weight_decay=1e-7, device=args.device)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()

@@ -11,6 +11,7 @@ from dcbench import convert
 from dcbench.atomic import write_file_atomic
 from dcbench.checkpoint import load_checkpoint, save_checkpoint
 from dcbench.errors import ArgumentParser, UserError, run_cli
+from dcbench.models import ARCHS
 
 EXPORTS = ("detectron2",)
 ORIGIN = {"deepcluster-release": "deepcluster-release", "torchvision-vgg16bn": "torchvision",
@@ -30,7 +31,7 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
                    "with --to: the checkpoint directory to export")
     p.add_argument("dst", nargs="?", type=Path, help="with --to: the file to write (or pass --out)")
     p.add_argument("--out", type=Path, default=None, help="checkpoint directory to write (with --to: the file)")
-    p.add_argument("--arch", choices=("alexnet", "vgg16"), help="architecture (default: from the file; "
+    p.add_argument("--arch", choices=ARCHS, help="architecture (default: from the file; "
                    "alexnet for random)")
     p.add_argument("--sobel", action=__import__("argparse").BooleanOptionalAction, default=None,
                    help="Sobel input layer (default: from the file; on for random, as the thesis's models)")

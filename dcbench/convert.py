@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from dcbench.errors import CheckpointError
-from dcbench.models import DeepClusterNet, ModelSpec
+from dcbench.models import ARCHS, DeepClusterNet, ModelSpec
 
 SOURCES = ("deepcluster-release", "torchvision-vgg16bn", "random")
 
@@ -84,9 +84,9 @@ def from_deepcluster_release(src: Path, arch: str | None = None, sobel: bool | N
             conv.renamed.append((old, new))
         renamed[new] = t
     arch = arch or str(obj.get("arch") or "").lower().replace("_bn", "") or None
-    if arch not in ("alexnet", "vgg16"):
+    if arch not in ARCHS:
         raise CheckpointError(f"{src}: cannot tell the architecture (file says {obj.get('arch')!r}); "
-                              "pass --arch alexnet or --arch vgg16")
+                              f"pass --arch ({' or '.join(ARCHS)})")
     has_sobel = any(k.startswith("sobel.") for k in renamed)
     sobel = has_sobel if sobel is None else sobel
     if sobel and not has_sobel:
@@ -153,7 +153,7 @@ def detectron2_key_map(model: DeepClusterNet) -> dict[str, str]:
         if not isinstance(m, torch.nn.Conv2d):
             continue
         k, j = k + 1, j + 1
-        name = f"conv{k}" if model.spec.arch == "alexnet" else f"conv{block}_{j}"
+        name = f"conv{k}" if model.arch.conv_naming == "flat" else f"conv{block}_{j}"
         mapping[f"features.{i}."] = f"backbone.{name}."
         if i + 1 < len(layers) and isinstance(layers[i + 1], torch.nn.BatchNorm2d):
             mapping[f"features.{i + 1}."] = f"backbone.{name}.norm."

@@ -9,6 +9,7 @@ Only the input size is new: the fc6 input width is derived from it instead of th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +21,6 @@ from dcbench.errors import UserError
 ALEXNET_CFG = [(96, 11, 4, 2), "M", (256, 5, 1, 2), "M", (384, 3, 1, 1), (384, 3, 1, 1), (256, 3, 1, 1), "M"]
 VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
-ARCHS = ("alexnet", "vgg16")
 # ImageNet statistics, RGB order: what DeepCluster normalises with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,8 +37,7 @@ class ModelSpec:
     num_classes: int = 0  # size of top_layer; 0 = no top layer (a trunk plus fc6/fc7)
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise UserError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        get_architecture(self.arch)  # an unknown name is one clear line
         if self.input_size < 32:
             raise UserError(f"input size {self.input_size} is too small (minimum 32)")
 
@@ -87,6 +86,82 @@ def _sobel() -> nn.Sequential:
     return module
 
 
+def _alexnet_classifier(fc6_in: int, width: int) -> nn.Sequential:
+    # Dropout before each fc, as in DeepCluster's AlexNet: fc6 = classifier.1, fc7 = classifier.4
+    return nn.Sequential(nn.Dropout(0.5), nn.Linear(fc6_in, width), nn.ReLU(inplace=True),
+                         nn.Dropout(0.5), nn.Linear(width, width), nn.ReLU(inplace=True))
+
+
+def _vgg16_classifier(fc6_in: int, width: int) -> nn.Sequential:
+    # Dropout after fc6 only, as in DeepCluster's VGG16: fc6 = classifier.0, fc7 = classifier.3
+    return nn.Sequential(nn.Linear(fc6_in, width), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                         nn.Linear(width, width), nn.ReLU(inplace=True))
+
+
+# --------------------------------------------------------------------------------------------
+# The architecture registry
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the trainer, the transfer tasks and the converters need to know about a trunk.
+
+    Contract (``tests/test_models.py`` checks it for every entry): ``features(in_channels,
+    batchnorm)`` builds the conv trunk as an ``nn.Sequential`` of Conv2d [BatchNorm2d] ReLU and
+    pooling layers; ``classifier(fc6_in, fc_width)`` builds fc6/fc7 with their ReLUs (and
+    dropouts), fc6 and fc7 being ``classifier[fc_indices[0]]`` / ``[fc_indices[1]]``;
+    ``probe_taps`` picks the five convs the linear probes call conv1..conv5, as indices into
+    :meth:`DeepClusterNet.conv_outputs`; ``conv_naming`` is ``flat`` (conv1, conv2, ...) or
+    ``block`` (conv1_1, conv1_2, ..., a new block after each max-pool) for exported key names.
+    Shapes are never written down: :func:`conv_shapes` gets them from a dry run.
+    """
+
+    name: str
+    features: Callable[[int, bool], nn.Sequential]
+    classifier: Callable[[int, int], nn.Sequential]
+    fc_indices: tuple[int, int]
+    probe_taps: tuple[int, int, int, int, int]
+    conv_naming: str = "flat"
+    fc_width: int = 4096
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "alexnet": Architecture("alexnet", _alexnet_features, _alexnet_classifier, fc_indices=(1, 4),
+                            probe_taps=(0, 1, 2, 3, 4)),
+    # conv1..conv5 of VGG16 = the last conv of each block (conv1_2, conv2_2, conv3_3, conv4_3, conv5_3)
+    "vgg16": Architecture("vgg16", _vgg16_features, _vgg16_classifier, fc_indices=(0, 3),
+                          probe_taps=(1, 3, 6, 9, 12), conv_naming="block"),
+}
+ARCHS = tuple(ARCHITECTURES)
+
+
+def get_architecture(name: str) -> Architecture:
+    """The registry entry of ``name``; an unknown name is a one-line user error."""
+    try:
+        return ARCHITECTURES[name]
+    except (KeyError, TypeError):
+        raise UserError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHS)}") from None
+
+
+def conv_shapes(arch: str, input_size: int, batchnorm: bool = True) -> list[tuple[int, int, int]]:
+    """(channels, height, width) after the ReLU of every conv of ``arch`` at ``input_size``, and
+    the trunk output last: a dry run on the meta device (shapes only, no arithmetic, no RNG)."""
+    with torch.device("meta"):
+        features = get_architecture(arch).features(3, batchnorm).eval()
+        x = torch.zeros(1, 3, input_size, input_size)
+    shapes = []
+    try:
+        for i, m in enumerate(features):
+            x = m(x)
+            if isinstance(m, nn.ReLU) or i == len(features) - 1:
+                shapes.append(tuple(int(v) for v in x.shape[1:]))
+    except RuntimeError:
+        raise UserError(f"input size {input_size} is too small for {arch}") from None
+    if min(shapes[-1][1:]) < 1:
+        raise UserError(f"input size {input_size} is too small for {arch}")
+    return shapes
+
+
 class DeepClusterNet(nn.Module):
     """Sobel (optional) -> conv trunk ``features`` -> ``classifier`` (fc6, fc7) -> ``top_layer``.
 
@@ -99,34 +174,12 @@ class DeepClusterNet(nn.Module):
         self.spec = spec
         in_channels = 2 if spec.sobel else 3
         self.sobel = _sobel() if spec.sobel else None
-        if spec.arch == "alexnet":
-            self.features = _alexnet_features(in_channels, spec.batchnorm)
-        else:
-            self.features = _vgg16_features(in_channels, spec.batchnorm)
-        self.feature_shape = self._trunk_output_shape(in_channels, spec.input_size)
-        fc6_in = math.prod(self.feature_shape)
-        if spec.arch == "alexnet":
-            # Dropout before each fc, as in DeepCluster's AlexNet: fc6 = classifier.1, fc7 = classifier.4
-            self.classifier = nn.Sequential(
-                nn.Dropout(0.5), nn.Linear(fc6_in, 4096), nn.ReLU(inplace=True),
-                nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
-            )
-        else:
-            # Dropout after fc6 only, as in DeepCluster's VGG16: fc6 = classifier.0, fc7 = classifier.3
-            self.classifier = nn.Sequential(
-                nn.Linear(fc6_in, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
-                nn.Linear(4096, 4096), nn.ReLU(inplace=True),
-            )
-        self.top_layer = nn.Linear(4096, spec.num_classes) if spec.num_classes else None
+        self.arch = get_architecture(spec.arch)
+        self.features = self.arch.features(in_channels, spec.batchnorm)
+        self.feature_shape = tuple(conv_shapes(spec.arch, spec.input_size, spec.batchnorm)[-1])
+        self.classifier = self.arch.classifier(math.prod(self.feature_shape), self.arch.fc_width)
+        self.top_layer = nn.Linear(self.arch.fc_width, spec.num_classes) if spec.num_classes else None
         self._initialize_weights()
-
-    def _trunk_output_shape(self, in_channels: int, size: int) -> tuple[int, int, int]:
-        with torch.no_grad():
-            out = self.features.eval()(torch.zeros(1, in_channels, size, size))
-        self.features.train()
-        if out.shape[-1] < 1:
-            raise UserError(f"input size {size} is too small for {self.spec.arch}")
-        return tuple(out.shape[1:])
 
     def _initialize_weights(self) -> None:
         # DeepCluster's init: He-normal over fan-out for convs, N(0, 0.01) for linear layers.
@@ -148,7 +201,7 @@ class DeepClusterNet(nn.Module):
     @property
     def fc_indices(self) -> tuple[int, int]:
         """Indices of fc6 and fc7 inside ``classifier``."""
-        return (1, 4) if self.spec.arch == "alexnet" else (0, 3)
+        return self.arch.fc_indices
 
     @property
     def conv_relu_indices(self) -> list[int]:

@@ -18,11 +18,11 @@ import jsonschema
 from dcbench.atomic import write_json_atomic
 from dcbench.errors import ResultError
 from dcbench.provenance import environment, utc_now
+from dcbench.tasks import TASKS as TASK_MODULES
 
 SCHEMA_NAME = "dcbench-result"
 SCHEMA_VERSION = 1
-TASKS = ("mlp", "linear-imagenet", "linear-places", "voc-classification", "voc-detection",
-         "voc-segmentation", "lowshot", "knn-graph")
+TASKS = tuple(TASK_MODULES)  # the task registry, dcbench/tasks.py
 SCALES = ("full", "smoke")
 
 _scalar = {"type": ["string", "number", "integer", "boolean", "null"]}

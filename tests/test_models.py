@@ -1,8 +1,11 @@
+import math
+
 import pytest
 import torch
+from torch import nn
 
 from dcbench.errors import UserError
-from dcbench.models import build_model
+from dcbench.models import ARCHITECTURES, ARCHS, build_model, conv_shapes, get_architecture
 
 # Key layout of the original DeepCluster modules (features / classifier / top_layer / sobel).
 ALEXNET_CONVS = [0, 4, 8, 11, 14]
@@ -62,3 +65,43 @@ def test_conv_outputs_are_the_five_alexnet_relus():
 def test_too_small_input_is_a_user_error():
     with pytest.raises(UserError):
         build_model("alexnet", input_size=16)
+
+
+# ---------------------------------------------------------------------------- architecture registry
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+@pytest.mark.parametrize("size", [64, 96])
+def test_every_architecture_meets_the_registry_contract(name, size):
+    arch = ARCHITECTURES[name]
+    model = build_model(name, sobel=False, input_size=size, num_classes=5, seed=0).eval()
+    assert model.arch is arch and arch.name == name and arch.conv_naming in ("flat", "block")
+    fc6, fc7 = (model.classifier[i] for i in arch.fc_indices)
+    assert isinstance(fc6, nn.Linear) and isinstance(fc7, nn.Linear)
+    assert fc6.out_features == fc7.in_features == fc7.out_features == arch.fc_width
+    assert model.top_layer.in_features == arch.fc_width
+    # the dry-run shapes are what a real forward gives
+    x = torch.randn(1, 3, size, size)
+    real = [tuple(o.shape[1:]) for o in model.conv_outputs(x)]
+    shapes = conv_shapes(name, size)
+    assert shapes[:-1] == real and shapes[-1] == tuple(model.trunk(x).shape[1:]) == model.feature_shape
+    assert fc6.in_features == math.prod(model.feature_shape)
+    taps = arch.probe_taps
+    assert len(taps) == 5 and list(taps) == sorted(set(taps)) and taps[-1] < len(real)
+    assert model.penultimate(x).shape == (1, arch.fc_width)
+
+
+def test_both_clis_and_the_converter_offer_exactly_the_registered_architectures():
+    from dcbench.cli_convert import get_args_parser as convert_parser
+    from dcbench.train.cli import build_parser as train_parser
+
+    for parser in (train_parser(), convert_parser()):
+        arch_flag = next(a for a in parser._actions if "--arch" in a.option_strings)
+        assert tuple(arch_flag.choices) == ARCHS == tuple(ARCHITECTURES)
+
+
+def test_unknown_architecture_is_one_user_error_naming_the_choices():
+    with pytest.raises(UserError, match="resnet50.*alexnet, vgg16"):
+        get_architecture("resnet50")
+    with pytest.raises(UserError, match="resnet50"):
+        build_model("resnet50")

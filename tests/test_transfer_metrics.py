@@ -10,7 +10,7 @@ from sklearn.metrics import average_precision_score
 from torch import nn
 
 from dcbench.models import build_model
-from dcbench.transfer import engine
+from dcbench.transfer import protocol, training
 from dcbench.transfer.linear_probe import LAYERS, make_forward, pooling_for
 from dcbench.transfer.voc_classification import masked_bce
 
@@ -25,7 +25,7 @@ from dcbench.transfer.voc_classification import masked_bce
     ([1.0, 2.0, 3.0], [0, 0, 1]),
 ])
 def test_average_precision_matches_sklearn(scores, labels):
-    assert engine.average_precision(np.array(scores), np.array(labels)) == pytest.approx(
+    assert training.average_precision(np.array(scores), np.array(labels)) == pytest.approx(
         average_precision_score(labels, scores), abs=1e-12)
 
 
@@ -36,7 +36,7 @@ def test_average_precision_random_with_ties_matches_sklearn():
         labels = rng.integers(0, 2, n)
         labels[0] = 1
         scores = rng.integers(0, 5, n).astype(float)  # many ties
-        assert engine.average_precision(scores, labels) == pytest.approx(
+        assert training.average_precision(scores, labels) == pytest.approx(
             average_precision_score(labels, scores), abs=1e-12)
 
 
@@ -54,7 +54,7 @@ def test_voc_map_masks_difficult_and_matches_sklearn_per_class():
                        [0.3, 0.9, 0.1],
                        [0.3, 0.2, 0.6],      # tie with image 2 for class 2
                        [0.99, 0.3, 0.0]])
-    aps = engine.voc_class_aps(scores, targets)
+    aps = training.voc_class_aps(scores, targets)
     for c in range(3):
         keep = targets[:, c] != 0
         expected = average_precision_score(targets[keep, c] > 0, scores[keep, c])
@@ -65,7 +65,7 @@ def test_voc_map_masks_difficult_and_matches_sklearn_per_class():
 
 def test_ap_without_positive_is_nan_and_left_out():
     targets = np.array([[1, -1], [-1, 0], [-1, -1]], dtype=np.float32)
-    aps = engine.voc_class_aps(np.random.default_rng(0).random((3, 2)), targets)
+    aps = training.voc_class_aps(np.random.default_rng(0).random((3, 2)), targets)
     assert 0 < aps[0] <= 1
     assert np.isnan(aps[1])
 
@@ -85,29 +85,29 @@ def test_masked_bce_ignores_difficult():
 def test_average_crops_softmax_mean_per_image():
     torch.manual_seed(0)
     scores = torch.randn(3 * 10, 5)  # 3 images x 10 crops, crops of an image adjacent
-    avg = engine.average_crops(scores, 10)
+    avg = training.average_crops(scores, 10)
     for i in range(3):
         expected = torch.softmax(scores[i * 10:(i + 1) * 10], 1).mean(0)
         assert torch.allclose(avg[i], expected)
-    raw = engine.average_crops(scores, 10, softmax=False)
+    raw = training.average_crops(scores, 10, softmax=False)
     assert torch.allclose(raw[1], scores[10:20].mean(0))
     with pytest.raises(ValueError):
-        engine.average_crops(torch.randn(7, 5), 10)
+        training.average_crops(torch.randn(7, 5), 10)
 
 
 def test_ten_crop_changes_the_decision():
     # One crop confidently wrong, nine mildly right: the 10-crop average picks the right class.
     scores = torch.tensor([[10.0, 0.0]] + [[0.0, 1.0]] * 9)
-    assert engine.top1(engine.average_crops(scores, 10), torch.tensor([1])) == 100.0
-    assert engine.top1(scores[:1], torch.tensor([1])) == 0.0
+    assert training.top1(training.average_crops(scores, 10), torch.tensor([1])) == 100.0
+    assert training.top1(scores[:1], torch.tensor([1])) == 0.0
 
 
 def test_ten_crop_transform_shape():
     from PIL import Image
 
-    meta = {"input_size": 64, "preprocessing": {}}
+    meta = {"input_size": 64, "preprocessing": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "colour_order": "RGB"}}
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 96, 3), dtype=np.uint8))
-    x = engine.ten_crop_transform(meta, 64)(img)
+    x = protocol.ten_crop_transform(meta, 64)(img)
     assert x.shape == (10, 3, 64, 64)
     assert torch.allclose(x[1], x[5].flip(-1))  # top-right crop == mirror of the mirrored image's top-left
     assert not torch.allclose(x[0], x[1])
@@ -170,8 +170,8 @@ def test_five_heads_one_trunk_forward_per_batch():
     val = [(torch.randn(4, 2, 6, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(2)]
     heads = nn.ModuleList([nn.Linear(d, 3) for d in dims])
     before = [h.weight.detach().clone() for h in heads]
-    hist = engine.train_heads(heads, engine.stream_batches(lambda e: train, trunk, "cpu"),
-                              engine.stream_val_batches(lambda: val, trunk, "cpu"), epochs=3, lr=0.1,
+    hist = training.train_heads(heads, training.stream_batches(lambda e: train, trunk, "cpu"),
+                              training.stream_val_batches(lambda: val, trunk, "cpu"), epochs=3, lr=0.1,
                               momentum=0.9, weight_decay=0.0, device="cpu")
     assert calls["n"] == 3 * (len(train) + len(val))  # not 5x that
     assert len(hist) == 5 and all(len(h) == 3 for h in hist)
@@ -179,16 +179,16 @@ def test_five_heads_one_trunk_forward_per_batch():
 
 
 def test_inverse_sqrt_lr():
-    assert engine.inverse_sqrt_lr(0.01, 1e-4, 0) == 0.01
-    assert engine.inverse_sqrt_lr(0.01, 1e-4, 10**6) == pytest.approx(0.01 / np.sqrt(2))
+    assert training.inverse_sqrt_lr(0.01, 1e-4, 0) == 0.01
+    assert training.inverse_sqrt_lr(0.01, 1e-4, 10**6) == pytest.approx(0.01 / np.sqrt(2))
 
 
 def test_align_classes_rejects_unknown_val_class():
-    assert engine.align_classes(["a", "b", "c"], ["a", "c"], "x") == [0, 2]
+    assert protocol.align_classes(["a", "b", "c"], ["a", "c"], "x") == [0, 2]
     from dcbench.errors import UserError
 
     with pytest.raises(UserError, match="missing from train: d"):
-        engine.align_classes(["a", "b"], ["a", "d"], "x")
+        protocol.align_classes(["a", "b"], ["a", "d"], "x")
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,3 +239,18 @@ def test_lowshot_draws_are_deterministic_and_per_class():
     assert a == draw_subset(targets, 3, seed=0, shots=3, draw=0)
     assert a != draw_subset(targets, 3, seed=0, shots=3, draw=1)
     assert sum(targets[i] == 0 for i in a) == 3 and sum(targets[i] == 1 for i in a) == 3
+
+
+def test_steps_restarts_the_loader_and_skips_unreadable_batches():
+    loader = [1, None, [], 2]  # None / [] = every image of the batch unreadable
+    assert list(training.steps(loader, 5)) == [1, 2, 1, 2, 1]
+    assert list(training.steps(loader, 0)) == []
+
+
+def test_assert_unchanged_catches_a_moved_batchnorm_buffer():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    snap = training.parameter_snapshot(net)
+    training.assert_unchanged(net, snap, "trunk")
+    net.train()(torch.randn(2, 3, 8, 8))  # updates running_mean/var only
+    with pytest.raises(RuntimeError, match="running_mean"):
+        training.assert_unchanged(net, snap, "trunk")

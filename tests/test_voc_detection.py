@@ -16,15 +16,15 @@ from dcbench.datasets import VOC_CLASSES, VOCDetection
 from dcbench.errors import DataError, run_cli
 from dcbench.models import build_model
 from dcbench.transfer import cli, voc_eval
+from dcbench.transfer.training import assert_unchanged, parameter_snapshot
 from dcbench.transfer.voc_detection import (
-    PROTOCOLS,
     DetectionItems,
     build_detector,
     detector_forward,
     flip_boxes,
+    protocol_defaults,
     train_detector,
 )
-from dcbench.transfer.voc_segmentation import assert_unchanged, parameter_snapshot
 
 CLASSES = ("bird", "cat", "dog", "person")
 
@@ -236,7 +236,7 @@ def test_frozen_trunk_is_untouched(method, ckpt64, embedded_root, one_thread):
 
     torch.manual_seed(0)
     ck = load_checkpoint(ckpt64)
-    proto = dict(PROTOCOLS[("smoke", method)], iterations=3, lr=0.05, images_per_batch=2)
+    proto = dict(protocol_defaults("smoke", method), iterations=3, lr=0.05, images_per_batch=2)
     det = build_detector(ck.model, ckpt64, proto, frozen_trunk=True, mean=(0.5,) * 3, std=(0.25,) * 3)
     assert all(not p.requires_grad for p in det.backbone.parameters())
     before = parameter_snapshot(det.backbone)
@@ -268,7 +268,7 @@ def test_box_head_starts_from_the_checkpoint_fc_layers(ckpt64):
     from dcbench.checkpoint import load_checkpoint
 
     ck = load_checkpoint(ckpt64)
-    det = build_detector(ck.model, ckpt64, PROTOCOLS[("smoke", "faster-rcnn")], frozen_trunk=False,
+    det = build_detector(ck.model, ckpt64, protocol_defaults("smoke", "faster-rcnn"), frozen_trunk=False,
                          mean=(0.5,) * 3, std=(0.25,) * 3)
     sd = det.state_dict()
     for k, v in ck.model.state_dict().items():

@@ -13,12 +13,11 @@ from dcbench.checkpoint import save_checkpoint
 from dcbench.errors import run_cli
 from dcbench.models import build_model
 from dcbench.transfer import cli
+from dcbench.transfer.training import assert_unchanged, parameter_snapshot
 from dcbench.transfer.voc_eval import confusion_matrix, segmentation_scores
 from dcbench.transfer.voc_segmentation import (
     FCN32s,
     PairTransform,
-    assert_unchanged,
-    parameter_snapshot,
     train_fcn,
 )
 

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from dcbench.errors import ArgumentParser, run_cli
+from dcbench.models import ARCHS
 from dcbench.train.config import PRESETS, make_config
 
 
@@ -29,7 +30,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--k", type=int, help="number of k-means clusters")
     g.add_argument("--clustering", choices=("kmeans", "pic"))
     g.add_argument("--sobel", action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument("--arch", choices=("alexnet", "vgg16"))
+    g.add_argument("--arch", choices=ARCHS)
     g.add_argument("--input-size", type=int, help="training crop and centre-crop size in pixels")
     g.add_argument("--crop-min-scale", type=float, help="RandomResizedCrop's smallest area fraction")
     g.add_argument("--batch-size", type=int)

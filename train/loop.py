@@ -141,7 +141,7 @@ class _Net(nn.Module):
 
 def reset_top_layer(model, num_clusters: int, device) -> None:
     """A fresh classifier for the new pseudo-labels, initialised as the original code does."""
-    top = nn.Linear(4096, num_clusters)
+    top = nn.Linear(model.arch.fc_width, num_clusters)
     top.weight.data.normal_(0, 0.01)
     top.bias.data.zero_()
     model.top_layer = top.to(device)
@@ -166,7 +166,7 @@ def compute_features(model, ds, items: np.ndarray, positions: np.ndarray, tf, cf
         feats.append(model.penultimate(x.to(device)).float().cpu())
         pos.append(p)
     if not feats:
-        return torch.zeros(0, 4096), torch.zeros(0, dtype=torch.int64)
+        return torch.zeros(0, model.arch.fc_width), torch.zeros(0, dtype=torch.int64)
     return torch.cat(feats), torch.cat(pos)
 
 

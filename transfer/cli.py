@@ -1,8 +1,8 @@
 """dc-transfer TASK: one entry point, one module per protocol.
 
 Each task module defines ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args) -> Path``
-(the result file it wrote). The registry below is the list of tasks; an unknown name is a
-usage error, never a silent fallback.
+(the result file it wrote). The list of tasks is the registry in :mod:`dcbench.tasks`; an
+unknown name is a usage error, never a silent fallback.
 """
 
 from __future__ import annotations
@@ -11,37 +11,21 @@ import importlib
 from collections.abc import Sequence
 
 from dcbench.errors import ArgumentParser, run_cli
-from dcbench.transfer.common import add_common_arguments
-
-TASKS = {
-    "mlp": "dcbench.transfer.mlp",
-    "linear-imagenet": "dcbench.transfer.linear_probe",
-    "linear-places": "dcbench.transfer.linear_probe",
-    "voc-classification": "dcbench.transfer.voc_classification",
-    "voc-detection": "dcbench.transfer.voc_detection",
-    "voc-segmentation": "dcbench.transfer.voc_segmentation",
-    "lowshot": "dcbench.transfer.lowshot",
-    "knn-graph": "dcbench.transfer.knn_graph",
-}
+from dcbench.tasks import TASKS
+from dcbench.transfer.protocol import add_common_arguments
 
 
-def available_tasks() -> dict:
-    """Task name -> imported module, for the tasks whose module exists."""
-    found = {}
-    for task, module in TASKS.items():
-        try:
-            found[task] = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-    return found
+def task_modules() -> dict:
+    """Task name -> imported module, for every task of the registry (:mod:`dcbench.tasks`).
+    A module that cannot be imported is a broken install and fails here, loudly."""
+    return {task: importlib.import_module(module) for task, module in TASKS.items()}
 
 
 def get_args_parser() -> ArgumentParser:
     p = ArgumentParser("dc-transfer", description="Evaluate a checkpoint with one of the thesis's "
                                                   "transfer protocols; writes a result JSON (schema v1).")
     sub = p.add_subparsers(dest="task", required=True, metavar="TASK", parser_class=ArgumentParser)
-    for task, module in available_tasks().items():
+    for task, module in task_modules().items():
         sp = sub.add_parser(task, help=module.DESCRIPTION, description=module.DESCRIPTION)
         add_common_arguments(sp)
         module.add_arguments(sp, task) if _takes_task(module) else module.add_arguments(sp)

@@ -29,12 +29,14 @@ from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import ImageFolder, fingerprint, pil_loader
 from dcbench.knn_graph import knn, random_graph_ratio, ratio_edge_intra_class
 from dcbench.results import checkpoint_block, make_result
-from dcbench.transfer import engine
-from dcbench.transfer.common import (
+from dcbench.transfer import training
+from dcbench.transfer.protocol import (
     Timer,
     add_input_size_argument,
     dataset_dir,
+    eval_crops_transform,
     input_size,
+    resolve_protocol,
     save_and_report,
 )
 
@@ -165,14 +167,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> Path:
     timer = Timer()
-    proto = engine.resolve_protocol(args, DEFAULTS)
+    proto = resolve_protocol(args, DEFAULTS)
     with timer("load"):
         ckpt = load_checkpoint(args.checkpoint)
         size = input_size(args, ckpt.meta)
         root = dataset_dir(args, "classification", (args.split,))
-        ds = ImageFolder(root / args.split, engine.eval_crops_transform(ckpt.meta, size, 1))
+        ds = ImageFolder(root / args.split, eval_crops_transform(ckpt.meta, size, 1))
         data_fp = fingerprint(root / args.split)
-    model = engine.frozen(ckpt.model.to(args.device))
+    model = training.frozen(ckpt.model.to(args.device))
 
     def forward(x):
         return [model.penultimate(x) if args.features == "penultimate" else model.trunk(x).flatten(1)]
@@ -180,8 +182,8 @@ def run(args: argparse.Namespace) -> Path:
     key = {"kind": f"knn-{args.features}", "checkpoint": ckpt.sha256, "data": data_fp, "split": args.split,
            "transform": "center-crop", "input_size": size, "dtype": "float32"}
     with timer("features"):
-        feats, labels, hit = engine.extract_cached(
-            args, key, [args.features], lambda: engine.loader(ds, proto["batch_size"], shuffle=False,
+        feats, labels, hit = training.extract_cached(
+            args, key, [args.features], lambda: training.loader(ds, proto["batch_size"], shuffle=False,
                                                               workers=args.workers),
             forward, device=args.device, desc="features", dtype=np.float32)
     x = feats[args.features][:, 0]

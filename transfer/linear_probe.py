@@ -34,21 +34,26 @@ from torch import nn
 from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import ImageFolder, ListFileDataset, fingerprint
 from dcbench.errors import UserError
-from dcbench.models import ALEXNET_CFG, VGG16_CFG
+from dcbench.models import conv_shapes, get_architecture
 from dcbench.results import checkpoint_block, make_result
-from dcbench.transfer import engine
-from dcbench.transfer.common import (
+from dcbench.transfer import training
+from dcbench.transfer.protocol import (
     Timer,
     add_input_size_argument,
+    add_sgd_arguments,
+    align_classes,
+    check_list_labels,
     dataset_dir,
+    eval_crops_transform,
     input_size,
+    remap_targets,
+    resolve_protocol,
     save_and_report,
+    train_transform,
 )
 
 DESCRIPTION = "linear classifiers on frozen conv1..conv5, average-pooled to <=10k dims (Tables 5.3, 5.4)"
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
-# Index into DeepClusterNet.conv_outputs() of each probed layer.
-TAPS = {"alexnet": (0, 1, 2, 3, 4), "vgg16": (1, 3, 6, 9, 12)}
 MAX_DIM = 10_000  # thesis §5.1: "a dimensionality between 9000 and 10000"
 
 # Protocol defaults: (full, smoke). Full = the original scripts; smoke = seconds on a CPU.
@@ -81,28 +86,6 @@ class Pool:
         return self.channels * self.out * self.out
 
 
-def conv_geometry(arch: str, size: int) -> list[tuple[int, int]]:
-    """(channels, side) after the ReLU of every conv of ``arch`` at input ``size`` (pure arithmetic)."""
-    out = []
-    if arch == "alexnet":
-        for v in ALEXNET_CFG:
-            if v == "M":
-                size = (size - 3) // 2 + 1
-            else:
-                c, k, s, p = v
-                size = (size + 2 * p - k) // s + 1
-                out.append((c, size))
-    elif arch == "vgg16":
-        for v in VGG16_CFG:
-            if v == "M":
-                size //= 2
-            else:
-                out.append((v, size))
-    else:
-        raise UserError(f"unknown architecture {arch!r}")
-    return out
-
-
 def choose_pool(channels: int, side: int, max_dim: int = MAX_DIM) -> tuple[int, int, int]:
     """(kernel, padding, out side) by the rule in the module docstring."""
     o_max = max(1, math.isqrt(max_dim // channels))
@@ -116,10 +99,10 @@ def choose_pool(channels: int, side: int, max_dim: int = MAX_DIM) -> tuple[int, 
 
 def pooling_for(arch: str, input_size: int) -> list[Pool]:
     """The average pooling of each probed layer (conv1..conv5) for ``arch`` at ``input_size``."""
-    geo = conv_geometry(arch, input_size)
+    convs = conv_shapes(arch, input_size)[:-1]  # the last entry is the trunk output
     pools = []
-    for name, idx in zip(LAYERS, TAPS[arch]):
-        c, side = geo[idx]
+    for name, idx in zip(LAYERS, get_architecture(arch).probe_taps):
+        c, side, _ = convs[idx]
         if side < 1:
             raise UserError(f"input size {input_size} is too small for {arch} {name}")
         k, p, o = choose_pool(c, side)
@@ -129,8 +112,7 @@ def pooling_for(arch: str, input_size: int) -> list[Pool]:
 
 def make_forward(model, pools: list[Pool], layers: tuple[str, ...]):
     """x -> pooled, flattened features of ``layers``: ONE trunk forward, stopped after the deepest."""
-    arch = model.spec.arch
-    wanted = {TAPS[arch][LAYERS.index(n)]: n for n in layers}
+    wanted = {model.arch.probe_taps[LAYERS.index(n)]: n for n in layers}
     relus = model.conv_relu_indices
     last_module = relus[max(wanted)]
     avg = {p.layer: nn.AvgPool2d(p.kernel, stride=p.stride, padding=p.padding) for p in pools}
@@ -158,7 +140,7 @@ def make_forward(model, pools: list[Pool], layers: tuple[str, ...]):
 
 def add_arguments(p: argparse.ArgumentParser, task: str) -> None:
     add_input_size_argument(p)
-    engine.add_sgd_arguments(p, DEFAULTS)
+    add_sgd_arguments(p, DEFAULTS)
     p.add_argument("--layers", default=",".join(LAYERS), help="comma-separated subset of conv1..conv5")
     if task == "linear-places":
         p.add_argument("--images", type=Path, default=None,
@@ -177,27 +159,27 @@ def parse_layers(spec: str) -> tuple[str, ...]:
 
 def load_data(args: argparse.Namespace, task: str, meta: dict, size: int, proto: dict):
     """(train dataset, val dataset, number of classes, dataset folder, name)."""
-    train_tf = engine.train_transform(meta, size, proto["train_aug"])
-    val_tf = engine.eval_crops_transform(meta, size, proto["eval_crops"])
+    train_tf = train_transform(meta, size, proto["train_aug"])
+    val_tf = eval_crops_transform(meta, size, proto["eval_crops"])
     if task == "linear-imagenet":
         root = dataset_dir(args, "classification", ("train", "val"))
         train = ImageFolder(root / "train", train_tf)
         val = ImageFolder(root / "val", val_tf)
-        engine.remap_targets(val, engine.align_classes(train.classes, val.classes, str(root / "val")))
+        remap_targets(val, align_classes(train.classes, val.classes, str(root / "val")))
         return train, val, len(train.classes), root, "imagenet"
     root = dataset_dir(args, "places", ("trainvalsplit_places205",))
     images = args.images or (root / "images" if (root / "images").is_dir() else root)
     lists = root / "trainvalsplit_places205"
     train = ListFileDataset(images, lists / "train_places205.csv", train_tf)
     val = ListFileDataset(images, lists / "val_places205.csv", val_tf)
-    engine.check_list_labels(train.targets, val.targets, str(lists / "val_places205.csv"))
+    check_list_labels(train.targets, val.targets, str(lists / "val_places205.csv"))
     return train, val, max(train.targets) + 1, root, "places205"
 
 
 def run(args: argparse.Namespace) -> Path:
     task = args.task_name
     timer = Timer()
-    proto = engine.resolve_protocol(args, DEFAULTS)
+    proto = resolve_protocol(args, DEFAULTS)
     layers = parse_layers(args.layers)
     with timer("load"):
         ckpt = load_checkpoint(args.checkpoint)
@@ -206,9 +188,9 @@ def run(args: argparse.Namespace) -> Path:
         pools = [p for p in pooling_for(arch, size) if p.layer in layers]
         train, val, n_classes, root, name = load_data(args, task, ckpt.meta, size, proto)
         data_fp = fingerprint(root)
-    engine.seed_everything(args.seed)
-    model = engine.frozen(ckpt.model.to(args.device))
-    before = engine.state_fingerprint(model)
+    training.seed_everything(args.seed)
+    model = training.frozen(ckpt.model.to(args.device))
+    before = training.parameter_snapshot(model)
     forward = make_forward(model, pools, layers)
     heads = nn.ModuleList([nn.Linear(p.dim, n_classes) for p in pools]).to(args.device)
     bs, workers = proto["batch_size"], args.workers
@@ -217,30 +199,29 @@ def run(args: argparse.Namespace) -> Path:
         base = {"kind": "conv-avgpool", "checkpoint": ckpt.sha256, "data": data_fp, "input_size": size,
                 "pools": [asdict(p) for p in pools], "dtype": "float16"}
         with timer("features"):
-            tr, ytr, hit_tr = engine.extract_cached(
+            tr, ytr, hit_tr = training.extract_cached(
                 args, {**base, "split": "train", "transform": "center-crop"}, layers,
-                lambda: engine.loader(train, bs, shuffle=False, workers=workers), forward,
+                lambda: training.loader(train, bs, shuffle=False, workers=workers), forward,
                 device=args.device, desc="features train")
-            va, yva, hit_va = engine.extract_cached(
+            va, yva, hit_va = training.extract_cached(
                 args, {**base, "split": "val", "transform": f"crops{proto['eval_crops']}"}, layers,
-                lambda: engine.loader(val, bs, shuffle=False, workers=workers), forward,
+                lambda: training.loader(val, bs, shuffle=False, workers=workers), forward,
                 device=args.device, desc="features val")
         cache_hit = hit_tr and hit_va
-        train_b = engine.cached_batches([tr[n] for n in layers], ytr, bs, args.seed, args.device)
-        val_b = engine.cached_val_batches([va[n] for n in layers], yva, bs, args.device)
+        train_b = training.cached_batches([tr[n] for n in layers], ytr, bs, args.seed, args.device)
+        val_b = training.cached_val_batches([va[n] for n in layers], yva, bs, args.device)
         sizes = {"train": int(len(ytr)), "val": int(len(yva))}
     else:
-        train_b = engine.stream_batches(lambda e: engine.loader(train, bs, shuffle=True, workers=workers,
+        train_b = training.stream_batches(lambda e: training.loader(train, bs, shuffle=True, workers=workers,
                                                          seed=args.seed * 1000 + e), forward, args.device)
-        val_b = engine.stream_val_batches(lambda: engine.loader(val, max(1, bs // 2), shuffle=False, workers=workers),
+        val_b = training.stream_val_batches(lambda: training.loader(val, max(1, bs // 2), shuffle=False, workers=workers),
                                    forward, args.device)
         sizes = {"train": len(train), "val": len(val)}
     with timer("train"):
-        hist = engine.train_heads(heads, train_b, val_b, epochs=proto["epochs"], lr=proto["lr"],
+        hist = training.train_heads(heads, train_b, val_b, epochs=proto["epochs"], lr=proto["lr"],
                            momentum=proto["momentum"], weight_decay=proto["weight_decay"],
                            device=args.device, desc=task)
-    if engine.state_fingerprint(model) != before:
-        raise RuntimeError("the frozen trunk changed during probe training")
+    training.assert_unchanged(model, before, "linear probe: frozen trunk")
     metrics, best_epochs = {}, {}
     for p, h in zip(pools, hist):
         metrics[p.layer] = h[-1]

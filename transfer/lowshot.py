@@ -34,13 +34,18 @@ from dcbench.datasets import ImageFolder, collate_skip_none, fingerprint
 from dcbench.errors import UserError
 from dcbench.models import build_model
 from dcbench.results import checkpoint_block, make_result
-from dcbench.transfer import engine
-from dcbench.transfer.common import (
+from dcbench.transfer import training
+from dcbench.transfer.protocol import (
     Timer,
     add_input_size_argument,
+    align_classes,
     dataset_dir,
+    eval_crops_transform,
     input_size,
+    remap_targets,
+    resolve_protocol,
     save_and_report,
+    train_transform,
 )
 
 DESCRIPTION = "n images per class, whole net fine-tuned from the checkpoint and from random init; 10 draws (Fig. 5.1)"
@@ -84,7 +89,7 @@ def draw_subset(targets: list[int], n: int, seed: int, shots: int, draw: int) ->
 
 def with_new_fc8(net: nn.Module, n_classes: int) -> nn.Module:
     net.top_layer = nn.Linear(net.classifier[net.fc_indices[1]].out_features, n_classes)
-    engine.init_linear(net.top_layer)
+    training.init_linear(net.top_layer)
     for p in net.parameters():
         p.requires_grad = True
     if net.sobel is not None:
@@ -93,17 +98,16 @@ def with_new_fc8(net: nn.Module, n_classes: int) -> nn.Module:
     return net
 
 
-def finetune(net: nn.Module, batches, *, iterations: int, lr: float, drop_at: float, momentum: float,
+def finetune(net: nn.Module, loader, *, iterations: int, lr: float, drop_at: float, momentum: float,
              weight_decay: float, device: str) -> None:
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     net.train()
     drop = int(iterations * drop_at)
-    for it in range(iterations):
+    for it, (x, y) in enumerate(training.steps(loader, iterations)):
         if it == drop:
-            engine.set_lr(opt, lr * 0.1)
-        x, y = next(batches)
+            training.set_lr(opt, lr * 0.1)
         loss = loss_fn(net(x.to(device)), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -119,19 +123,17 @@ def evaluate(net: nn.Module, make_loader, device: str) -> float:
                 continue
             x, y = batch
             n = x.shape[1]
-            scores.append(engine.average_crops(net(x.flatten(0, 1).to(device)).float().cpu(), n))
+            scores.append(training.average_crops(net(x.flatten(0, 1).to(device)).float().cpu(), n))
             ys.append(y)
-    return engine.top1(torch.cat(scores), torch.cat(ys))
+    return training.top1(torch.cat(scores), torch.cat(ys))
 
 
-def batches_forever(dataset, batch_size: int, seed: int, workers: int):
+def subset_loader(dataset, batch_size: int, seed: int, workers: int) -> torch.utils.data.DataLoader:
+    """Successive random permutations of ``dataset``, endless in practice (10^9 samples), seeded per run."""
     gen = torch.Generator().manual_seed(seed)
     sampler = torch.utils.data.RandomSampler(dataset, num_samples=10**9, generator=gen)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                         collate_fn=collate_skip_none, generator=gen)
-    for b in loader:
-        if b is not None:
-            yield b
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                       collate_fn=collate_skip_none, generator=gen)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -149,16 +151,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> Path:
     timer = Timer()
-    proto = engine.resolve_protocol(args, DEFAULTS)
+    proto = resolve_protocol(args, DEFAULTS)
     shots = parse_shots(proto["shots"])
     proto["shots"] = ",".join(map(str, shots))
     with timer("load"):
         ckpt = load_checkpoint(args.checkpoint)
         size = input_size(args, ckpt.meta)
         root = dataset_dir(args, "classification", ("train", "val"))
-        train = ImageFolder(root / "train", engine.train_transform(ckpt.meta, size, proto["train_aug"]))
-        val = ImageFolder(root / "val", engine.eval_crops_transform(ckpt.meta, size, proto["eval_crops"]))
-        engine.remap_targets(val, engine.align_classes(train.classes, val.classes, str(root / "val")))
+        train = ImageFolder(root / "train", train_transform(ckpt.meta, size, proto["train_aug"]))
+        val = ImageFolder(root / "val", eval_crops_transform(ckpt.meta, size, proto["eval_crops"]))
+        remap_targets(val, align_classes(train.classes, val.classes, str(root / "val")))
         data_fp = fingerprint(root)
     n_classes = len(train.classes)
     spec = ckpt.model.spec
@@ -168,7 +170,7 @@ def run(args: argparse.Namespace) -> Path:
     bs_cap, workers = proto["batch_size"], args.workers
 
     def val_loader():
-        return engine.loader(val, max(1, bs_cap // 2), shuffle=False, workers=workers)
+        return training.loader(val, max(1, bs_cap // 2), shuffle=False, workers=workers)
 
     runs = []
     total = len(shots) * proto["draws"] * len(inits)
@@ -191,7 +193,7 @@ def run(args: argparse.Namespace) -> Path:
                                           input_size=spec.input_size, seed=run_seed)
                     torch.manual_seed(run_seed)
                     net = with_new_fc8(net, n_classes).to(args.device)
-                    finetune(net, batches_forever(subset, min(bs_cap, len(subset)), run_seed, workers),
+                    finetune(net, subset_loader(subset, min(bs_cap, len(subset)), run_seed, workers),
                              iterations=proto["iterations"], lr=proto["lr"], drop_at=proto["lr_drop_at"],
                              momentum=proto["momentum"], weight_decay=proto["weight_decay"], device=args.device)
                 with timer(f"eval_{init}"):

@@ -23,13 +23,19 @@ from torch import nn
 from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import ImageFolder, fingerprint
 from dcbench.results import checkpoint_block, make_result
-from dcbench.transfer import engine
-from dcbench.transfer.common import (
+from dcbench.transfer import training
+from dcbench.transfer.protocol import (
     Timer,
     add_input_size_argument,
+    add_sgd_arguments,
+    align_classes,
     dataset_dir,
+    eval_crops_transform,
     input_size,
+    remap_targets,
+    resolve_protocol,
     save_and_report,
+    train_transform,
 )
 
 DESCRIPTION = "frozen convs, fc6-fc8 re-initialised and trained; top-1 over 10 crops (Table 5.2)"
@@ -52,9 +58,9 @@ def build_head(model, n_classes: int) -> nn.Sequential:
     classifier = copy.deepcopy(model.classifier)
     for m in classifier.modules():
         if isinstance(m, nn.Linear):
-            engine.init_linear(m)
+            training.init_linear(m)
     fc8 = nn.Linear(classifier[model.fc_indices[1]].out_features, n_classes)
-    engine.init_linear(fc8)
+    training.init_linear(fc8)
     for p in classifier.parameters():
         p.requires_grad = True
     return nn.Sequential(classifier, fc8)
@@ -62,23 +68,23 @@ def build_head(model, n_classes: int) -> nn.Sequential:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_input_size_argument(p)
-    engine.add_sgd_arguments(p, DEFAULTS)
+    add_sgd_arguments(p, DEFAULTS)
 
 
 def run(args: argparse.Namespace) -> Path:
     timer = Timer()
-    proto = engine.resolve_protocol(args, DEFAULTS)
+    proto = resolve_protocol(args, DEFAULTS)
     with timer("load"):
         ckpt = load_checkpoint(args.checkpoint)
         size = input_size(args, ckpt.meta)
         root = dataset_dir(args, "classification", ("train", "val"))
-        train = ImageFolder(root / "train", engine.train_transform(ckpt.meta, size, proto["train_aug"]))
-        val = ImageFolder(root / "val", engine.eval_crops_transform(ckpt.meta, size, proto["eval_crops"]))
-        engine.remap_targets(val, engine.align_classes(train.classes, val.classes, str(root / "val")))
+        train = ImageFolder(root / "train", train_transform(ckpt.meta, size, proto["train_aug"]))
+        val = ImageFolder(root / "val", eval_crops_transform(ckpt.meta, size, proto["eval_crops"]))
+        remap_targets(val, align_classes(train.classes, val.classes, str(root / "val")))
         data_fp = fingerprint(root)
-    engine.seed_everything(args.seed)
-    model = engine.frozen(ckpt.model.to(args.device))
-    before = engine.state_fingerprint(model)
+    training.seed_everything(args.seed)
+    model = training.frozen(ckpt.model.to(args.device))
+    before = training.parameter_snapshot(model)
     head = build_head(model, len(train.classes)).to(args.device)
 
     def forward(x):
@@ -90,30 +96,29 @@ def run(args: argparse.Namespace) -> Path:
         base = {"kind": "pool5", "checkpoint": ckpt.sha256, "data": data_fp, "input_size": size,
                 "dtype": "float32"}
         with timer("features"):
-            tr, ytr, hit_tr = engine.extract_cached(
+            tr, ytr, hit_tr = training.extract_cached(
                 args, {**base, "split": "train", "transform": "center-crop"}, ["pool5"],
-                lambda: engine.loader(train, bs, shuffle=False, workers=workers), forward,
+                lambda: training.loader(train, bs, shuffle=False, workers=workers), forward,
                 device=args.device, desc="features train", dtype=np.float32)
-            va, yva, hit_va = engine.extract_cached(
+            va, yva, hit_va = training.extract_cached(
                 args, {**base, "split": "val", "transform": f"crops{proto['eval_crops']}"}, ["pool5"],
-                lambda: engine.loader(val, bs, shuffle=False, workers=workers), forward,
+                lambda: training.loader(val, bs, shuffle=False, workers=workers), forward,
                 device=args.device, desc="features val", dtype=np.float32)
         cache_hit = hit_tr and hit_va
-        train_b = engine.cached_batches([tr["pool5"]], ytr, bs, args.seed, args.device)
-        val_b = engine.cached_val_batches([va["pool5"]], yva, bs, args.device)
+        train_b = training.cached_batches([tr["pool5"]], ytr, bs, args.seed, args.device)
+        val_b = training.cached_val_batches([va["pool5"]], yva, bs, args.device)
         sizes = {"train": int(len(ytr)), "val": int(len(yva))}
     else:
-        train_b = engine.stream_batches(lambda e: engine.loader(train, bs, shuffle=True, workers=workers,
+        train_b = training.stream_batches(lambda e: training.loader(train, bs, shuffle=True, workers=workers,
                                                                 seed=args.seed * 1000 + e), forward, args.device)
-        val_b = engine.stream_val_batches(lambda: engine.loader(val, max(1, bs // 2), shuffle=False,
+        val_b = training.stream_val_batches(lambda: training.loader(val, max(1, bs // 2), shuffle=False,
                                                                 workers=workers), forward, args.device)
         sizes = {"train": len(train), "val": len(val)}
     with timer("train"):
-        (hist,) = engine.train_heads(nn.ModuleList([head]), train_b, val_b, epochs=proto["epochs"], lr=proto["lr"],
+        (hist,) = training.train_heads(nn.ModuleList([head]), train_b, val_b, epochs=proto["epochs"], lr=proto["lr"],
                                      momentum=proto["momentum"], weight_decay=proto["weight_decay"],
                                      device=args.device, desc="mlp")
-    if engine.state_fingerprint(model) != before:
-        raise RuntimeError("the frozen trunk changed during MLP training")
+    training.assert_unchanged(model, before, "mlp: frozen trunk")
     best = int(np.argmax(hist))
     result = make_result(
         task="mlp", variant={"dataset": "imagenet", "layers": "fc6-8"}, checkpoint=checkpoint_block(ckpt),

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +31,15 @@ from tqdm import tqdm
 from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import VOC_CLASSES, VOCClassification, collate_skip_none, fingerprint
 from dcbench.results import checkpoint_block, make_result
-from dcbench.transfer import engine
-from dcbench.transfer.common import (
+from dcbench.transfer import training
+from dcbench.transfer.protocol import (
+    RepeatedCrops,
     Timer,
     add_input_size_argument,
     dataset_dir,
     input_size,
     normalize,
+    resolve_protocol,
     save_and_report,
 )
 
@@ -76,7 +77,7 @@ def build_model(model, fc_init: str) -> nn.Module:
     if fc_init == "random":
         for m in net.classifier.modules():
             if isinstance(m, nn.Linear):
-                engine.init_linear(m, bias=0.1)  # eval_voc_classif.py: N(0, 0.01), bias 0.1
+                training.init_linear(m, bias=0.1)  # eval_voc_classif.py: N(0, 0.01), bias 0.1
     net.top_layer = nn.Linear(net.classifier[net.fc_indices[1]].out_features, len(VOC_CLASSES))
     net.top_layer.bias.data.fill_(0.1)  # eval_voc_classif.py: default weight init, bias 0.1
     return net
@@ -98,13 +99,13 @@ def trainable(net: nn.Module, layers: str) -> list[nn.Parameter]:
     return params
 
 
-def train(net: nn.Module, params, batches, *, iterations: int, lr: float, stepsize: int, gamma: float,
+def train(net: nn.Module, params, loader, *, iterations: int, lr: float, stepsize: int, gamma: float,
           momentum: float, weight_decay: float, clip: float, device: str) -> list[float]:
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     losses = []
     net.train()
     net.features.eval()  # eval_voc_classif.py: "in the batch norms always use global statistics"
-    for it, (x, y) in enumerate(tqdm(itertools.islice(batches, iterations), total=iterations,
+    for it, (x, y) in enumerate(tqdm(training.steps(loader, iterations), total=iterations,
                                      desc="voc train", leave=False, disable=None)):
         if it and it % stepsize == 0:
             for g in opt.param_groups:
@@ -157,7 +158,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> Path:
     timer = Timer()
-    proto = engine.resolve_protocol(args, {**DEFAULTS[args.layers], **DEFAULTS["common"]})
+    proto = resolve_protocol(args, {**DEFAULTS[args.layers], **DEFAULTS["common"]})
     with timer("load"):
         ckpt = load_checkpoint(args.checkpoint)
         size = input_size(args, ckpt.meta)
@@ -167,30 +168,30 @@ def run(args: argparse.Namespace) -> Path:
                                 T.RandomResizedCrop(size, scale=(proto["min_scale"], proto["max_scale"]),
                                                            ratio=(1.0, 1.0)), *norm])
         train_ds = VOCClassification(devkit, "2007", args.train_split, aug)
-        test_ds = VOCClassification(devkit, "2007", args.test_split, engine.RepeatedCrops(aug, proto["test_crops"]))
+        test_ds = VOCClassification(devkit, "2007", args.test_split, RepeatedCrops(aug, proto["test_crops"]))
         data_fp = fingerprint(devkit / "VOC2007")
-    engine.seed_everything(args.seed)
+    training.seed_everything(args.seed)
     net = build_model(ckpt.model, args.fc_init).to(args.device)
     params = trainable(net, args.layers)
-    trunk_before = engine.state_fingerprint(net.features)
+    trunk = nn.ModuleList([m for m in (net.sobel, net.features) if m is not None])
+    trunk_before = training.parameter_snapshot(trunk) if args.layers == "fc6-8" else None
     bs, workers = proto["batch_size"], args.workers
     # One loader for the whole run: successive permutations of trainval, iterations * batch samples.
     gen = torch.Generator().manual_seed(args.seed)
     sampler = torch.utils.data.RandomSampler(train_ds, num_samples=proto["iterations"] * bs, generator=gen)
-    batches = (b for b in torch.utils.data.DataLoader(train_ds, batch_size=bs, sampler=sampler, num_workers=workers,
-                                                      collate_fn=collate_skip_none, generator=gen)
-               if b is not None)
+    train_loader = torch.utils.data.DataLoader(train_ds, batch_size=bs, sampler=sampler, num_workers=workers,
+                                               collate_fn=collate_skip_none, generator=gen)
     with timer("train"):
-        losses = train(net, params, batches, iterations=proto["iterations"], lr=proto["lr"],
+        losses = train(net, params, train_loader, iterations=proto["iterations"], lr=proto["lr"],
                        stepsize=proto["stepsize"], gamma=proto["lr_gamma"], momentum=proto["momentum"],
                        weight_decay=proto["weight_decay"], clip=proto["grad_clip"], device=args.device)
-    if args.layers == "fc6-8" and engine.state_fingerprint(net.features) != trunk_before:
-        raise RuntimeError("the frozen trunk changed during fc6-8 training")
+    if trunk_before is not None:
+        training.assert_unchanged(trunk, trunk_before, "voc-classification fc6-8: frozen trunk")
     with timer("test"):
         torch.manual_seed(args.seed + 1)
-        scores, targets = evaluate(net, engine.loader(test_ds, max(1, bs // 2), shuffle=False, workers=workers,
+        scores, targets = evaluate(net, training.loader(test_ds, max(1, bs // 2), shuffle=False, workers=workers,
                                                       seed=args.seed + 1), args.device)
-    aps = engine.voc_class_aps(scores, targets)
+    aps = training.voc_class_aps(scores, targets)
     defined = ~np.isnan(aps)
     result = make_result(
         task="voc-classification", variant={"dataset": "voc2007", "layers": args.layers},

@@ -55,39 +55,65 @@ from dcbench.datasets import VOC_CLASSES, VOCDetection, fingerprint
 from dcbench.errors import DataError, UserError
 from dcbench.models import DeepClusterNet
 from dcbench.results import checkpoint_block, make_result
-from dcbench.transfer.common import Timer, data_root, override_schedule, save_and_report
+from dcbench.transfer import training
+from dcbench.transfer.protocol import (
+    Timer,
+    data_root,
+    default_help,
+    defaults_at,
+    override_schedule,
+    resolve_protocol,
+    save_and_report,
+)
+from dcbench.transfer.training import ConvTrunk, assert_unchanged, fc_layers, parameter_snapshot
 from dcbench.transfer.voc_eval import eval_detection_files, write_detection_files
-from dcbench.transfer.voc_segmentation import ConvTrunk, assert_unchanged, fc_layers, parameter_snapshot
 
 DESCRIPTION = "VOC07 detection, Faster/Fast R-CNN on conv5 + fc6/fc7 box head (Table 5.5); mAP@0.5"
 LAYERS = ("fc6-8", "all")
 METHODS = ("faster-rcnn", "fast-rcnn")
 PROPOSALS_FORMAT = "dcbench-proposals"
 
-# Full scale. Fast R-CNN (Girshick 2015, fast-rcnn config.py and VOC solvers): lr 0.001, x0.1 at
-# 30k, 40k iterations, momentum 0.9, wd 5e-4, 2 images x 64 RoIs (25% fg, fg IoU >= .5, bg [.1, .5)),
-# multi-scale training {480,576,688,864,1200} (paper §5.2), test 600, max side 1000, NMS .3,
-# score > .05, 100 per image. Faster R-CNN: py-faster-rcnn end2end VOC07 (70k iterations, x0.1 at
-# 50k; RPN 256 anchors/image, NMS .7, pre/post-NMS 12000/2000 train, 6000/300 test; anchors
-# 128, 256, 512 x ratios .5, 1, 2), with the Fast R-CNN multi-scale/flip training above.
-_COMMON_FULL = dict(lr=0.001, momentum=0.9, weight_decay=5e-4, lr_gamma=0.1, images_per_batch=2,
-                    rois_per_image=64, fg_fraction=0.25, fg_iou=0.5, bg_iou=0.5,
-                    train_scales=[480, 576, 688, 864, 1200], test_scale=600, max_size=1000,
-                    test_nms=0.3, score_thresh=0.05, detections_per_image=100, flip=True,
-                    anchor_sizes=[128, 256, 512], anchor_ratios=[0.5, 1.0, 2.0], rpn_batch_per_image=256,
-                    rpn_nms=0.7, rpn_pre_nms_train=12000, rpn_post_nms_train=2000,
-                    rpn_pre_nms_test=6000, rpn_post_nms_test=300)
-PROTOCOLS = {
-    ("full", "fast-rcnn"): dict(_COMMON_FULL, iterations=40_000, lr_steps=[30_000]),
-    ("full", "faster-rcnn"): dict(_COMMON_FULL, iterations=70_000, lr_steps=[50_000]),
+# Protocol defaults, (full, smoke). Full: the Fast R-CNN paper (Girshick 2015) and its released
+# config.py / VOC solvers, and for the RPN py-faster-rcnn's end2end VOC07 config -- transcribed,
+# not checked here against those files. Smoke: the embedded ~150 px images; small scales,
+# anchors and budgets.
+DEFAULTS = {
+    "common": {
+        "lr": (0.001, 0.01),                  # Fast R-CNN solver base_lr 0.001
+        "momentum": (0.9, 0.9),
+        "weight_decay": (5e-4, 5e-4),
+        "lr_gamma": (0.1, 0.1),
+        "images_per_batch": (2, 2),           # Fast R-CNN: 2 images x 64 RoIs
+        "rois_per_image": (64, 32),
+        "fg_fraction": (0.25, 0.25),          # 25% foreground RoIs, fg IoU >= .5, bg [.1, .5)
+        "fg_iou": (0.5, 0.5),
+        "bg_iou": (0.5, 0.5),
+        "train_scales": ([480, 576, 688, 864, 1200], [128, 160, 192]),  # paper §5.2 multi-scale
+        "test_scale": (600, 160),
+        "max_size": (1000, 320),
+        "test_nms": (0.3, 0.3),
+        "score_thresh": (0.05, 0.001),
+        "detections_per_image": (100, 100),
+        "flip": (True, True),
+        "anchor_sizes": ([128, 256, 512], [16, 32, 64, 128]),        # py-faster-rcnn anchors
+        "anchor_ratios": ([0.5, 1.0, 2.0], [0.5, 1.0, 2.0]),
+        "rpn_batch_per_image": (256, 64),
+        "rpn_nms": (0.7, 0.7),
+        "rpn_pre_nms_train": (12000, 600),
+        "rpn_post_nms_train": (2000, 200),
+        "rpn_pre_nms_test": (6000, 300),
+        "rpn_post_nms_test": (300, 100),
+    },
+    "fast-rcnn": {"iterations": (40_000, 120), "lr_steps": ([30_000], [90])},     # Fast R-CNN VOC solver
+    "faster-rcnn": {"iterations": (70_000, 120), "lr_steps": ([50_000], [90])},   # py-faster-rcnn end2end VOC07
 }
-# Smoke: the embedded ~150 px images; small scales, anchors and budgets.
-_COMMON_SMOKE = dict(_COMMON_FULL, lr=0.01, rois_per_image=32, score_thresh=0.001, train_scales=[128, 160, 192], test_scale=160,
-                     max_size=320, anchor_sizes=[16, 32, 64, 128], rpn_batch_per_image=64,
-                     rpn_pre_nms_train=600, rpn_post_nms_train=200, rpn_pre_nms_test=300,
-                     rpn_post_nms_test=100)
-PROTOCOLS[("smoke", "fast-rcnn")] = dict(_COMMON_SMOKE, iterations=120, lr_steps=[90])
-PROTOCOLS[("smoke", "faster-rcnn")] = dict(_COMMON_SMOKE, iterations=120, lr_steps=[90])
+
+
+def protocol_defaults(scale: str, method: str) -> dict:
+    """The default protocol of ``method`` at ``scale``, before any flag."""
+    return defaults_at({**DEFAULTS["common"], **DEFAULTS[method]}, scale)
+
+
 FEATURE_STRIDE = 16
 
 
@@ -243,12 +269,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='precomputed proposals for Fast R-CNN (implies --method fast-rcnn): JSON {"format": '
                         '"dcbench-proposals", "version": 1, "boxes": {"<image_id>": [[x1, y1, x2, y2], ...]}}, '
                         "1-based pixel boxes inside the image, one entry per trainval and test image")
-    p.add_argument("--iterations", type=int, default=None, help="override the protocol's iterations")
-    p.add_argument("--lr", type=float, default=None, help="override the protocol's learning rate")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="; ".join(f"{m}: {default_help(*DEFAULTS[m]['iterations'])}" for m in METHODS))
+    p.add_argument("--lr", type=float, default=None, help=default_help(*DEFAULTS["common"]["lr"]))
 
 
 def protocol(args: argparse.Namespace, method: str) -> dict:
-    proto = override_schedule(PROTOCOLS[(args.scale, method)], args)
+    proto = override_schedule(resolve_protocol(args, {**DEFAULTS["common"], **DEFAULTS[method]}), args)
     proto.update(
         method=method, layers=args.layers, train_split="VOC2007 trainval", test_split="VOC2007 test",
         engine=f"torchvision {torchvision.__version__} FasterRCNN / RoIHeads",
@@ -272,16 +299,10 @@ def train_detector(det: FasterRCNN, loader, proto: dict, device, proposals=None)
     det.transform.min_size = tuple(proto["train_scales"])  # drawn per image: multi-scale training
     det.train()
     losses: list[float] = []
-    it = iter(loader)
     gen = torch.Generator().manual_seed(int(torch.initial_seed()) % (2 ** 31))
-    bar = tqdm(range(proto["iterations"]), desc="detector train", leave=False, mininterval=2)
-    for _ in bar:
-        batch = []
-        while not batch:
-            try:
-                batch = next(it)
-            except StopIteration:
-                it = iter(loader)
+    bar = tqdm(training.steps(loader, proto["iterations"]), total=proto["iterations"], desc="detector train",
+               leave=False, mininterval=2)
+    for batch in bar:
         images, targets, props = [], [], []
         for x, t, image_id in batch:
             p = proposals[image_id] if proposals is not None else None

@@ -35,7 +35,16 @@ from dcbench.datasets import VOCSegmentation, fingerprint
 from dcbench.errors import DataError, UserError
 from dcbench.models import DeepClusterNet
 from dcbench.results import checkpoint_block, make_result
-from dcbench.transfer.common import Timer, data_root, override_schedule, save_and_report
+from dcbench.transfer import training
+from dcbench.transfer.protocol import (
+    Timer,
+    data_root,
+    default_help,
+    override_schedule,
+    resolve_protocol,
+    save_and_report,
+)
+from dcbench.transfer.training import ConvTrunk, assert_unchanged, fc_layers, parameter_snapshot
 from dcbench.transfer.voc_eval import confusion_matrix, segmentation_scores
 
 DESCRIPTION = "VOC2012 semantic segmentation, FCN-32s from conv trunk + fc6/fc7 (Table 5.5); mean IoU"
@@ -43,81 +52,21 @@ NUM_CLASSES = 21
 IGNORE = 255
 LAYERS = ("fc6-8", "all")
 
-# Full scale: FCN-32s as released with Long et al. 2015 (fcn.berkeleyvision.org, voc-fcn32s
-# solver.prototxt and solve.py): SGD, lr 1e-10 on the *summed* per-pixel loss, momentum 0.99,
-# weight decay 5e-4, one image per batch at full resolution, no augmentation, 100k iterations
-# (25 x 4000), constant lr. The thesis does not give its own FCN settings.
-PROTOCOLS = {
-    "full": dict(iterations=100_000, batch_size=1, lr=1e-10, loss_reduction="sum", momentum=0.99,
-                 weight_decay=5e-4, lr_steps=[], min_side=None),
-    # Smoke: the embedded ~150 px images; a mean loss with an ordinary lr, a few hundred steps.
-    "smoke": dict(iterations=300, batch_size=1, lr=0.01, loss_reduction="mean", momentum=0.9,
-                  weight_decay=5e-4, lr_steps=[200], min_side=None),
+# Protocol defaults, (full, smoke). Full: FCN-32s as released with Long et al. 2015
+# (fcn.berkeleyvision.org, voc-fcn32s solver.prototxt and solve.py; transcribed, not checked
+# here against those files): SGD, lr 1e-10 on the *summed* per-pixel loss, momentum 0.99, one
+# image per batch at full resolution, no augmentation, constant lr. The thesis gives no FCN
+# settings of its own. Smoke: the embedded ~150 px images; a mean loss with an ordinary lr.
+DEFAULTS = {
+    "iterations": (100_000, 300),            # solve.py: 25 x 4000 steps
+    "batch_size": (1, 1),
+    "lr": (1e-10, 0.01),
+    "loss_reduction": ("sum", "mean"),
+    "momentum": (0.99, 0.9),
+    "weight_decay": (5e-4, 5e-4),
+    "lr_steps": ([], [200]),
+    "min_side": (None, None),
 }
-
-
-# ----------------------------------------------------------------------------------------------
-# The conv trunk, shared with voc-detection
-class ConvTrunk(nn.Module):
-    """The checkpoint's Sobel (frozen) + conv trunk, with BatchNorm always on stored statistics.
-
-    ``drop_last_pool``: conv5 at stride 16 (detection) instead of pool5 at stride 32 (FCN).
-    ``frozen``: no parameter gets a gradient and the module stays in eval mode (the fc6-8 variant).
-    """
-
-    def __init__(self, model: DeepClusterNet, *, drop_last_pool: bool, frozen: bool):
-        super().__init__()
-        self.sobel = model.sobel
-        layers = list(model.features)
-        if drop_last_pool:
-            if not isinstance(layers[-1], nn.MaxPool2d):
-                raise UserError(f"{model.spec.arch} trunk does not end in a max-pool; cannot take conv5")
-            layers = layers[:-1]
-        self.features = nn.Sequential(*layers)
-        self.frozen = frozen
-        self.out_channels = next(m.out_channels for m in reversed(layers) if isinstance(m, nn.Conv2d))
-        for p in self.parameters():
-            p.requires_grad = not frozen
-        if self.sobel is not None:
-            for p in self.sobel.parameters():
-                p.requires_grad = False
-        self.train(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode and not self.frozen)
-        for m in self.modules():  # BN on stored statistics in every variant (see module doc)
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.sobel is not None:
-            x = self.sobel(x)
-        return self.features(x)
-
-
-def fc_layers(model: DeepClusterNet, path: Path) -> tuple[nn.Linear, nn.Linear]:
-    """fc6 and fc7 of the checkpoint, or a one-line error naming the checkpoint."""
-    classifier = getattr(model, "classifier", None)
-    try:
-        fc6, fc7 = (classifier[i] for i in model.fc_indices)
-    except (TypeError, IndexError):
-        fc6 = fc7 = None
-    if not isinstance(fc6, nn.Linear) or not isinstance(fc7, nn.Linear):
-        raise UserError(f"{path}: this task needs fc6/fc7 (classifier.*) and the checkpoint has none")
-    return fc6, fc7
-
-
-def parameter_snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of every parameter and buffer (BN running statistics included)."""
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def assert_unchanged(module: nn.Module, snapshot: dict[str, torch.Tensor], what: str) -> None:
-    """The moco-style sanity check: a frozen part must be bit-identical after training."""
-    for k, v in module.state_dict().items():
-        if not torch.equal(v, snapshot[k]):
-            raise RuntimeError(f"{what}: {k} changed during training although it is frozen")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,12 +173,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ImageSets/Segmentation/<name>.txt to train on (e.g. train_aug for the SBD-augmented "
                         "list: put the SBD masks as palette PNGs in SegmentationClass; must not overlap val)")
     p.add_argument("--val-split", default="val", help="ImageSets/Segmentation/<name>.txt to evaluate on")
-    p.add_argument("--iterations", type=int, default=None, help="override the protocol's iterations")
-    p.add_argument("--lr", type=float, default=None, help="override the protocol's learning rate")
+    p.add_argument("--iterations", type=int, default=None, help=default_help(*DEFAULTS["iterations"]))
+    p.add_argument("--lr", type=float, default=None, help=default_help(*DEFAULTS["lr"]))
 
 
 def protocol(args: argparse.Namespace) -> dict:
-    proto = override_schedule(PROTOCOLS[args.scale], args)
+    proto = override_schedule(resolve_protocol(args, DEFAULTS), args)
     proto.update(
         model="FCN-32s", layers=args.layers, train_split=args.train_split, val_split=args.val_split,
         lr_gamma=0.1, augmentation="none (as FCN)", batchnorm="stored statistics (eval mode) in both variants",
@@ -250,16 +199,9 @@ def train_fcn(net: FCN32s, loader, proto: dict, device: torch.device, seed: int)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=proto["lr_steps"], gamma=0.1)
     net.train()
     losses: list[float] = []
-    it = iter(loader)
-    bar = tqdm(range(proto["iterations"]), desc="fcn train", leave=False, mininterval=2)
-    for _ in bar:
-        batch = None
-        while batch is None:
-            try:
-                batch = next(it)
-            except StopIteration:
-                it = iter(loader)
-        x, m = batch
+    bar = tqdm(training.steps(loader, proto["iterations"]), total=proto["iterations"], desc="fcn train",
+               leave=False, mininterval=2)
+    for x, m in bar:
         x, m = x.unsqueeze(0).to(device), m.unsqueeze(0).to(device)
         logits = net(x)
         loss = F.cross_entropy(logits, m, ignore_index=IGNORE, reduction=proto["loss_reduction"])

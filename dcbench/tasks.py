@@ -1,0 +1,27 @@
+"""The transfer-task registry: the one list of ``dc-transfer`` tasks.
+
+Contract of a task named here (``tests/test_task_registry.py`` checks every point for every
+task, so a task missing from any of the four places fails the test suite, never silently):
+
+1. its module (value below) defines ``DESCRIPTION``, ``add_arguments(parser)`` or
+   ``add_arguments(parser, task)``, and ``run(args) -> Path`` (the result file it wrote);
+2. ``tox.ini`` has a test environment of the same name (``tox -e TASK``);
+3. the result schema accepts it (:data:`dcbench.results.TASKS` is derived from this registry);
+4. the leaderboard has a table with a column for it (``dcbench.leaderboard.tables``).
+
+It lives in ``dcbench`` because the transfer CLI, the result schema and the leaderboard all need
+it and may only share ``dcbench``; naming a module here costs no import (the CLI imports them).
+"""
+
+from __future__ import annotations
+
+TASKS: dict[str, str] = {
+    "mlp": "dcbench.transfer.mlp",
+    "linear-imagenet": "dcbench.transfer.linear_probe",
+    "linear-places": "dcbench.transfer.linear_probe",
+    "voc-classification": "dcbench.transfer.voc_classification",
+    "voc-detection": "dcbench.transfer.voc_detection",
+    "voc-segmentation": "dcbench.transfer.voc_segmentation",
+    "lowshot": "dcbench.transfer.lowshot",
+    "knn-graph": "dcbench.transfer.knn_graph",
+}

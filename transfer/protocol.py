@@ -1,0 +1,266 @@
+"""What a transfer protocol *is*, as opposed to how it trains: the flags every task takes, the
+(full, smoke) defaults tables and the help drawn from them, where the data lives, the image
+transforms, class alignment between splits, and writing the result.
+
+Role split: this module never runs a network; :mod:`dcbench.transfer.training` holds the
+computation (loaders, the step iterator, feature extraction and its cache, heads, metrics, the
+frozen-weights check, the conv trunk). A task module imports both and keeps its own loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torchvision import transforms as T
+
+from dcbench.errors import UserError
+from dcbench.results import write_result
+
+# --------------------------------------------------------------------------------------------
+# Flags and defaults tables
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags every ``dc-transfer TASK`` takes (DESIGN §8)."""
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory (format v1)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="dataset root (default: the embedded data, generated once and cached)")
+    p.add_argument("--out", type=Path, default=Path("results"), help="folder for result JSON files")
+    p.add_argument("--scale", choices=("smoke", "full"), default=None,
+                   help="full = the thesis protocol; smoke = small budgets for the embedded data "
+                        "(default: smoke without --data, full with it, as dc-train)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loader workers")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="feature cache (default: $DCBENCH_CACHE or ~/.cache/dcbench/features)")
+    p.add_argument("--no-cache", action="store_true", help="recompute features even if cached")
+
+
+def override_schedule(proto: dict, args: argparse.Namespace) -> dict:
+    """Apply ``--iterations`` / ``--lr`` to a protocol dict; lr steps past the new end are dropped."""
+    proto = dict(proto)
+    if args.iterations is not None:
+        if args.iterations < 1:
+            raise UserError("--iterations must be at least 1")
+        proto["iterations"] = args.iterations
+        proto["lr_steps"] = [s for s in proto["lr_steps"] if s < args.iterations]
+    if args.lr is not None:
+        if not args.lr > 0:
+            raise UserError("--lr must be positive")
+        proto["lr"] = args.lr
+    return proto
+
+
+def add_input_size_argument(p: argparse.ArgumentParser) -> None:
+    """``--input-size``: for tasks that feed the checkpoint's own input size (checked, never resized)."""
+    p.add_argument("--input-size", type=int, default=None,
+                   help="network input size; must equal the checkpoint's (default: the checkpoint's)")
+
+
+def input_size(args: argparse.Namespace, meta: dict) -> int:
+    """The checkpoint's input size; a different ``--input-size`` is a one-line user error."""
+    size = int(meta["input_size"])
+    asked = getattr(args, "input_size", None)
+    if asked is not None and int(asked) != size:
+        raise UserError(f"--input-size {asked}: checkpoint {args.checkpoint} was built for {size}px inputs; "
+                        f"pass --input-size {size} (or convert the weights at {asked}px with dc-convert)")
+    return size
+
+
+def default_help(full, smoke) -> str:
+    return f"default: {full}" if full == smoke else f"default: {full} (full), {smoke} (smoke)"
+
+
+def add_sgd_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
+    """The optimiser / crop flags of the probe-style tasks, their help drawn from ``defaults``
+    ((full, smoke) pairs), so the help can never disagree with what :func:`resolve_protocol` uses."""
+    p.add_argument("--epochs", type=int, default=None, help=default_help(*defaults["epochs"]))
+    p.add_argument("--batch-size", type=int, default=None, help=default_help(*defaults["batch_size"]))
+    p.add_argument("--lr", type=float, default=None, help=default_help(*defaults["lr"]))
+    p.add_argument("--momentum", type=float, default=None, help=default_help(*defaults["momentum"]))
+    p.add_argument("--weight-decay", type=float, default=None, help=default_help(*defaults["weight_decay"]))
+    p.add_argument("--train-aug", choices=("crop-flip", "none"), default=None,
+                   help="crop-flip streams the trunk through augmented crops; none caches the frozen "
+                        "features. " + default_help(*defaults["train_aug"]))
+    p.add_argument("--eval-crops", type=int, choices=(1, 10), default=None,
+                   help=default_help(*defaults["eval_crops"]))
+
+
+def defaults_at(defaults: dict, scale: str) -> dict:
+    """The column of a (full, smoke) defaults table for ``scale``."""
+    col = 0 if scale == "full" else 1
+    return {k: copy.deepcopy(v[col]) for k, v in defaults.items()}
+
+
+def resolve_protocol(args: argparse.Namespace, defaults: dict) -> dict:
+    """Each protocol value: the flag if given, else the (full, smoke) default for --scale."""
+    out = defaults_at(defaults, args.scale)
+    for k in out:
+        given = getattr(args, k, None)
+        if given is not None:
+            out[k] = given
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+def dataset_dir(args: argparse.Namespace, sub: str, required: tuple[str, ...]) -> Path:
+    """The folder of one dataset: ``--data`` itself if it holds ``required``, else ``--data/sub``
+    (so the embedded root and a real dataset root both work); without --data, embedded/sub."""
+    root = data_root(args)
+    for cand in (root, root / sub):
+        if all((cand / r).exists() for r in required):
+            return cand
+    want = " and ".join(required)
+    raise UserError(f"--data {root}: expected {want} there (or under {root / sub}); "
+                    "pass the dataset root")
+
+
+def data_root(args: argparse.Namespace) -> Path:
+    """``--data`` if given (must exist), else the embedded data at smoke scale."""
+    if args.data is not None:
+        if not args.data.is_dir():
+            raise UserError(f"--data {args.data} is not a directory; pass the dataset root")
+        return args.data
+    from dcbench.embedded import embedded_data
+
+    return embedded_data(scale="smoke", seed=0)
+
+
+def align_classes(train_classes: Sequence[str], val_classes: Sequence[str], where: str) -> list[int]:
+    """Map each val class index to the train class index of the same name; a val class the
+    train split lacks is a one-line user error."""
+    index = {c: i for i, c in enumerate(train_classes)}
+    missing = [c for c in val_classes if c not in index]
+    if missing:
+        raise UserError(f"{where}: val classes missing from train: {', '.join(map(str, missing[:5]))}"
+                        f"{' ...' if len(missing) > 5 else ''}; train and val must share the class set")
+    return [index[c] for c in val_classes]
+
+
+def remap_targets(dataset, mapping: list[int]) -> None:
+    """Rewrite a (ImageFolder / ListFileDataset) dataset's targets through ``mapping`` in place."""
+    dataset.samples = [(p, mapping[t]) for p, t in dataset.samples]
+
+
+def check_list_labels(train_labels: Sequence[int], val_labels: Sequence[int], where: str) -> None:
+    missing = sorted(set(val_labels) - set(train_labels))
+    if missing:
+        raise UserError(f"{where}: val labels missing from train: {', '.join(map(str, missing[:5]))}"
+                        f"{' ...' if len(missing) > 5 else ''}; train and val must share the class set")
+
+
+# --------------------------------------------------------------------------------------------
+# Transforms
+
+
+def normalize(meta: dict) -> T.Normalize:
+    pre = meta.get("preprocessing") or {}
+    return T.Normalize(pre.get("mean", (0.485, 0.456, 0.406)), pre.get("std", (0.229, 0.224, 0.225)))
+
+
+
+def resize_for(size: int) -> int:
+    """The ImageNet convention 256 -> 224, scaled to other input sizes."""
+    return round(size * 256 / 224)
+
+
+def train_transform(meta: dict, size: int, kind: str) -> T.Compose:
+    """Training augmentation by name.
+
+    ``crop-flip``: Resize(256) CenterCrop(256) RandomCrop(224) flip  (eval_linear.py)
+    ``rrc-flip``:  RandomResizedCrop(224) flip                      (torchvision ImageNet recipe)
+    ``voc``:       flip, RandomResizedCrop(224, scale 0.1-0.5, ratio 1)  (eval_voc_classif.py)
+    ``none``:      the evaluation centre crop (deterministic, so features can be cached)
+    """
+    norm = [T.ToTensor(), normalize(meta)]
+    if kind == "crop-flip":
+        big = resize_for(size)
+        return T.Compose([T.Resize(big), T.CenterCrop(big), T.RandomCrop(size), T.RandomHorizontalFlip(), *norm])
+    if kind == "rrc-flip":
+        return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *norm])
+    if kind == "voc":
+        return T.Compose([T.RandomHorizontalFlip(), T.RandomResizedCrop(size, scale=(0.1, 0.5), ratio=(1.0, 1.0)),
+                          *norm])
+    if kind == "none":
+        return center_crop_transform(meta, size)
+    raise ValueError(f"unknown augmentation {kind!r}")
+
+
+
+def center_crop_transform(meta: dict, size: int) -> T.Compose:
+    return T.Compose([T.Resize(resize_for(size)), T.CenterCrop(size), T.ToTensor(), normalize(meta)])
+
+
+class _StackCrops:
+    def __init__(self, meta: dict):
+        self.norm = T.Compose([T.ToTensor(), normalize(meta)])
+
+    def __call__(self, crops):
+        return torch.stack([self.norm(c) for c in crops])
+
+
+def ten_crop_transform(meta: dict, size: int) -> T.Compose:
+    """Resize(256) then the 4 corners + centre, and their mirrors: a (10, C, H, W) tensor."""
+    return T.Compose([T.Resize(resize_for(size)), T.TenCrop(size), _StackCrops(meta)])
+
+
+class RepeatedCrops:
+    """``n`` independent draws of a random transform, stacked: (n, C, H, W) (eval_voc_classif.py's
+    10 random test crops)."""
+
+    def __init__(self, transform: Callable, n: int):
+        self.transform, self.n = transform, n
+
+    def __call__(self, img):
+        return torch.stack([self.transform(img) for _ in range(self.n)])
+
+
+def eval_crops_transform(meta: dict, size: int, crops: int) -> Callable:
+    """1 = centre crop (a (1, C, H, W) tensor); 10 = ten-crop."""
+    if crops == 10:
+        return ten_crop_transform(meta, size)
+    if crops == 1:
+        center = center_crop_transform(meta, size)
+        return lambda img: center(img).unsqueeze(0)
+    raise UserError(f"--eval-crops {crops}: choose 1 (centre) or 10 (ten-crop)")
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+
+
+class Timer:
+    """Collects wall-clock seconds per named stage for the result's ``timings``."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Stage:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.timings[name] = timer.timings.get(name, 0.0) + time.perf_counter() - self.t0
+
+        return _Stage()
+
+
+def save_and_report(args: argparse.Namespace, result: dict) -> Path:
+    path = write_result(result, args.out)
+    metrics = ", ".join(f"{k}={v:.2f}" for k, v in result["metrics"].items())
+    print(f"{result['task']} [{result['scale']}] {result['checkpoint']['name']}: {metrics}")
+    print(f"result: {path}")
+    return path

@@ -1,0 +1,365 @@
+"""How the transfer tasks compute: data loaders and the one "N steps over a loader" iterator,
+learning-rate rules, the frozen-weights check, the checkpoint's conv trunk and fc6/fc7 for the
+detection and segmentation heads, feature extraction with its on-disk cache, linear/MLP heads on
+frozen features, crop averaging and the metrics. Pure functions where possible, so tests call
+them on tiny tensors.
+
+Role split: flags, defaults, data folders, transforms and results are in
+:mod:`dcbench.transfer.protocol`; each protocol's own training loop stays in its task module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file as load_np
+from safetensors.numpy import save_file as save_np
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from dcbench.atomic import write_file_atomic
+from dcbench.datasets import collate_skip_none
+from dcbench.errors import UserError
+from dcbench.models import DeepClusterNet
+
+# --------------------------------------------------------------------------------------------
+# Loaders, steps, learning rates
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def inverse_sqrt_lr(lr0: float, weight_decay: float, step: int) -> float:
+    """eval_linear.py's ``learning_rate_decay``: lr0 / sqrt(1 + lr0 * wd * t), t = iterations done."""
+    return lr0 / float(np.sqrt(1.0 + lr0 * weight_decay * step))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+
+
+def loader(ds: Dataset, batch_size: int, *, shuffle: bool, workers: int, seed: int = 0,
+           drop_last: bool = False) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, drop_last=drop_last,
+                      collate_fn=collate_skip_none, generator=gen, persistent_workers=False)
+
+def steps(loader: Iterable, n: int) -> Iterator:
+    """``n`` batches from ``loader``, starting it again whenever it runs out; a batch that is None
+    or empty (every image of it unreadable) is skipped and not counted."""
+    it = iter(loader)
+    done = 0
+    while done < n:
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            continue
+        if batch is None or (isinstance(batch, list) and not batch):
+            continue
+        done += 1
+        yield batch
+
+
+def frozen(module: nn.Module) -> nn.Module:
+    """No gradients, eval mode (BatchNorm uses its running statistics)."""
+    for p in module.parameters():
+        p.requires_grad = False
+    return module.eval()
+
+
+def init_linear(m: nn.Linear, bias: float = 0.0) -> None:
+    """DeepCluster's linear init: N(0, 0.01), constant bias."""
+    m.weight.data.normal_(0, 0.01)
+    m.bias.data.fill_(bias)
+
+
+def parameter_snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every parameter and buffer (BN running statistics included)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_unchanged(module: nn.Module, snapshot: dict[str, torch.Tensor], what: str) -> None:
+    """The moco-style sanity check: a frozen part must be bit-identical after training."""
+    for k, v in module.state_dict().items():
+        if not torch.equal(v, snapshot[k]):
+            raise RuntimeError(f"{what}: {k} changed during training although it is frozen")
+
+
+# --------------------------------------------------------------------------------------------
+# The checkpoint's conv trunk and fc6/fc7 (detection, segmentation)
+
+
+class ConvTrunk(nn.Module):
+    """The checkpoint's Sobel (frozen) + conv trunk, with BatchNorm always on stored statistics.
+
+    ``drop_last_pool``: conv5 at stride 16 (detection) instead of pool5 at stride 32 (FCN).
+    ``frozen``: no parameter gets a gradient and the module stays in eval mode (the fc6-8 variant).
+    """
+
+    def __init__(self, model: DeepClusterNet, *, drop_last_pool: bool, frozen: bool):
+        super().__init__()
+        self.sobel = model.sobel
+        layers = list(model.features)
+        if drop_last_pool:
+            if not isinstance(layers[-1], nn.MaxPool2d):
+                raise UserError(f"{model.spec.arch} trunk does not end in a max-pool; cannot take conv5")
+            layers = layers[:-1]
+        self.features = nn.Sequential(*layers)
+        self.frozen = frozen
+        self.out_channels = next(m.out_channels for m in reversed(layers) if isinstance(m, nn.Conv2d))
+        for p in self.parameters():
+            p.requires_grad = not frozen
+        if self.sobel is not None:
+            for p in self.sobel.parameters():
+                p.requires_grad = False
+        self.train(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode and not self.frozen)
+        for m in self.modules():  # BN on stored statistics in every variant (see module doc)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sobel is not None:
+            x = self.sobel(x)
+        return self.features(x)
+
+
+def fc_layers(model: DeepClusterNet, path: Path) -> tuple[nn.Linear, nn.Linear]:
+    """fc6 and fc7 of the checkpoint, or a one-line error naming the checkpoint."""
+    classifier = getattr(model, "classifier", None)
+    try:
+        fc6, fc7 = (classifier[i] for i in model.fc_indices)
+    except (TypeError, IndexError):
+        fc6 = fc7 = None
+    if not isinstance(fc6, nn.Linear) or not isinstance(fc7, nn.Linear):
+        raise UserError(f"{path}: this task needs fc6/fc7 (classifier.*) and the checkpoint has none")
+    return fc6, fc7
+
+
+# --------------------------------------------------------------------------------------------
+# Feature extraction with the per-layer cache
+
+
+def cache_dir(args: argparse.Namespace) -> Path:
+    if args.cache_dir is not None:
+        return args.cache_dir
+    return Path(os.environ.get("DCBENCH_CACHE", Path.home() / ".cache" / "dcbench" / "features"))
+
+
+def cache_path(args: argparse.Namespace, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return cache_dir(args) / f"{digest}.safetensors"
+
+
+def cache_get(args: argparse.Namespace, key: dict) -> dict[str, np.ndarray] | None:
+    """The cached arrays for ``key``, or None (absent, unreadable, or ``--no-cache``)."""
+    path = cache_path(args, key)
+    if path.is_file() and not args.no_cache:
+        try:
+            return load_np(str(path))
+        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted
+            print(f"warning: ignoring unreadable feature cache {path}", file=sys.stderr)
+    return None
+
+
+def cache_put(args: argparse.Namespace, key: dict, arrays: dict[str, np.ndarray]) -> Path:
+    path = cache_path(args, key)
+    write_file_atomic(path, lambda p: save_np({k: np.ascontiguousarray(v) for k, v in arrays.items()},
+                                              str(p), metadata={"key": json.dumps(key, default=str)}))
+    return path
+
+
+def extract_cached(args: argparse.Namespace, base_key: dict, names: Sequence[str],
+                   batches: Callable[[], DataLoader], forward: Callable[[torch.Tensor], list[torch.Tensor]],
+                   *, device: str, desc: str, dtype=np.float16) -> tuple[dict[str, np.ndarray], np.ndarray, bool]:
+    """Features of every image for each of ``names`` (one forward per batch gives all of them).
+
+    Each name is cached separately under ``base_key + {"layer": name}``; the labels under
+    ``"labels"``. Inputs of shape (B, n, C, H, W) (multi-crop) give features (N, n, D).
+    Returns (features per name, labels, whether everything came from the cache)."""
+    keys = {n: {**base_key, "layer": n} for n in names}
+    label_key = {**base_key, "layer": "labels"}
+    found = {n: cache_get(args, k) for n, k in keys.items()}
+    labels = cache_get(args, label_key)
+    if labels is not None and all(v is not None for v in found.values()):
+        return {n: v["x"] for n, v in found.items()}, labels["y"], True
+    feats: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    ys: list[np.ndarray] = []
+    with torch.no_grad():
+        for batch in tqdm(batches(), desc=desc, leave=False, disable=None):
+            if batch is None:
+                continue
+            x, y = batch
+            crops = x.shape[1] if x.dim() == 5 else 0
+            if crops:
+                x = x.flatten(0, 1)
+            outs = forward(x.to(device))
+            for n, o in zip(names, outs):
+                o = o.flatten(1).float().cpu().numpy().astype(dtype)
+                feats[n].append(o.reshape(-1, crops, o.shape[1]) if crops else o)
+            ys.append(y.numpy())
+    out = {n: np.concatenate(v) for n, v in feats.items()}
+    y = np.concatenate(ys)
+    for n in names:
+        cache_put(args, keys[n], {"x": out[n]})
+    cache_put(args, label_key, {"y": y})
+    return out, y, False
+
+
+# --------------------------------------------------------------------------------------------
+# Heads on frozen features: one feature pass feeds every head
+
+
+def train_heads(heads: nn.ModuleList, train_batches, val_batches, *, epochs: int, lr: float, momentum: float,
+                weight_decay: float, device: str, desc: str = "probe") -> list[list[float]]:
+    """Train every head together; ``train_batches(epoch)`` and ``val_batches()`` yield
+    (list of per-head features, labels[, ncrops]). Returns top-1 history[head][epoch]."""
+    opt = torch.optim.SGD(heads.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    history: list[list[float]] = [[] for _ in heads]
+    step = 0
+    for epoch in tqdm(range(epochs), desc=desc, leave=False, disable=None):
+        heads.train()
+        for feats, y in train_batches(epoch):
+            set_lr(opt, inverse_sqrt_lr(lr, weight_decay, step))
+            y = y.to(device)
+            loss = sum(loss_fn(h(f), y) for h, f in zip(heads, feats))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+        heads.eval()
+        scores: list[list[torch.Tensor]] = [[] for _ in heads]
+        ys = []
+        with torch.no_grad():
+            for feats, y, ncrops in val_batches():
+                for i, (h, f) in enumerate(zip(heads, feats)):
+                    scores[i].append(average_crops(h(f).float().cpu(), ncrops, softmax=True))
+                ys.append(y)
+        y = torch.cat(ys)
+        for i in range(len(heads)):
+            history[i].append(top1(torch.cat(scores[i]), y))
+    return history
+
+
+def cached_batches(feats: list[np.ndarray], y: np.ndarray, batch_size: int, seed: int, device: str):
+    """train_batches over cached (N, D) features: a fresh permutation per epoch."""
+    yt = torch.from_numpy(y).long()
+    xs = [torch.from_numpy(f).float().to(device) for f in feats]
+
+    def batches(epoch: int):
+        perm = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(len(y)))
+        for s in range(0, len(y), batch_size):
+            idx = perm[s:s + batch_size]
+            yield [x[idx.to(device)] for x in xs], yt[idx]
+
+    return batches
+
+
+def cached_val_batches(feats: list[np.ndarray], y: np.ndarray, batch_size: int, device: str):
+    """val_batches over cached (N, ncrops, D) features."""
+    ncrops = feats[0].shape[1]
+    xs = [torch.from_numpy(f).float().to(device) for f in feats]
+    yt = torch.from_numpy(y).long()
+
+    def batches():
+        for s in range(0, len(y), batch_size):
+            yield [x[s:s + batch_size].flatten(0, 1) for x in xs], yt[s:s + batch_size], ncrops
+
+    return batches
+
+
+def stream_batches(make_loader, forward, device: str):
+    """train_batches that run the trunk: one ``forward`` call per batch for all heads."""
+    def batches(epoch: int):
+        for batch in make_loader(epoch):
+            if batch is None:
+                continue
+            x, y = batch
+            with torch.no_grad():
+                feats = forward(x.to(device))
+            yield feats, y
+
+    return batches
+
+
+def stream_val_batches(make_loader, forward, device: str):
+    def batches():
+        for batch in make_loader():
+            if batch is None:
+                continue
+            x, y = batch
+            ncrops = x.shape[1]
+            with torch.no_grad():
+                feats = forward(x.flatten(0, 1).to(device))
+            yield feats, y, ncrops
+
+    return batches
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+
+
+def average_crops(scores: torch.Tensor, ncrops: int, softmax: bool = True) -> torch.Tensor:
+    """(B * ncrops, C) scores, crops of one image adjacent -> (B, C) mean over crops.
+
+    With ``softmax`` the probabilities are averaged (eval_linear.py's ten-crop rule); without,
+    the raw scores are (VOC: sum of scores ranks like their mean)."""
+    if scores.shape[0] % ncrops:
+        raise ValueError(f"{scores.shape[0]} scores is not a multiple of {ncrops} crops")
+    if softmax:
+        scores = torch.softmax(scores, dim=1)
+    return scores.view(-1, ncrops, scores.shape[1]).mean(1)
+
+
+def top1(scores: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray) -> float:
+    """Top-1 accuracy in percent (ties resolved by the lowest class index, like argmax)."""
+    scores, targets = torch.as_tensor(scores), torch.as_tensor(targets)
+    return float((scores.argmax(1) == targets).float().mean() * 100)
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Non-interpolated AP over distinct score thresholds, as sklearn's ``average_precision_score``:
+    sum over thresholds (descending) of (recall step) * precision; tied scores form one threshold.
+    ``labels`` in {0, 1}. NaN when there is no positive."""
+    scores, labels = np.asarray(scores, float), np.asarray(labels) > 0
+    npos = labels.sum()
+    if npos == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    last_of_tie = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+    tp = np.cumsum(y)[last_of_tie]
+    precision = tp / (last_of_tie + 1)
+    recall = tp / npos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def voc_class_aps(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-class AP (fraction) for VOC classification. ``targets`` in {1, 0 = difficult only, -1}:
+    images whose only objects of a class are difficult are left out of that class's ranking."""
+    scores, targets = np.asarray(scores, float), np.asarray(targets)
+    aps = np.empty(targets.shape[1])
+    for c in range(targets.shape[1]):
+        keep = targets[:, c] != 0
+        aps[c] = average_precision(scores[keep, c], targets[keep, c] > 0)
+    return aps
