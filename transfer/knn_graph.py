@@ -34,6 +34,7 @@ from dcbench.transfer.protocol import (
     Timer,
     add_input_size_argument,
     dataset_dir,
+    default_help,
     eval_crops_transform,
     input_size,
     resolve_protocol,
@@ -45,7 +46,9 @@ DESCRIPTION = "10-NN graph ratio edge intra-class, nearest-neighbour and conv1-f
 
 DEFAULTS = {
     "k": (10, 10),            # thesis §4.1: "10-NN graph"
-    "pca_dim": (256, 256),    # thesis §4.2 / DESIGN §5: PCA-whitening to 256 dims, then L2
+    # thesis §4.2 / DESIGN §5: PCA-whitening to 256 dims, then L2. Smoke: 32, as dc-train's smoke
+    # scale -- whitening the ~200 embedded val images to ~n dims makes them all equidistant.
+    "pca_dim": (256, 32),
     "neighbours": (3, 3),     # thesis §5.3: "its 3 nearest neighbors according to the l2 distance"
     "queries": (8, 8),        # rows of neighbours.png (one query per class, drawn with --seed)
     "batch_size": (256, 128),
@@ -147,7 +150,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", choices=("penultimate", "pool5"), default="penultimate",
                    help="penultimate: fc7 before ReLU (the clustering features); pool5: trunk output")
     p.add_argument("--k", type=int, default=None, help="neighbours per node (default: 10)")
-    p.add_argument("--pca-dim", type=int, default=None, help="PCA-whitening dims (default: 256; 0 = none)")
+    p.add_argument("--pca-dim", type=int, default=None, help="PCA-whitening dims, 0 = none; " + default_help(*DEFAULTS["pca_dim"]))
     p.add_argument("--neighbours", type=int, default=None, help="neighbours shown per query (default: 3)")
     p.add_argument("--queries", type=int, default=None, help="query rows in neighbours.png (default: 8)")
     p.add_argument("--batch-size", type=int, default=None)
