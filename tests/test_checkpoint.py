@@ -113,6 +113,7 @@ def test_load_rejects_a_file_instead_of_a_directory(tmp_path):
         load_checkpoint(f)
 
 
+@pytest.mark.slow
 def test_dc_inspect_console_script_reports_ok_and_errors(ckpt, tmp_path):
     path, _ = ckpt
     ok = subprocess.run([sys.executable, "-m", "dcbench.cli_inspect", str(path)], capture_output=True, text=True)

@@ -139,6 +139,7 @@ def test_bad_input_one_line_exit_2(tiny_data, tmp_path, capsys):
     assert rc == 2 and len(err) == 1 and "--epochs" in err[0]
 
 
+@pytest.mark.slow
 def test_nan_loss_exit_1_and_no_space_exit_2_keep_last_checkpoint(tiny_data, tmp_path, capsys, monkeypatch):
     import dcbench.train.loop as L
 
