@@ -40,7 +40,7 @@ def main() -> None:
     from dcbench.transfer import protocol, training
     from dcbench.transfer.linear_probe import LAYERS, make_forward, pooling_for
 
-    meta = {"input_size": args.input_size, "preprocessing": {}}
+    meta = {"input_size": args.input_size, "preprocessing": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "colour_order": "RGB"}}
     ds = ImageFolder(embedded_data() / "classification" / "train",
                      protocol.center_crop_transform(meta, args.input_size))
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:args.images].tolist()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -180,6 +181,43 @@ def load_train_state(path: Path, meta: dict) -> dict:
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{state_path} cannot be read safely ({first[:200]})") from None
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How the checkpoint's inputs were normalised: RGB in [0, 1], minus ``mean``, over ``std``."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    colour_order: str
+
+
+COLOUR_ORDERS = ("RGB",)  # every writer (dc-train, dc-convert) stores RGB; anything else is refused
+
+
+def preprocessing(meta: dict, where: str = META) -> Preprocessing:
+    """The one reader of meta.json's ``preprocessing`` block. Nothing falls back to ImageNet
+    constants: a checkpoint that does not say how it was normalised is refused in one line
+    (evaluating it with a guessed normalisation would give a plausible, wrong number)."""
+    pre = meta.get("preprocessing") if isinstance(meta, dict) else None
+    fix = "re-create the checkpoint with dc-train or dc-convert, which record it"
+    if not isinstance(pre, dict):
+        raise CheckpointError(f"{where}: no 'preprocessing' block (mean, std, colour_order); {fix}")
+    values = {}
+    for key in ("mean", "std"):
+        try:
+            v = tuple(float(x) for x in pre[key])
+        except (KeyError, TypeError, ValueError):
+            v = ()
+        if len(v) != 3 or not all(math.isfinite(x) for x in v) or (key == "std" and min(v) <= 0):
+            raise CheckpointError(f"{where}: preprocessing.{key} must be 3 finite numbers"
+                                  f"{' > 0' if key == 'std' else ''}; {fix}")
+        values[key] = v
+    order = pre.get("colour_order")
+    if order not in COLOUR_ORDERS:
+        raise CheckpointError(f"{where}: preprocessing.colour_order must be one of {', '.join(COLOUR_ORDERS)}, "
+                              f"not {str(order)[:20]!r}; {fix}")
+    return Preprocessing(values["mean"], values["std"], order)
 
 
 def describe(meta: dict, path: Path) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from dcbench.checkpoint import preprocessing
 from dcbench.errors import CheckpointError
 from dcbench.models import ARCHS, DeepClusterNet, ModelSpec
 
@@ -179,8 +180,8 @@ def to_detectron2(model: DeepClusterNet, meta: dict) -> tuple[dict, Conversion]:
         conv.renamed.append((key, new))
         out[new] = t.detach().cpu().clone()
     conv.state_dict = out
-    pre = meta.get("preprocessing") or {}
-    mean, std = pre.get("mean", [0.485, 0.456, 0.406]), pre.get("std", [0.229, 0.224, 0.225])
+    pre = preprocessing(meta)
+    mean, std = list(pre.mean), list(pre.std)
     note = {
         "exported_by": "dcbench dc-convert --to detectron2",
         "checkpoint": meta.get("name"), "model_sha256": meta.get("model_sha256"), "origin": meta.get("origin"),

@@ -113,6 +113,7 @@ def test_load_rejects_a_file_instead_of_a_directory(tmp_path):
         load_checkpoint(f)
 
 
+@pytest.mark.slow
 def test_dc_inspect_console_script_reports_ok_and_errors(ckpt, tmp_path):
     path, _ = ckpt
     ok = subprocess.run([sys.executable, "-m", "dcbench.cli_inspect", str(path)], capture_output=True, text=True)
@@ -132,3 +133,36 @@ def test_checkpoint_files_get_ordinary_permissions(ckpt):
     assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~mask
     for f in path.iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, f.name
+
+
+# ---------------------------------------------------------------------------- preprocessing(meta)
+
+
+def test_preprocessing_reads_what_save_checkpoint_wrote(tmp_path):
+    from dcbench.checkpoint import preprocessing
+
+    path = save_checkpoint(tmp_path / "c", build_model("alexnet", input_size=64, seed=0), origin="random",
+                           mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    pre = preprocessing(load_checkpoint(path).meta)
+    assert (pre.mean, pre.std, pre.colour_order) == ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3), "RGB")
+
+
+@pytest.mark.parametrize("pre,needle", [
+    (None, "no 'preprocessing' block"),
+    ({"std": [0.2] * 3, "colour_order": "RGB"}, "preprocessing.mean"),
+    ({"mean": [0.5] * 2, "std": [0.2] * 3, "colour_order": "RGB"}, "preprocessing.mean"),
+    ({"mean": [0.5] * 3, "std": [0.2, 0.0, 0.2], "colour_order": "RGB"}, "preprocessing.std"),
+    ({"mean": [0.5] * 3, "std": ["x"] * 3, "colour_order": "RGB"}, "preprocessing.std"),
+    ({"mean": [0.5, float("nan"), 0.5], "std": [0.2] * 3, "colour_order": "RGB"}, "preprocessing.mean"),
+    ({"mean": [0.5] * 3, "std": [0.2] * 3}, "colour_order"),
+    ({"mean": [0.5] * 3, "std": [0.2] * 3, "colour_order": "BGR"}, "colour_order"),
+])
+def test_preprocessing_never_falls_back_to_imagenet_constants(pre, needle):
+    from dcbench.checkpoint import preprocessing
+    from dcbench.transfer.protocol import normalize
+
+    meta = {"input_size": 64} if pre is None else {"input_size": 64, "preprocessing": pre}
+    with pytest.raises(CheckpointError, match=needle):
+        preprocessing(meta, "ckpt/meta.json")
+    with pytest.raises(CheckpointError, match=needle):
+        normalize(meta)

@@ -27,7 +27,8 @@ def _release_file(tmp_path, arch="alexnet", sobel=True, legacy=False, old_bn=Fal
     return path, model.eval()
 
 
-@pytest.mark.parametrize("legacy,old_bn,module_prefix", [(False, False, False), (True, True, True)])
+@pytest.mark.parametrize("legacy,old_bn,module_prefix",
+                         [(False, False, False), pytest.param(True, True, True, marks=pytest.mark.slow)])
 def test_release_checkpoint_converts_with_bit_identical_conv5_and_fc7(tmp_path, capsys, legacy, old_bn,
                                                                       module_prefix):
     src, ref = _release_file(tmp_path, legacy=legacy, old_bn=old_bn, module_prefix=module_prefix)
@@ -47,6 +48,7 @@ def test_release_checkpoint_converts_with_bit_identical_conv5_and_fc7(tmp_path, 
         assert torch.equal(fc7, ref.classifier(torch.flatten(ref.trunk(x), 1)))
 
 
+@pytest.mark.slow
 def test_torchvision_vgg16bn_maps_classifier6_to_top_layer(tmp_path, capsys):
     tv = torchvision.models.vgg16_bn(weights=None)
     src = tmp_path / "vgg16_bn.pth"

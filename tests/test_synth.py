@@ -29,6 +29,7 @@ def tiny_scale(monkeypatch):
     return "tiny"
 
 
+@pytest.mark.slow
 def test_same_seed_gives_byte_identical_tree(embedded_root, tmp_path):
     synth.make_datasets(tmp_path / "again", seed=0, scale="smoke")
     a, b = tree_hashes(embedded_root), tree_hashes(tmp_path / "again")

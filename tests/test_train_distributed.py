@@ -27,6 +27,7 @@ def tiny_data(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo(tiny_data, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():

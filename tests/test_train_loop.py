@@ -64,6 +64,7 @@ def test_outputs_and_log(tiny_data, tmp_path):
     assert idx.shape == lab.shape == (48,) and lab.dtype == np.int32 and set(lab) == {0, 1, 2, 3}
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tiny_data, tmp_path, monkeypatch):
     full = tmp_path / "full"
     train(tiny(tiny_data, full, epochs=3))
@@ -138,6 +139,7 @@ def test_bad_input_one_line_exit_2(tiny_data, tmp_path, capsys):
     assert rc == 2 and len(err) == 1 and "--epochs" in err[0]
 
 
+@pytest.mark.slow
 def test_nan_loss_exit_1_and_no_space_exit_2_keep_last_checkpoint(tiny_data, tmp_path, capsys, monkeypatch):
     import dcbench.train.loop as L
 
@@ -166,6 +168,7 @@ def test_nan_loss_exit_1_and_no_space_exit_2_keep_last_checkpoint(tiny_data, tmp
     assert all(torch.equal(good[k], v) for k, v in weights(out).items())
 
 
+@pytest.mark.slow
 def test_pic_and_sgt_and_algorithm2_run(tiny_data, tmp_path):
     out = tmp_path / "pic"
     train(tiny(tiny_data, out, clustering="pic", epochs=1, pic_iters=20))

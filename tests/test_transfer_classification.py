@@ -99,6 +99,19 @@ def test_checkpoint_without_fc_layers_is_exit_2(ckpt64, tmp_path, capsys, strip_
     assert str(bad) in err and "classifier" in err
 
 
+@pytest.mark.parametrize("task", ["knn-graph", "voc-segmentation"])
+def test_checkpoint_without_preprocessing_is_exit_2_not_imagenet_constants(task, ckpt64, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "nopre"
+    shutil.copytree(ckpt64, bad)
+    meta = json.loads((bad / "meta.json").read_text())
+    del meta["preprocessing"]
+    (bad / "meta.json").write_text(json.dumps(meta))
+    code, err = _run([task, *_common(bad, _tiny_tree(tmp_path / "data", {"val": ["a"]}), tmp_path)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "preprocessing" in err
+
+
 # --------------------------------------------------------------------------------------------
 # End to end on the embedded data (tiny budgets)
 

@@ -45,7 +45,7 @@ class TrainConfig:
     top_momentum: float = 0.9  # thesis §3.3 (momentum 0.9 throughout); the original code's top layer used 0
     batch_size: int = 256  # thesis §3.3
     steps_per_epoch: int | None = None  # None = epoch_multiplier * |X~| // batch (thesis §3.3)
-    epoch_multiplier: int = 1  # 1 on ImageNet, 3 on YFCC100m (thesis §3.3)
+    epoch_multiplier: int = 1  # epoch length in passes over X~ (the YFCC presets set steps_per_epoch instead)
     sampler: str = "uniform"  # uniform over clusters (thesis §3.3) | proportional (to cluster size)
     sgt: int = 0  # >0: update only N rows of the last layer per batch (thesis §4.7, SGT 256/512)
     # --- Algorithm 2 (thesis §4.8)
@@ -95,16 +95,25 @@ class TrainConfig:
             raise UserError(f"--device must be auto, cpu or cuda, not {self.device!r}")
 
 
+# YFCC100m models train 167 epochs, each 3x as long, to get as many updates as ImageNet's 500 (thesis
+# §5): 500 epochs x 5,004 steps (1,281,167 images / batch 256) = 2,502,000. 3 x |X~| / 256 gives that
+# for neither YFCC set (1M: 167 x 11,718 = 1.96M, -22%; 1.2M subsets: 167 x 14,062 = 2.35M, -6%), so
+# the step count is set directly: 167 x 14,982 = 2,501,994 updates.
+IMAGENET_STEPS_PER_EPOCH = 1_281_167 // 256  # 5,004
+IMAGENET_UPDATES = 500 * IMAGENET_STEPS_PER_EPOCH
+YFCC_EPOCHS = 167
+YFCC_STEPS_PER_EPOCH = round(IMAGENET_UPDATES / YFCC_EPOCHS)  # 14,982
+
 # Thesis Table 5.1 (reference/thesis_presets.csv) and §3.3/§4.8 at full scale.
 PRESETS: dict[str, dict] = {
     "PIC-ImNet-Sob": dict(clustering="pic", sobel=True, lr=0.05, weight_decay=1e-5, epochs=500),
     "km-ImNet-Sob": dict(clustering="kmeans", k=10_000, sobel=True, lr=0.02, weight_decay=1e-5, epochs=500),
     "km-ImNet-RGB": dict(clustering="kmeans", k=1_000, sobel=False, lr=0.02, weight_decay=1e-6, epochs=500),
-    # YFCC100m: 167 epochs of 3x the ImageNet epoch length (same number of updates), |X~| = 1.2M.
-    "km-fl1M-Sob": dict(clustering="kmeans", k=10_000, sobel=True, lr=0.02, weight_decay=1e-5, epochs=167,
-                        epoch_multiplier=3, pool_size=1_000_000, subset_size=None),
-    "km-fl2M-Sob": dict(clustering="kmeans", k=10_000, sobel=True, lr=0.02, weight_decay=1e-5, epochs=167,
-                        epoch_multiplier=3, pool_size=2_000_000, subset_size=1_200_000),
+    # YFCC100m: 167 epochs with ImageNet's 500 epochs' worth of updates (above); |X~| = 1M / 1.2M.
+    "km-fl1M-Sob": dict(clustering="kmeans", k=10_000, sobel=True, lr=0.02, weight_decay=1e-5, epochs=YFCC_EPOCHS,
+                        steps_per_epoch=YFCC_STEPS_PER_EPOCH, pool_size=1_000_000, subset_size=None),
+    "km-fl2M-Sob": dict(clustering="kmeans", k=10_000, sobel=True, lr=0.02, weight_decay=1e-5, epochs=YFCC_EPOCHS,
+                        steps_per_epoch=YFCC_STEPS_PER_EPOCH, pool_size=2_000_000, subset_size=1_200_000),
 }
 
 # Smoke scale: the embedded classification set (~600 images of 96 px, 10 classes at `smoke`).

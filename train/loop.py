@@ -35,6 +35,7 @@ from dcbench.errors import UserError
 from dcbench.knn_graph import knn, ratio_edge_intra_class
 from dcbench.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 from dcbench.provenance import environment, git_sha, utc_now
+from dcbench.seeding import seed_everything
 from dcbench.train import distributed as D
 from dcbench.train import sampler as S
 from dcbench.train.clustering import _faiss_gpu_available, cluster, pca_whiten
@@ -54,12 +55,6 @@ class TrainingDiverged(UserError):
 # randomness
 def stage_seed(seed: int, epoch: int, stage: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, stage]).generate_state(1, dtype=np.uint32)[0])
-
-
-def seed_everything(s: int) -> None:
-    random.seed(s)
-    np.random.seed(s % 2**32)
-    torch.manual_seed(s)
 
 
 def _worker_init(_: int) -> None:

@@ -34,17 +34,21 @@ from dcbench.transfer.protocol import (
     Timer,
     add_input_size_argument,
     dataset_dir,
+    default_help,
     eval_crops_transform,
     input_size,
     resolve_protocol,
     save_and_report,
 )
+from dcbench.whitening import pca_whiten
 
 DESCRIPTION = "10-NN graph ratio edge intra-class, nearest-neighbour and conv1-filter pictures (§4.1, Figs 5.2-5.3)"
 
 DEFAULTS = {
     "k": (10, 10),            # thesis §4.1: "10-NN graph"
-    "pca_dim": (256, 256),    # thesis §4.2 / DESIGN §5: PCA-whitening to 256 dims, then L2
+    # thesis §4.2 / DESIGN §5: PCA-whitening to 256 dims, then L2. Smoke: 32, as dc-train's smoke
+    # scale -- whitening the ~200 embedded val images to ~n dims makes them all equidistant.
+    "pca_dim": (256, 32),
     "neighbours": (3, 3),     # thesis §5.3: "its 3 nearest neighbors according to the l2 distance"
     "queries": (8, 8),        # rows of neighbours.png (one query per class, drawn with --seed)
     "batch_size": (256, 128),
@@ -53,19 +57,6 @@ DEFAULTS = {
 
 # --------------------------------------------------------------------------------------------
 # Pure core
-
-
-def pca_whiten_l2(x: np.ndarray, dim: int, eps: float = 1e-5) -> tuple[np.ndarray, int]:
-    """Centre, project on the top ``dim`` principal axes scaled by 1/sqrt(eigenvalue), L2-normalise.
-    ``dim`` is clipped to the rank available (N - 1, D); the dimension used is returned."""
-    x = np.asarray(x, dtype=np.float64)
-    x = x - x.mean(0, keepdims=True)
-    dim = int(min(dim, x.shape[0] - 1, x.shape[1]))
-    _, s, vt = np.linalg.svd(x, full_matrices=False)
-    eig = s[:dim] ** 2 / max(1, x.shape[0] - 1)
-    y = x @ vt[:dim].T / np.sqrt(eig + eps)
-    y /= np.linalg.norm(y, axis=1, keepdims=True) + 1e-12
-    return y.astype(np.float32), dim
 
 
 def first_layer_filters(model) -> tuple[np.ndarray, bool]:
@@ -159,7 +150,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", choices=("penultimate", "pool5"), default="penultimate",
                    help="penultimate: fc7 before ReLU (the clustering features); pool5: trunk output")
     p.add_argument("--k", type=int, default=None, help="neighbours per node (default: 10)")
-    p.add_argument("--pca-dim", type=int, default=None, help="PCA-whitening dims (default: 256; 0 = none)")
+    p.add_argument("--pca-dim", type=int, default=None, help="PCA-whitening dims, 0 = none; " + default_help(*DEFAULTS["pca_dim"]))
     p.add_argument("--neighbours", type=int, default=None, help="neighbours shown per query (default: 3)")
     p.add_argument("--queries", type=int, default=None, help="query rows in neighbours.png (default: 8)")
     p.add_argument("--batch-size", type=int, default=None)
@@ -189,7 +180,8 @@ def run(args: argparse.Namespace) -> Path:
     x = feats[args.features][:, 0]
     with timer("graph"):
         if proto["pca_dim"]:
-            x, used_dim = pca_whiten_l2(x, proto["pca_dim"])
+            x = pca_whiten(x, proto["pca_dim"])  # the trainer's whitening (dcbench.whitening)
+            used_dim = x.shape[1]
         else:
             used_dim = x.shape[1]
         k = min(proto["k"], len(x) - 1)
@@ -223,6 +215,7 @@ def run(args: argparse.Namespace) -> Path:
         protocol={**proto, "k_used": k, "pca_dim_used": used_dim, "features": args.features,
                   "descriptor": ("fc7 before ReLU" if args.features == "penultimate" else "flattened trunk output")
                   + (", PCA-whitened, L2-normalised" if proto["pca_dim"] else ""),
+                  "whitening": "dcbench.whitening.pca_whiten, the one dc-train clusters with (eigenvalues^-0.5, then L2)",
                   "search": "exact L2 (faiss IndexFlatL2), self excluded", "transform": "centre crop",
                   "input_size": size, "split": args.split, "seed": args.seed},
         data={"name": "imagenet", "root": str(root), "fingerprint": data_fp, "sizes": {args.split: len(labels)}},

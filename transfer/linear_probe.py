@@ -36,6 +36,7 @@ from dcbench.datasets import ImageFolder, ListFileDataset, fingerprint
 from dcbench.errors import UserError
 from dcbench.models import conv_shapes, get_architecture
 from dcbench.results import checkpoint_block, make_result
+from dcbench.seeding import seed_everything
 from dcbench.transfer import training
 from dcbench.transfer.protocol import (
     Timer,
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> Path:
         pools = [p for p in pooling_for(arch, size) if p.layer in layers]
         train, val, n_classes, root, name = load_data(args, task, ckpt.meta, size, proto)
         data_fp = fingerprint(root)
-    training.seed_everything(args.seed)
+    seed_everything(args.seed)
     model = training.frozen(ckpt.model.to(args.device))
     before = training.parameter_snapshot(model)
     forward = make_forward(model, pools, layers)

@@ -23,6 +23,7 @@ from torch import nn
 from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import ImageFolder, fingerprint
 from dcbench.results import checkpoint_block, make_result
+from dcbench.seeding import seed_everything
 from dcbench.transfer import training
 from dcbench.transfer.protocol import (
     Timer,
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> Path:
         val = ImageFolder(root / "val", eval_crops_transform(ckpt.meta, size, proto["eval_crops"]))
         remap_targets(val, align_classes(train.classes, val.classes, str(root / "val")))
         data_fp = fingerprint(root)
-    training.seed_everything(args.seed)
+    seed_everything(args.seed)
     model = training.frozen(ckpt.model.to(args.device))
     before = training.parameter_snapshot(model)
     head = build_head(model, len(train.classes)).to(args.device)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torchvision import transforms as T
 
+from dcbench.checkpoint import preprocessing
 from dcbench.errors import UserError
 from dcbench.results import write_result
 
@@ -164,9 +165,9 @@ def check_list_labels(train_labels: Sequence[int], val_labels: Sequence[int], wh
 
 
 def normalize(meta: dict) -> T.Normalize:
-    pre = meta.get("preprocessing") or {}
-    return T.Normalize(pre.get("mean", (0.485, 0.456, 0.406)), pre.get("std", (0.229, 0.224, 0.225)))
-
+    """The checkpoint's own normalisation (:func:`dcbench.checkpoint.preprocessing`; no fall-back)."""
+    pre = preprocessing(meta)
+    return T.Normalize(pre.mean, pre.std)
 
 
 def resize_for(size: int) -> int:

@@ -14,7 +14,6 @@ import argparse
 import hashlib
 import json
 import os
-import random
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -34,12 +33,6 @@ from dcbench.models import DeepClusterNet
 
 # --------------------------------------------------------------------------------------------
 # Loaders, steps, learning rates
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def inverse_sqrt_lr(lr0: float, weight_decay: float, step: int) -> float:

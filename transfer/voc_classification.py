@@ -31,6 +31,7 @@ from tqdm import tqdm
 from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import VOC_CLASSES, VOCClassification, collate_skip_none, fingerprint
 from dcbench.results import checkpoint_block, make_result
+from dcbench.seeding import seed_everything
 from dcbench.transfer import training
 from dcbench.transfer.protocol import (
     RepeatedCrops,
@@ -170,7 +171,7 @@ def run(args: argparse.Namespace) -> Path:
         train_ds = VOCClassification(devkit, "2007", args.train_split, aug)
         test_ds = VOCClassification(devkit, "2007", args.test_split, RepeatedCrops(aug, proto["test_crops"]))
         data_fp = fingerprint(devkit / "VOC2007")
-    training.seed_everything(args.seed)
+    seed_everything(args.seed)
     net = build_model(ckpt.model, args.fc_init).to(args.device)
     params = trainable(net, args.layers)
     trunk = nn.ModuleList([m for m in (net.sobel, net.features) if m is not None])

@@ -8,13 +8,18 @@ The detector, built from any format-v1 checkpoint with torchvision's detection m
           -> the checkpoint's classifier (fc6, fc7 with their ReLU/dropout) as the box head
           -> 21-way classification + class-specific box regression (new, Fast R-CNN init)
 
-``--method faster-rcnn`` (default) adds torchvision's RPN on conv5; ``--method fast-rcnn`` (or any
-``--proposals FILE``) runs the thesis's Fast R-CNN protocol: precomputed proposals through the
-same RoI heads. ``--layers fc6-8`` freezes the whole trunk (no gradient, BatchNorm statistics
-untouched; checked after training); ``--layers all`` fine-tunes it. BatchNorm always runs on its
-stored statistics (two images per batch; the Caffe Fast R-CNN of the thesis folded BN into the
-convs). Training: multi-scale (shorter side drawn per image) and horizontal flips, as Fast R-CNN;
-difficult objects are left out of training, as in Fast R-CNN. Test: one scale.
+Where each default comes from. The DeepCluster paper's detection rows (and so the thesis's
+Table 5.5) used **Fast R-CNN with precomputed selective-search proposals**; that is
+``--method fast-rcnn --proposals FILE`` here (precomputed proposals through the same RoI heads),
+the faithful mode. No proposals ship with the embedded data or can be computed here, so the
+default is ``--method faster-rcnn``: our choice, not the thesis's protocol -- torchvision's RPN on
+conv5 replaces the external proposals, with py-faster-rcnn's VOC07 end2end schedule; its numbers
+are not directly comparable with the published rows. ``--layers fc6-8`` freezes the whole trunk
+(no gradient, BatchNorm statistics untouched; checked exactly after training); ``--layers all``
+fine-tunes it. BatchNorm always runs on its stored statistics (our choice: two images per batch
+give meaningless batch statistics). Training: multi-scale (shorter side drawn per image) and
+horizontal flips, as Fast R-CNN; difficult objects are left out of training, as in Fast R-CNN.
+Test: one scale.
 
 Output: ``comp4_det_test_<class>.txt`` per class (VOC devkit results format, 1-based pixel boxes)
 in ``<out>/voc-detection-<checkpoint>-<variant>-<time>/``, and mAP by the VOC2007 rules computed
@@ -50,11 +55,12 @@ from torchvision.models.detection.rpn import AnchorGenerator
 from torchvision.models.detection.transform import resize_boxes
 from tqdm import tqdm
 
-from dcbench.checkpoint import load_checkpoint
+from dcbench.checkpoint import load_checkpoint, preprocessing
 from dcbench.datasets import VOC_CLASSES, VOCDetection, fingerprint
 from dcbench.errors import DataError, UserError
 from dcbench.models import DeepClusterNet
 from dcbench.results import checkpoint_block, make_result
+from dcbench.seeding import seed_everything
 from dcbench.transfer import training
 from dcbench.transfer.protocol import (
     Timer,
@@ -284,8 +290,9 @@ def protocol(args: argparse.Namespace, method: str) -> dict:
         batchnorm="stored statistics (eval mode) in both variants", train_difficult=False,
         proposals=str(args.proposals) if args.proposals else None,
         metric="VOC2007 11-point AP, IoU > 0.5, difficult ignored, duplicates false positives",
-        source=("Fast R-CNN (Girshick 2015) solver/config" if method == "fast-rcnn"
-                else "py-faster-rcnn end2end VOC07 + Fast R-CNN multi-scale training"),
+        source=("Fast R-CNN (Girshick 2015) solver/config, the DeepCluster paper's detector" if method == "fast-rcnn"
+                else "our choice (not the thesis's protocol, which used Fast R-CNN with precomputed "
+                     "proposals): py-faster-rcnn end2end VOC07 + Fast R-CNN multi-scale training"),
     )
     return proto
 
@@ -350,7 +357,7 @@ def detect(det: FasterRCNN, dataset: DetectionItems, proto: dict, device, propos
 
 def run(args: argparse.Namespace) -> Path:
     timer = Timer()
-    torch.manual_seed(args.seed)
+    seed_everything(args.seed)
     method = args.method or ("fast-rcnn" if args.proposals else "faster-rcnn")
     if method == "fast-rcnn" and args.proposals is None:
         raise UserError("--method fast-rcnn needs --proposals FILE (precomputed boxes, see --help)")
@@ -363,8 +370,8 @@ def run(args: argparse.Namespace) -> Path:
     train_ds = VOCDetection(root, "2007", "trainval")
     test_ds = VOCDetection(root, "2007", "test")
     proposals = load_proposals(args.proposals, [train_ds, test_ds]) if args.proposals else None
-    pre = ckpt.meta.get("preprocessing") or {}
-    mean, std = pre.get("mean", (0.485, 0.456, 0.406)), pre.get("std", (0.229, 0.224, 0.225))
+    pre = preprocessing(ckpt.meta, str(args.checkpoint / "meta.json"))
+    mean, std = pre.mean, pre.std
     det = build_detector(ckpt.model, args.checkpoint, proto, frozen_trunk=args.layers == "fc6-8",
                          mean=mean, std=std).to(device)
     trunk_before = parameter_snapshot(det.backbone) if args.layers == "fc6-8" else None

@@ -30,11 +30,12 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from dcbench.checkpoint import load_checkpoint
+from dcbench.checkpoint import load_checkpoint, preprocessing
 from dcbench.datasets import VOCSegmentation, fingerprint
 from dcbench.errors import DataError, UserError
 from dcbench.models import DeepClusterNet
 from dcbench.results import checkpoint_block, make_result
+from dcbench.seeding import seed_everything
 from dcbench.transfer import training
 from dcbench.transfer.protocol import (
     Timer,
@@ -234,13 +235,13 @@ def evaluate_fcn(net: FCN32s, dataset, device: torch.device) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> Path:
     timer = Timer()
-    torch.manual_seed(args.seed)
+    seed_everything(args.seed)
     ckpt = load_checkpoint(args.checkpoint)
     proto = protocol(args)
     device = torch.device(args.device)
     root = data_root(args)
-    pre = ckpt.meta.get("preprocessing") or {}
-    mean, std = pre.get("mean", (0.485, 0.456, 0.406)), pre.get("std", (0.229, 0.224, 0.225))
+    pre = preprocessing(ckpt.meta, str(args.checkpoint / "meta.json"))
+    mean, std = pre.mean, pre.std
     net = FCN32s(ckpt.model, args.checkpoint, frozen_trunk=args.layers == "fc6-8")
     tf = PairTransform(mean, std, min_input_side(ckpt.model))
     train_set = VOCSegmentation(root, "2012", args.train_split, transforms=tf)
