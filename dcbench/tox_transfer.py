@@ -42,7 +42,7 @@ def choose_checkpoint(env: Mapping[str, str], root: Path, work_dir: Path) -> tup
     if found.exists():
         try:
             meta = read_meta(found)
-            return found, f"found (epoch {meta.get('epoch')}, sha256 verified; set DCBENCH_CHECKPOINT for another)", False
+            return found, f"found, epoch {meta.get('epoch')}, sha256 verified; set DCBENCH_CHECKPOINT for another", False
         except CheckpointError as e:
             print(f"warning: not using {found}: {e}", file=sys.stderr)
     smoke = work_dir / "smoke-train"
