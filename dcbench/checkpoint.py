@@ -113,6 +113,9 @@ def read_meta(path: str | os.PathLike) -> dict:
                               f"{WEIGHTS} and {META} (import other files with dc-convert)")
     meta_path, weights = path / META, path / WEIGHTS
     if not meta_path.is_file():
+        if (path / "checkpoint" / META).is_file():   # a dc-train output folder, not its checkpoint
+            raise CheckpointError(f"{path} is a training run's folder, not a checkpoint; did you mean "
+                                  f"{path / 'checkpoint'}?")
         raise CheckpointError(f"{meta_path} is missing; this folder is not a dcbench checkpoint "
                               "(import foreign weights with dc-convert)")
     try:

@@ -3,20 +3,22 @@
 Reads every result file (folders are searched recursively for ``*.json``), keeps the newest
 run of each (scale, task, checkpoint, variant), and writes the markdown tables with the
 literature beside our numbers, plus PNG plots in ``<out stem, lower case>_plots/`` next to the
-markdown. An invalid file is named on stderr and skipped; a result of another schema version
-is reported and left out. ``--check`` then compares numbers with EXPECTED.yaml (format in
-:mod:`dcbench.leaderboard.check`) and exits 1 on any drift.
+markdown. Without ``--out`` the markdown goes inside the results folder, never onto a file of
+the repository. An invalid file is named on stderr and skipped; a result of another schema
+version is reported and left out. ``--check`` then compares numbers with EXPECTED.yaml (format
+in :mod:`dcbench.leaderboard.check`) and exits 1 on any drift.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from dcbench.atomic import write_text_atomic
-from dcbench.errors import ArgumentParser, run_cli
+from dcbench.errors import ArgumentParser, UserError, run_cli
 from dcbench.leaderboard import check as checking
 from dcbench.leaderboard import plots
 from dcbench.leaderboard.collect import find_result_files, load_results, newest_runs, to_frame
@@ -29,17 +31,48 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
     p = ArgumentParser("dc-leaderboard", add_help=add_help,
                        description="Turn result files into LEADERBOARD.md: the thesis's chapter 5 tables, "
                                    "literature rows beside measured ones, plus PNG plots.")
-    p.add_argument("results", nargs="*", type=Path, metavar="RESULTS",
+    p.add_argument("results", nargs="+", type=Path, metavar="RESULTS",
                    help="result JSON files or folders (searched recursively for *.json)")
-    p.add_argument("--out", type=Path, default=Path("LEADERBOARD.md"), help="markdown to write")
+    p.add_argument("--out", type=Path, default=None,
+                   help="markdown to write; its plots go to <name>_plots/ beside it (default: "
+                        "LEADERBOARD.md inside the folder holding RESULTS, e.g. results/LEADERBOARD.md)")
     p.add_argument("--check", type=Path, default=None, metavar="EXPECTED.yaml",
-                   help="exit 1 if a measured number drifts beyond its tolerance (see module docs)")
+                   help="exit 1 if a measured number drifts beyond its tolerance; EXPECTED.yaml lists "
+                        "task, checkpoint (name or sha256 prefix), metric, value and optional tolerance, "
+                        "variant, scale per entry (example: examples/EXPECTED.yaml)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     return p
 
 
+def default_out(results: Sequence[Path]) -> Path:
+    """LEADERBOARD.md in the one folder that holds ``results`` (a folder argument, or the files' folder).
+
+    Generated output never lands on a tracked file by default: it goes beside the results it was
+    made from, and several folders need an explicit ``--out``."""
+    folders = sorted({str(p if p.is_dir() else p.parent) for p in results})
+    if len(folders) != 1:
+        raise UserError(f"RESULTS span several folders ({', '.join(folders)}); "
+                        "name the markdown to write with --out FILE")
+    return Path(folders[0]) / "LEADERBOARD.md"
+
+
 def plots_dir(out: Path) -> Path:
     return out.with_name(f"{out.stem.lower()}_plots")
+
+
+# The names plots.draw gives its PNGs; only these are ever removed from a plots folder.
+PLOT_NAME = re.compile(r"(full|smoke)_[a-z0-9-]+\.png")
+
+
+def remove_stale_plots(folder: Path, keep: set[str]) -> list[Path]:
+    """Delete plots of an earlier run that this run did not redraw (nothing would link to them)."""
+    stale = [p for p in sorted(folder.glob("*.png"))
+             if PLOT_NAME.fullmatch(p.name) and p.name not in keep] if folder.is_dir() else []
+    for p in stale:
+        p.unlink()
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    return stale
 
 
 def _knn_images(table: Table, newest, out: Path) -> list[str]:
@@ -62,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     expected = checking.load_expected(args.check) if args.check else None
     files = find_result_files(args.results)
+    if not files:
+        raise UserError(f"{', '.join(map(str, args.results))}: no result files (*.json) found; run "
+                        "dc-transfer TASK first (it writes to results/ by default) and pass that folder")
+    out = args.out if args.out is not None else default_out(args.results)
     coll = load_results(files)
     for path, reason in coll.skipped:
         print(f"warning: skipped invalid result {path}: {reason}", file=sys.stderr)
@@ -71,19 +108,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     tables = build_tables(newest, load_literature())
 
     plot_links: dict[str, str] = {}
-    folder = plots_dir(args.out)
+    folder = plots_dir(out)
     for scale, scale_tables in tables.items():
         for table in scale_tables:
             if table.spec.key == "knn-graph":
-                table.images = _knn_images(table, newest, args.out)
+                table.images = _knn_images(table, newest, out)
             if args.no_plots:
                 continue
             png = plots.draw(table, folder)
             if png is not None:
                 plot_links[f"{scale}/{table.spec.key}"] = f"{folder.name}/{png.name}"
+    remove_stale_plots(folder, {Path(p).name for p in plot_links.values()})
 
-    write_text_atomic(args.out, render(tables, coll, len(files), plot_links))
-    print(f"leaderboard: {args.out} ({len(coll.results)} valid result(s), {len(coll.skipped)} skipped, "
+    write_text_atomic(out, render(tables, coll, len(files), plot_links))
+    print(f"leaderboard: {out} ({len(coll.results)} valid result(s), {len(coll.skipped)} skipped, "
           f"{len(coll.other_version)} of another schema version)")
     if expected is None:
         return 0

@@ -109,6 +109,7 @@ def to_frame(results: list[dict]) -> pd.DataFrame:
         rows.append({
             "scale": r["scale"], "task": r["task"],
             "ckpt_name": r["checkpoint"]["name"], "ckpt_sha": r["checkpoint"]["sha256"],
+            "ckpt_origin": str(r["checkpoint"].get("origin") or "unknown"),
             "variant_key": variant_key(r["variant"]), "variant": r["variant"],
             "created": _created(r["created"]), "created_raw": r["created"],
             "metrics": r["metrics"], "selection": r["selection"],
@@ -118,7 +119,7 @@ def to_frame(results: list[dict]) -> pd.DataFrame:
             "git_sha": str(r["environment"].get("git_sha") or "unknown"),
             "data_name": r["data"]["name"], "details": details, "path": r["_path"],
         })
-    cols = ["scale", "task", "ckpt_name", "ckpt_sha", "variant_key", "variant", "created", "created_raw",
+    cols = ["scale", "task", "ckpt_name", "ckpt_sha", "ckpt_origin", "variant_key", "variant", "created", "created_raw",
             "metrics", "selection", "protocol", "protocol_defaults", "git_sha", "data_name", "details", "path"]
     return pd.DataFrame(rows, columns=cols)
 

@@ -20,22 +20,45 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+# Reported rows: one colour of tab20 and one marker each; 11 markers against 20 colours repeat a
+# (colour, marker) pair only after 220 rows, so every line of a thesis table is distinguishable.
+_MARKERS = ("s", "^", "v", "D", "P", "X", "<", ">", "h", "*", "p")
+_KIND_STYLE = {"supervised": "-", "baseline": ":", "cited": "--", "thesis": "-."}
+
+
+def line_styles(table: Table) -> list[dict | None]:
+    """matplotlib keywords per row of ``table`` (None for a row with no value in the plot).
+
+    Measured rows: thick, tab10 colours, circles (dashed when best over epochs). Reported rows: thin,
+    tab20 colours with a marker each, the line style saying the kind (supervised solid, baseline
+    dotted, cited dashed, the thesis's own models dash-dot)."""
+    measured, reported = plt.get_cmap("tab10"), plt.get_cmap("tab20")
+    styles: list[dict | None] = []
+    n_measured = n_reported = 0
+    for row in table.rows:
+        if not any(h in row.values for h in table.columns):
+            styles.append(None)
+        elif row.measured:
+            styles.append(dict(color=measured(n_measured % 10), marker="o", linewidth=2.2, zorder=3,
+                               linestyle="--" if row.selection == "best" else "-", label=row.label))
+            n_measured += 1
+        else:
+            styles.append(dict(color=reported(n_reported % 20), marker=_MARKERS[n_reported % len(_MARKERS)],
+                               markersize=4, linewidth=1, alpha=0.85, zorder=2,
+                               linestyle=_KIND_STYLE.get(row.kind, "--"), label=f"{row.label} (reported)"))
+            n_reported += 1
+    return styles
+
+
 def conv_curves(table: Table, path: Path) -> Path:
-    """One line per row over conv1..conv5: reported rows thin and grey, measured rows in colour."""
+    """One line per row over conv1..conv5 (styles: :func:`line_styles`)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     x = list(range(len(table.columns)))
-    for row in table.rows:
-        pts = [(i, row.values[h]) for i, h in enumerate(table.columns) if h in row.values]
-        if not pts:
+    for row, style in zip(table.rows, line_styles(table)):
+        if style is None:
             continue
-        xs, ys = zip(*pts)
-        if row.measured:
-            ax.plot(xs, ys, "--" if "(best over epochs)" in row.label else "-", marker="o",
-                    linewidth=2.2, label=row.label, zorder=3)
-        else:
-            style = "-" if row.kind == "supervised" else ":" if row.kind == "baseline" else "--"
-            ax.plot(xs, ys, style, color="0.35" if row.kind == "thesis" else "0.7", linewidth=1,
-                    label=f"{row.label} (reported)", zorder=2)
+        xs, ys = zip(*[(i, row.values[h]) for i, h in enumerate(table.columns) if h in row.values])
+        ax.plot(xs, ys, **style)
     ax.set_xticks(x, table.columns)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"{table.spec.title} ({table.scale} scale)")
@@ -68,9 +91,12 @@ def lowshot_curves(table: Table, path: Path) -> Path:
 
 
 def draw(table: Table, folder: Path) -> Path | None:
-    """Draw ``table``'s plot (if it has one) into ``folder``; return the PNG path."""
+    """Draw ``table``'s plot into ``folder`` and return the PNG path; None when the table has no
+    plot or no measured row (a plot of literature lines alone says nothing the table does not)."""
+    if not any(r.measured for r in table.rows):
+        return None
     if table.spec.plot == "conv":
         return conv_curves(table, folder / f"{table.scale}_{table.spec.key}.png")
-    if table.spec.plot == "lowshot" and any(r.measured for r in table.rows):
+    if table.spec.plot == "lowshot":
         return lowshot_curves(table, folder / f"{table.scale}_{table.spec.key}.png")
     return None

@@ -26,8 +26,8 @@ def format_value(table: Table, row, header: str) -> str:
     text = f"{value:.1f}"
     if header in row.stds:
         text += f" ± {row.stds[header]:.1f}"
-    best = table.best(header)
-    if row.kind != "supervised" and best is not None and round(value, 1) == round(best, 1):
+    best = table.best(header, row)
+    if best is not None and round(value, 1) == round(best, 1):
         text = f"**{text}**"
     return text
 
@@ -59,7 +59,9 @@ def render(tables: dict[str, list[Table]], coll: Collection, n_files: int, plots
         "- *Reported* rows are published numbers as printed in the thesis (method names and reference "
         "numbers kept); *measured* rows (method in `code font`) are our results, one row per checkpoint.",
         "- Several runs of one (checkpoint, task, variant): the newest is shown; **Runs** says how many exist.",
-        "- Bold: best value of a column, supervised rows (\"... labels\") excepted.",
+        "- Bold: best value of a column among at least two comparable measured rows (same selection "
+        "rule: last epoch, or best over epochs). Reported rows, random-init baselines and baseline "
+        "columns (`random_*`) are never bold.",
         "- A \"best over epochs\" row shows the thesis's selection rule beside the last-epoch row, "
         "never instead of it.",
         "- Provenance: checkpoint sha256 prefix, date of the newest run, git sha, data, and every protocol "

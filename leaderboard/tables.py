@@ -10,8 +10,11 @@ literature into plain :class:`Table` objects; :mod:`render` writes them as markd
   own row too.
 - If one checkpoint has several variants that fit one column (two detection methods, two
   datasets), each goes to a row qualified by the variant values that differ.
-- Bold: the best value of each column among all rows except the supervised upper bounds
-  ("ImageNet labels", "Places labels"), as the thesis compares unsupervised methods.
+- Bold: the best value of a column among the comparable measured rows, and only when there are
+  at least two of them (a lone number is not "best"). Comparable: same selection rule (last
+  epoch, or best over epochs). Never bold: reported rows (transcribed, not re-measured),
+  baselines (random-init rows, checkpoints of origin ``random``) and baseline columns (the
+  k-NN graph's ``random_*`` metrics).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Column:
     literature: str | None = None  # ``column`` in literature.csv
     std_metric: str | None = None  # shown as "mean ± std"
     optional: bool = False         # shown only when a measured result fills it
+    baseline: bool = False         # a reference value (e.g. a random graph's), never bold
 
     def matches(self, variant: dict) -> bool:
         return all(variant.get(k) == v for k, v in self.where)
@@ -102,7 +106,7 @@ def lowshot_spec(metric_names: set[str]) -> TableSpec:
 def knn_spec(metric_names: set[str]) -> TableSpec:
     names = sorted((m for m in metric_names if not m.endswith("_best")),
                    key=lambda m: (m != "ratio_intra", m))
-    cols = tuple(Column(m, "knn-graph", m) for m in names)
+    cols = tuple(Column(m, "knn-graph", m, baseline=m.startswith("random_")) for m in names)
     return TableSpec("knn-graph", "k-NN graph diagnostics", "§4.1", None, cols,
                      caption="ratio_intra: mean share of a node's k-NN edges that stay within its class, %.")
 
@@ -126,10 +130,17 @@ class Row:
     runs: str = ""
     provenance: str = ""
     checkpoint: str = ""  # "name sha8", measured rows only
+    selection: str = ""   # measured rows: the RowKind name ("" last epoch, "best", "random")
+    baseline: bool = False  # measured random-init numbers: shown, never bold
 
     @property
     def measured(self) -> bool:
         return self.kind == "measured"
+
+    @property
+    def contends(self) -> bool:
+        """Whether this row's values may be bold (see the module docstring)."""
+        return self.measured and not self.baseline
 
 
 @dataclass
@@ -141,9 +152,14 @@ class Table:
     notes: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)   # markdown image links (k-NN pictures)
 
-    def best(self, header: str) -> float | None:
-        vals = [r.values[header] for r in self.rows if r.kind != "supervised" and header in r.values]
-        return max(vals) if vals else None
+    def best(self, header: str, row: Row) -> float | None:
+        """The value to bold in ``header`` among the rows comparable with ``row``; None: bold nothing."""
+        col = next((c for c in self.spec.columns if c.header == header), None)
+        if col is None or col.baseline or not row.contends:
+            return None
+        vals = [r.values[header] for r in self.rows
+                if r.contends and r.selection == row.selection and header in r.values]
+        return max(vals) if len(vals) >= 2 else None
 
 
 def literature_rows(spec: TableSpec, literature: pd.DataFrame) -> list[Row]:
@@ -192,6 +208,7 @@ def measured_rows(spec: TableSpec, newest: pd.DataFrame, scale: str) -> list[Row
             kv[0][0], kv[0][1], kind_order[kv[0][2]], kv[0][3])):
         results = [g for _, _, g in by_col.values()]
         label = name
+        baseline = kind == "random" or any(g["ckpt_origin"] == "random" for g in results)
         provenance = _provenance(sha, results)
         if kind == "best":
             label = f"{name} (best over epochs)"
@@ -205,7 +222,8 @@ def measured_rows(spec: TableSpec, newest: pd.DataFrame, scale: str) -> list[Row
             label=label, source=f"measured ({scale})", kind="measured",
             values={h: float(v) for h, (v, _, _) in by_col.items()},
             stds={h: float(s) for h, (_, s, _) in by_col.items() if s is not None},
-            runs=_runs_text(runs), provenance=provenance, checkpoint=f"{name} {sha[:8]}"))
+            runs=_runs_text(runs), provenance=provenance, checkpoint=f"{name} {sha[:8]}",
+            selection=kind, baseline=baseline))
     return rows
 
 
@@ -241,7 +259,7 @@ def _runs_text(runs: dict[str, int]) -> str:
 def _provenance(sha: str, results: list) -> str:
     newest = max(results, key=lambda g: g["created"])
     gits = sorted({g["git_sha"][:7] + ("+dirty" if g["git_sha"].endswith("+dirty") else "") for g in results})
-    data = sorted({g["data_name"] for g in results})
+    data = _unique_casefold(sorted({g["data_name"] for g in results}))
     diffs = {}
     for g in results:
         for k, v in g["protocol_diff"].items():
@@ -251,6 +269,37 @@ def _provenance(sha: str, results: list) -> str:
     if diffs:
         parts.append(" ".join(f"{k}={'/'.join(sorted(v))}" for k, v in sorted(diffs.items())))
     return " · ".join(parts)
+
+
+def _unique_casefold(names: list[str]) -> list[str]:
+    """Drop names that differ from an earlier one only in case ("VOC2007", "voc2007")."""
+    seen: set[str] = set()
+    return [n for n in names if not (n.casefold() in seen or seen.add(n.casefold()))]
+
+
+def class_notes(spec: TableSpec, newest: pd.DataFrame, scale: str) -> list[str]:
+    """One line naming the class count (and chance level) of the data the measured rows used.
+
+    The embedded sets have 8-10 classes, so their accuracies sit far above the thesis's
+    1000-class (ImageNet) and 205-class (Places) numbers; the note says so where they appear."""
+    if newest.empty:
+        return []
+    tasks = {c.task for c in spec.columns}
+    sub = newest[(newest["scale"] == scale) & newest["task"].isin(tasks)]
+    counts: dict[str, set[int]] = {}
+    for _, g in sub.iterrows():
+        n = g["details"].get("classes")
+        if isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 1_000_000:
+            counts.setdefault(str(g["data_name"]), set()).add(n)
+    if not counts:
+        return []
+    parts = [f"{name}: {n:,} classes (chance {100 / n:.1f}%)"
+             for name in sorted(counts) for n in sorted(counts[name])]
+    note = "Data of the measured rows: " + "; ".join(parts) + "."
+    if scale == "smoke":
+        note += (" These are the embedded sets, not ImageNet's 1,000 or Places205's 205 classes, so their "
+                 "accuracies are not on the thesis's scale.")
+    return [note]
 
 
 def _fmt_value(v) -> str:
@@ -264,7 +313,7 @@ def build_table(spec: TableSpec, newest: pd.DataFrame, literature: pd.DataFrame,
     measured = measured_rows(spec, newest, scale)
     filled = {h for r in measured for h in r.values}
     columns = [c.header for c in spec.columns if not c.optional or c.header in filled]
-    return Table(spec, scale, columns, lit + measured)
+    return Table(spec, scale, columns, lit + measured, notes=class_notes(spec, newest, scale))
 
 
 def specs_for(newest: pd.DataFrame) -> list[TableSpec]:

@@ -113,6 +113,14 @@ def test_load_rejects_a_file_instead_of_a_directory(tmp_path):
         load_checkpoint(f)
 
 
+def test_a_training_run_folder_points_to_its_checkpoint(tmp_path, capsys):
+    model = build_model("alexnet", sobel=True, input_size=64, num_classes=5, seed=0)
+    save_checkpoint(tmp_path / "dc-train-out" / "checkpoint", model, origin="dcbench-train")
+    assert run_cli(inspect_main, [str(tmp_path / "dc-train-out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(f"did you mean {tmp_path / 'dc-train-out' / 'checkpoint'}?"), err
+
+
 @pytest.mark.slow
 def test_dc_inspect_console_script_reports_ok_and_errors(ckpt, tmp_path):
     path, _ = ckpt

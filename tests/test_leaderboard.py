@@ -182,19 +182,63 @@ def test_literature_pinned_numbers():
     assert len(lit) == 13 + 13 * 5 + 14 * 5 + 16 * 4  # rows of Tables 5.2, 5.3, 5.4, 5.5
 
 
-def test_no_results_still_writes_literature(tmp_path):
-    rc, text, tables = run(tmp_path)
+def test_full_scale_tables_show_the_literature_without_bold_when_nothing_was_measured(tmp_path):
+    write(tmp_path / "res", "smoke.json", result("mlp", {"top1": 3.0}, scale="smoke"))
+    rc, text, tables = run(tmp_path, tmp_path / "res")
     assert rc == 0
-    assert "No valid result file was found" in text
     t = tables[f"{FULL} / {T53}"]
     assert t["header"][:7] == ["Method", "Source", "conv1", "conv2", "conv3", "conv4", "conv5"]
     row = row_by_method(t, "PIC-ImNet-Sob")
-    assert row["conv3"] == ("40.8", True) and row["conv1"] == ("13.5", False)
-    assert row_by_method(t, "ImageNet labels")["conv5"] == ("50.5", False)  # supervised: never bold
+    assert row["conv3"] == ("40.8", False) and row["conv1"] == ("13.5", False)   # reported: never bold
+    assert row_by_method(t, "ImageNet labels")["conv5"] == ("50.5", False)
     voc = tables[f"{FULL} / {T55}"]
     assert voc["header"][2:6] == ["Cls. fc6-8", "Cls. all", "Det. all", "Seg. all"]
     assert row_by_method(voc, "Pathak et al. [30]")["Cls. fc6-8"] == ("-", False)
-    assert "No smoke-scale results." in text
+    assert "No full-scale result for this table yet." in text
+
+
+def test_an_empty_results_folder_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
+    from dcbench.leaderboard.cli import cli
+
+    (tmp_path / "results").mkdir()
+    rc = cli_run(cli, [str(tmp_path / "results")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "no result files (*.json) found" in err[0], err
+    assert not (tmp_path / "results" / "LEADERBOARD.md").exists()
+
+
+def cli_run(cli, argv: list[str]) -> int:
+    import sys
+
+    old = sys.argv
+    sys.argv = ["dc-leaderboard", *argv]
+    try:
+        return cli()
+    finally:
+        sys.argv = old
+
+
+def test_default_output_goes_inside_the_results_folder(tmp_path, monkeypatch):
+    res = tmp_path / "results"
+    write(res, "a.json", result("mlp", {"top1": 30.0}))
+    monkeypatch.chdir(tmp_path)           # a LEADERBOARD.md here (a repository's) must stay untouched
+    (tmp_path / "LEADERBOARD.md").write_text("tracked\n", encoding="utf-8")
+    assert main([str(res), "--no-plots"]) == 0
+    assert (tmp_path / "LEADERBOARD.md").read_text(encoding="utf-8") == "tracked\n"
+    assert "km-test" in (res / "LEADERBOARD.md").read_text(encoding="utf-8")
+    assert main([str(res / "a.json"), "--no-plots"]) == 0      # files: their folder
+
+
+def test_results_in_several_folders_need_an_explicit_out(tmp_path, capsys):
+    from dcbench.leaderboard.cli import cli
+
+    write(tmp_path / "a", "a.json", result("mlp", {"top1": 30.0}))
+    write(tmp_path / "b", "b.json", result("mlp", {"top1": 31.0}, ckpt="b"))
+    rc = cli_run(cli, [str(tmp_path / "a"), str(tmp_path / "b"), "--no-plots"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--out" in err[0], err
+    rc = cli_run(cli, [str(tmp_path / "a"), str(tmp_path / "b"), "--no-plots", "--out", str(tmp_path / "L.md")])
+    assert rc == 0 and (tmp_path / "L.md").is_file()
 
 
 def test_every_task_lands_in_its_table(tmp_path):
@@ -202,25 +246,25 @@ def test_every_task_lands_in_its_table(tmp_path):
     rc, text, tables = run(tmp_path, tmp_path / "res")
     assert rc == 0
     mlp = row_by_method(tables[f"{FULL} / {T52}"], "km-test")
-    assert mlp["Top-1"] == ("46.5", True)                       # beats PIC-ImNet-Sob's 45.9
+    assert mlp["Top-1"] == ("46.5", False)                      # a lone measured row: nothing to be best of
     assert mlp["Source"][0] == "measured (full)" and mlp["Runs"][0] == "1"
     assert mlp["Provenance"][0].startswith(f"sha256 {sha('km-test')[:8]} · 2025-01-01 · git 0123456")
     assert row_by_method(tables[f"{FULL} / {T52}"], "PIC-ImNet-Sob")["Top-1"] == ("45.9", False)
     lin = row_by_method(tables[f"{FULL} / {T53}"], "km-test")
     assert [lin[f"conv{i}"][0] for i in range(1, 6)] == ["16.0", "22.0", "28.0", "34.0", "40.0"]
-    assert row_by_method(tables[f"{FULL} / {T54}"], "km-test")["conv5"] == ("40.0", True)
+    assert row_by_method(tables[f"{FULL} / {T54}"], "km-test")["conv5"] == ("40.0", False)
     voc = tables[f"{FULL} / {T55}"]
     assert voc["header"][2:8] == ["Cls. fc6-8", "Cls. all", "Det. fc6-8", "Det. all", "Seg. fc6-8", "Seg. all"]
     row = row_by_method(voc, "km-test")
-    assert row["Cls. all"] == ("74.0", True) and row["Det. all"] == ("54.0", True)
-    assert row["Seg. fc6-8"] == ("42.0", True) and row["Seg. all"] == ("44.0", True)
+    assert row["Cls. all"] == ("74.0", False) and row["Det. all"] == ("54.0", False)
+    assert row["Seg. fc6-8"] == ("42.0", False) and row["Seg. all"] == ("44.0", False)
     low = tables[f"{FULL} / {LOWSHOT}"]
     assert low["header"][2:4] == ["n=4", "n=16"]
-    assert row_by_method(low, "km-test")["n=4"] == ("5.0 ± 0.1", True)
+    assert row_by_method(low, "km-test")["n=4"] == ("5.0 ± 0.1", False)
     assert row_by_method(low, "Random init (baseline run with km-test)")["n=16"] == ("3.0 ± 0.1", False)
     knn = tables[f"{FULL} / {KNN}"]
     assert knn["header"][2:4] == ["ratio_intra", "nmi"]
-    assert row_by_method(knn, "km-test")["ratio_intra"] == ("33.3", True)
+    assert row_by_method(knn, "km-test")["ratio_intra"] == ("33.3", False)
 
 
 def test_best_over_epochs_is_its_own_row(tmp_path):
@@ -230,7 +274,7 @@ def test_best_over_epochs_is_its_own_row(tmp_path):
     t = tables[f"{FULL} / {T53}"]
     assert row_by_method(t, "km-test")["conv1"] == ("20.0", False)
     best = row_by_method(t, "km-test (best over epochs)")
-    assert best["conv1"] == ("21.0", True) and best["Source"][0] == "measured (full)"
+    assert best["conv1"] == ("21.0", False) and best["Source"][0] == "measured (full)"
     assert best["Provenance"][0].endswith("best epoch 12")
 
 
@@ -291,7 +335,7 @@ def test_smoke_and_full_never_share_a_table(tmp_path):
     assert [r[0][0] for r in smoke["rows"]] == ["smoke-ckpt"]              # no literature either
     assert "smoke-ckpt" not in [r[0][0] for r in full["rows"]]
     assert row_by_method(full, "full-ckpt")["Source"][0] == "measured (full)"
-    assert row_by_method(smoke, "smoke-ckpt")["Top-1"] == ("3.0", True)
+    assert row_by_method(smoke, "smoke-ckpt")["Top-1"] == ("3.0", False)
     assert text.index("## Full scale") < text.index("## Smoke scale")
 
 
@@ -318,18 +362,103 @@ def test_two_variants_in_one_column_get_qualified_rows(tmp_path):
     _, _, tables = run(tmp_path, res)
     t = tables[f"{FULL} / {T55}"]
     assert row_by_method(t, "km-test [method=fast-rcnn]")["Det. all"] == ("50.0", False)
-    assert row_by_method(t, "km-test [method=faster-rcnn]")["Det. all"] == ("52.0", False)
+    assert row_by_method(t, "km-test [method=faster-rcnn]")["Det. all"] == ("52.0", True)
 
 
-def test_plots_are_written_and_linked(tmp_path):
+def test_plots_are_written_and_linked_only_for_tables_with_a_measured_row(tmp_path):
     all_tasks(tmp_path / "res", scale="smoke")
     rc, text, _ = run(tmp_path, tmp_path / "res", plots=True)
     plots = tmp_path / "leaderboard_plots"
-    for name in ("full_linear-imagenet.png", "full_linear-places.png", "smoke_linear-imagenet.png",
-                 "smoke_linear-places.png", "smoke_lowshot.png"):
+    for name in ("smoke_linear-imagenet.png", "smoke_linear-places.png", "smoke_lowshot.png"):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"(leaderboard_plots/{name})" in text
-    assert not (plots / "full_lowshot.png").exists()
+    # The full-scale tables hold literature rows only: no plot of them.
+    assert sorted(p.name for p in plots.iterdir()) == ["smoke_linear-imagenet.png", "smoke_linear-places.png",
+                                                       "smoke_lowshot.png"]
+    assert "full_" not in text
+
+
+def test_plots_of_an_earlier_run_that_this_run_does_not_draw_are_removed(tmp_path):
+    all_tasks(tmp_path / "res", scale="smoke")
+    run(tmp_path, tmp_path / "res", plots=True)
+    plots = tmp_path / "leaderboard_plots"
+    (plots / "notes.txt").write_text("mine", encoding="utf-8")          # not ours: left alone
+    for pattern in ("lin-*.json", "places-*.json", "lowshot-*.json"):    # the plotted tables' results gone
+        for f in (tmp_path / "res").glob(pattern):
+            f.unlink()
+    _, text, _ = run(tmp_path, tmp_path / "res", plots=True)
+    assert sorted(p.name for p in plots.iterdir()) == ["notes.txt"]
+    assert "leaderboard_plots/" not in text
+
+
+def test_every_line_of_a_conv_plot_is_distinguishable(tmp_path):
+    from dcbench.leaderboard.collect import load_results, newest_runs, to_frame
+    from dcbench.leaderboard.plots import line_styles
+    from dcbench.leaderboard.tables import build_tables
+
+    metrics = {f"conv{i}": 20.0 + i for i in range(1, 6)} | {f"conv{i}_best": 21.0 + i for i in range(1, 6)}
+    files = [write(tmp_path, "a.json", result("linear-imagenet", metrics)),
+             write(tmp_path, "b.json", result("linear-imagenet", metrics, ckpt="other"))]
+    newest = newest_runs(to_frame(load_results(files).results))
+    table = next(t for t in build_tables(newest, load_literature())["full"] if t.spec.key == "linear-imagenet")
+    styles = [s for s in line_styles(table) if s is not None]
+    assert len(styles) == len(table.rows) > 10
+    keys = {(s["color"], s["linestyle"], s["marker"]) for s in styles}
+    assert len(keys) == len(styles)
+    labels = [s["label"] for s in styles]
+    assert len(set(labels)) == len(labels)
+
+
+def test_bold_marks_the_best_of_two_comparable_measured_rows_never_a_baseline(tmp_path):
+    res = tmp_path / "res"
+    for ckpt, top1, conv in (("a", 30.0, 20.0), ("b", 31.0, 22.0)):
+        write(res, f"mlp-{ckpt}.json", result("mlp", {"top1": top1}, ckpt=ckpt))
+        write(res, f"lin-{ckpt}.json", result("linear-imagenet", {"conv1": conv, "conv1_best": 40.0 - conv},
+                                              ckpt=ckpt))
+    rand = result("mlp", {"top1": 50.0}, ckpt="random-init")
+    rand["checkpoint"]["origin"] = "random"
+    write(res, "mlp-random.json", rand)
+    write(res, "knn-a.json", result("knn-graph", {"ratio_intra": 30.0, "random_graph_mean": 9.5}, ckpt="a"))
+    write(res, "knn-b.json", result("knn-graph", {"ratio_intra": 20.0, "random_graph_mean": 9.6}, ckpt="b"))
+    _, _, tables = run(tmp_path, res)
+    mlp = tables[f"{FULL} / {T52}"]
+    assert row_by_method(mlp, "b")["Top-1"] == ("31.0", True)
+    assert row_by_method(mlp, "a")["Top-1"] == ("30.0", False)
+    assert row_by_method(mlp, "random-init")["Top-1"] == ("50.0", False)     # a baseline, however high
+    assert row_by_method(mlp, "PIC-ImNet-Sob")["Top-1"] == ("45.9", False)   # reported: never bold
+    lin = tables[f"{FULL} / {T53}"]
+    assert row_by_method(lin, "b")["conv1"] == ("22.0", True)               # last epoch vs last epoch
+    assert row_by_method(lin, "a (best over epochs)")["conv1"] == ("20.0", True)   # best vs best
+    assert row_by_method(lin, "b (best over epochs)")["conv1"] == ("18.0", False)
+    knn = tables[f"{FULL} / {KNN}"]
+    assert row_by_method(knn, "a")["ratio_intra"] == ("30.0", True)
+    assert [row_by_method(knn, c)["random_graph_mean"][1] for c in "ab"] == [False, False]
+
+
+def test_provenance_names_each_dataset_once_whatever_its_case(tmp_path):
+    res = tmp_path / "res"
+    for name, task, metric, layers in (("voc2007", "voc-classification", "map", "fc6-8"),
+                                       ("VOC2007", "voc-detection", "map", "all"),
+                                       ("VOC2012", "voc-segmentation", "miou", "all")):
+        r = result(task, {metric: 10.0}, variant={"dataset": name, "layers": layers})
+        r["data"]["name"] = name
+        write(res, f"{task}.json", r)
+    _, _, tables = run(tmp_path, res)
+    prov = row_by_method(tables[f"{FULL} / {T55}"], "km-test")["Provenance"][0]
+    assert prov.split(" · ")[3] == "data VOC2007, VOC2012"
+
+
+def test_class_count_of_the_measured_data_is_stated(tmp_path):
+    res = tmp_path / "res"
+    r = result("linear-places", {"conv1": 80.0}, scale="smoke", variant={"dataset": "Places205"},
+               details={"classes": 8})
+    r["data"]["name"] = "places205"
+    write(res, "places.json", r)
+    _, text, _ = run(tmp_path, res)
+    section = text[text.index("## Smoke scale"):]
+    section = section[section.index(f"### {T54}"):]
+    assert "places205: 8 classes (chance 12.5%)" in section.split("###")[1]
+    assert "not on the thesis's scale" in section
 
 
 def test_knn_pictures_from_details_are_linked(tmp_path):
@@ -397,7 +526,7 @@ def test_check_file_errors_are_one_line_exit_2(tmp_path, capsys, content, fragme
     import sys
 
     old = sys.argv
-    sys.argv = ["dc-leaderboard", "--check", str(exp), "--out", str(tmp_path / "L.md")]
+    sys.argv = ["dc-leaderboard", str(tmp_path), "--check", str(exp), "--out", str(tmp_path / "L.md")]
     try:
         rc = cli()
     finally:
@@ -454,3 +583,29 @@ def test_generated_from_real_smoke_results(tmp_path):
     assert seen
     for title in (T53, T54):   # the measured rows never reach the full-scale tables
         assert all(not row[1][0].startswith("measured") for row in tables[f"{FULL} / {title}"]["rows"])
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_the_example_expected_yaml_passes_on_the_example_results(tmp_path, capsys):
+    """examples/EXPECTED.yaml (the file dc-leaderboard --help points to) against examples/smoke-results."""
+    rc = main([str(EXAMPLES / "smoke-results"), "--out", str(tmp_path / "L.md"), "--no-plots",
+               "--check", str(EXAMPLES / "EXPECTED.yaml")])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "check: 5 expected number(s) within tolerance" in out.out
+
+
+def test_the_example_expected_yaml_catches_a_drifted_result(tmp_path, capsys):
+    res = tmp_path / "res"
+    for f in (EXAMPLES / "smoke-results").glob("*.json"):
+        r = json.loads(f.read_text(encoding="utf-8"))
+        if r["task"] == "mlp" and r["checkpoint"]["name"] == "smoke-train":
+            r["metrics"]["top1"] += 2.0
+        write(res, f.name, r)
+    rc = main([str(res), "--out", str(tmp_path / "L.md"), "--no-plots", "--check", str(EXAMPLES / "EXPECTED.yaml")])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 1
+    assert [line.split(":")[0] for line in err if line.startswith(("DRIFT", "MISSING"))] == [
+        "DRIFT mlp smoke-train top1 [smoke]"]

@@ -67,6 +67,13 @@ def test_fill_empty_clusters_splits_a_donor():
     assert (counts > 0).all() and counts.sum() == 10
 
 
+def test_kmeans_on_few_points_per_centroid_prints_no_faiss_warning(capfd):
+    x = np.random.default_rng(0).standard_normal((600, 32)).astype(np.float32)   # the smoke run's shape
+    labels, _ = C.kmeans(x, 50, seed=3, use_gpu=False)
+    assert labels.shape == (600,)
+    assert "WARNING" not in capfd.readouterr().err
+
+
 def test_kmeans_fewer_images_than_clusters_is_a_user_error():
     with pytest.raises(UserError, match="at least as many images as clusters"):
         C.kmeans(np.zeros((5, 4), np.float32), 10)

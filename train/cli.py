@@ -1,4 +1,8 @@
-"""``dc-train``: DeepCluster training (DESIGN §5, §8). With no arguments: a smoke run on the embedded data."""
+"""``dc-train``: DeepCluster training (thesis ch. 3-4). With no arguments: a smoke run on the
+embedded data, written to ``dc-train-out/``.
+
+``--help`` shows each override's value for the chosen preset and scale: ``dc-train --help`` the
+smoke values of km-ImNet-Sob, ``dc-train --preset km-ImNet-RGB --scale full --help`` the thesis's."""
 
 from __future__ import annotations
 
@@ -10,54 +14,96 @@ from dcbench.errors import ArgumentParser, run_cli
 from dcbench.models import ARCHS
 from dcbench.train.config import PRESETS, make_config
 
+DEFAULT_PRESET = "km-ImNet-Sob"
 
-def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="dc-train", description=__doc__,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+# What a None in the config means, for the help text.
+_NONE_MEANS = {"steps_per_epoch": "epoch multiplier x |X~| / batch size", "pool_size": "the whole dataset",
+               "subset_size": "the whole pool", "data": "the embedded data"}
+
+
+def chosen_preset_and_scale(argv: Sequence[str] | None) -> tuple[str, str]:
+    """The preset and scale ``argv`` asks for (invalid values fall back; the real parse reports them)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default=DEFAULT_PRESET)
+    pre.add_argument("--scale", default=None)
+    pre.add_argument("--data", default=None)
+    known, _ = pre.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    preset = known.preset if known.preset in PRESETS else DEFAULT_PRESET
+    scale = known.scale if known.scale in ("smoke", "full") else ("smoke" if known.data is None else "full")
+    return preset, scale
+
+
+def _shown(value, dest: str) -> str:
+    if value is None:
+        return _NONE_MEANS.get(dest, "none")
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int) and abs(value) >= 10_000:
+        return f"{value:,}"
+    return str(value)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> ArgumentParser:
+    preset, scale = chosen_preset_and_scale(argv)
+    cfg = make_config(preset, scale)
+    p = ArgumentParser(prog="dc-train", description=__doc__.split("\n\n")[0].replace("``", ""))
     a = p.add_argument
-    a("--data", help="ImageFolder root (ROOT/<class>/<img>); default: the embedded data (made once, cached)")
-    a("--out", default="dc-train-out", help="output directory; an existing run there is resumed")
-    a("--preset", default="km-ImNet-Sob", choices=list(PRESETS), help="a model of thesis Table 5.1")
+    a("--data", help="ImageFolder root (ROOT/<class>/<img>) (default: the embedded data, made once and cached)")
+    a("--out", default="dc-train-out",
+      help="output directory: checkpoint/, log.jsonl, ...; an existing run there is resumed (default: dc-train-out)")
+    a("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
+      help=f"a model of thesis Table 5.1 (default: {DEFAULT_PRESET})")
     a("--scale", choices=("smoke", "full"), default=None,
-      help="smoke = sizes for the embedded data, full = the thesis's; default: smoke without --data, full with it")
+      help="smoke = sizes for the embedded data, full = the thesis's (default: smoke without --data, full with it)")
     a("--resume", action="store_true", help="require an existing checkpoint in --out and continue it")
-    g = p.add_argument_group("overrides (default: the preset at the chosen scale)")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--wd", dest="weight_decay", type=float, help="weight decay")
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--top-momentum", type=float, help="momentum of the per-epoch top layer (original code: 0)")
-    g.add_argument("--k", type=int, help="number of k-means clusters")
-    g.add_argument("--clustering", choices=("kmeans", "pic"))
-    g.add_argument("--sobel", action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument("--arch", choices=ARCHS)
-    g.add_argument("--input-size", type=int, help="training crop and centre-crop size in pixels")
-    g.add_argument("--crop-min-scale", type=float, help="RandomResizedCrop's smallest area fraction")
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--steps-per-epoch", type=int, help="updates between two clusterings")
-    g.add_argument("--epoch-multiplier", type=int, help="epoch length in |X~|/batch units (YFCC: 3)")
-    g.add_argument("--pool-size", type=int, help="Algorithm 2: size of the fixed pool X")
-    g.add_argument("--subset-size", type=int, help="Algorithm 2: |X~| drawn from the pool each epoch")
-    g.add_argument("--sgt", type=int, help="SGT: update only N last-layer rows per batch (0 = all)")
-    g.add_argument("--sampler", choices=("uniform", "proportional"),
-                   help="uniform over clusters (thesis) or proportional to cluster size")
-    g.add_argument("--pca-dim", type=int)
-    g.add_argument("--kmeans-iters", type=int)
-    g.add_argument("--pic-knn", type=int)
-    g.add_argument("--pic-sigma", type=float)
-    g.add_argument("--pic-alpha", type=float)
-    g.add_argument("--pic-iters", type=int)
-    g.add_argument("--snapshot-every", type=int, help="keep snapshots/epoch_NNNN every N epochs (0 = never)")
-    g.add_argument("--workers", type=int, help="DataLoader workers")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    g.add_argument("--no-faiss-gpu", dest="faiss_gpu", action="store_false", default=None)
-    g.add_argument("--quiet", action="store_true", default=None, help="no progress bars or epoch lines")
+    g = p.add_argument_group(
+        f"overrides (default: preset {preset} at {scale} scale)",
+        "Each default below is that preset's value at that scale; give --preset/--scale/--data with "
+        "--help to see another's.")
+
+    def o(*flags, dest=None, help, shown=None, **kw):   # noqa: A002 - argparse's name
+        dest = dest or flags[0].lstrip("-").replace("-", "_")
+        shown = shown or _shown(getattr(cfg, dest), dest)
+        g.add_argument(*flags, dest=dest, help=f"{help} (default: {shown})", **kw)
+
+    o("--epochs", type=int, help="epochs, one clustering each")
+    o("--lr", type=float, help="SGD learning rate (constant)")
+    o("--wd", dest="weight_decay", type=float, help="weight decay")
+    o("--momentum", type=float, help="SGD momentum")
+    o("--top-momentum", type=float, help="momentum of the per-epoch top layer (original code: 0)")
+    o("--k", type=int, help="number of k-means clusters")
+    o("--clustering", choices=("kmeans", "pic"), help="k-means (faiss) or Power Iteration Clustering")
+    o("--sobel", action=argparse.BooleanOptionalAction, default=None, help="Sobel input layer")
+    o("--arch", choices=ARCHS, help="network architecture (dcbench.models registry)")
+    o("--input-size", type=int, help="training crop and centre-crop size in pixels")
+    o("--crop-min-scale", type=float, help="RandomResizedCrop's smallest area fraction")
+    o("--batch-size", type=int, help="images per SGD step")
+    o("--steps-per-epoch", type=int, help="updates between two clusterings")
+    o("--epoch-multiplier", type=int, help="epoch length in |X~|/batch units (YFCC: 3)")
+    o("--pool-size", type=int, help="Algorithm 2: size of the fixed pool X")
+    o("--subset-size", type=int, help="Algorithm 2: |X~| drawn from the pool each epoch")
+    o("--sgt", type=int, help="SGT: update only N last-layer rows per batch (0 = all)")
+    o("--sampler", choices=("uniform", "proportional"),
+      help="batches uniform over clusters (thesis) or proportional to cluster size")
+    o("--pca-dim", type=int, help="PCA-whitening dimensions before clustering")
+    o("--kmeans-iters", type=int, help="k-means iterations")
+    o("--pic-knn", type=int, help="PIC: neighbours per node of the k-NN graph")
+    o("--pic-sigma", type=float, help="PIC: Gaussian kernel bandwidth")
+    o("--pic-alpha", type=float, help="PIC: power-iteration damping")
+    o("--pic-iters", type=int, help="PIC: power iterations")
+    o("--snapshot-every", type=int, help="keep snapshots/epoch_NNNN every N epochs (0 = never)")
+    o("--workers", type=int, help="DataLoader worker processes")
+    o("--seed", type=int, help="random seed (a fixed seed gives the same weights on the CPU)")
+    o("--device", choices=("auto", "cpu", "cuda"), help="auto = cuda when available, else cpu")
+    o("--no-faiss-gpu", dest="faiss_gpu", action="store_false", default=None,
+      help="keep faiss on the CPU even when CUDA and faiss-gpu are present",
+      shown="faiss on the GPU when both are present" if cfg.faiss_gpu else "CPU")
+    o("--quiet", action="store_true", default=None, help="no progress bars or epoch lines")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = vars(build_parser().parse_args(argv))
+    args = vars(build_parser(argv).parse_args(argv))
     preset, resume = args.pop("preset"), args.pop("resume")
     scale = args.pop("scale") or ("smoke" if args.get("data") is None else "full")
     cfg = make_config(preset, scale, **args)

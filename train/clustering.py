@@ -77,6 +77,10 @@ def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0, use_gpu: bool 
     clus.seed = int(seed) % (2**31)
     clus.niter = niter
     clus.max_points_per_centroid = max_points_per_centroid
+    # faiss only uses min_points_per_centroid to print "WARNING clustering n points to k centroids:
+    # please provide at least 39k training points"; DeepCluster clusters few points per centroid on
+    # purpose (smoke: 600 images, k = 50), so the warning is silenced. The clustering is unchanged.
+    clus.min_points_per_centroid = 1
     clus.verbose = verbose
     index = _flat_index(d, use_gpu)
     clus.train(x, index)

@@ -410,7 +410,7 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
             if show:
                 extra = "".join(f" {k}={record[k]:.3f}" for k in ("nmi_prev", "nmi_labels", "ratio_edge_intra_class")
                                 if record.get(k) is not None)
-                print(f"epoch {epoch + 1}/{cfg.epochs} loss={record['loss']:.4f} (ln k={record['log_k']:.3f}) "
+                print(f"epoch {epoch + 1}/{cfg.epochs} loss={record['loss']:.4f} (chance: ln k={record['log_k']:.3f}) "
                       f"clusters={record['num_clusters']} min={record['size_min']}{extra} "
                       f"{record['time']['total']:.1f}s", file=sys.stderr)
         D.barrier()

@@ -26,7 +26,8 @@ def get_args_parser() -> ArgumentParser:
                                                   "transfer protocols; writes a result JSON (schema v1).")
     sub = p.add_subparsers(dest="task", required=True, metavar="TASK", parser_class=ArgumentParser)
     for task, module in task_modules().items():
-        sp = sub.add_parser(task, help=module.DESCRIPTION, description=module.DESCRIPTION)
+        desc = getattr(module, "DESCRIPTIONS", {}).get(task, module.DESCRIPTION)
+        sp = sub.add_parser(task, help=desc, description=desc)
         add_common_arguments(sp)
         module.add_arguments(sp, task) if _takes_task(module) else module.add_arguments(sp)
         sp.set_defaults(_module=module)

@@ -153,7 +153,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pca-dim", type=int, default=None, help="PCA-whitening dims, 0 = none; " + default_help(*DEFAULTS["pca_dim"]))
     p.add_argument("--neighbours", type=int, default=None, help="neighbours shown per query (default: 3)")
     p.add_argument("--queries", type=int, default=None, help="query rows in neighbours.png (default: 8)")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"images per forward pass (default: {DEFAULTS['batch_size'][0]}; "
+                        f"smoke {DEFAULTS['batch_size'][1]})")
 
 
 def run(args: argparse.Namespace) -> Path:

@@ -54,6 +54,13 @@ from dcbench.transfer.protocol import (
 )
 
 DESCRIPTION = "linear classifiers on frozen conv1..conv5, average-pooled to <=10k dims (Tables 5.3, 5.4)"
+# One module serves two tasks; dc-transfer shows each its own line.
+DESCRIPTIONS = {
+    "linear-imagenet": "ImageNet (ImageFolder): linear classifiers on frozen conv1..conv5, average-pooled to "
+                       "<=10k dims (Table 5.3)",
+    "linear-places": "Places205 (list files): linear classifiers on frozen conv1..conv5, average-pooled to "
+                     "<=10k dims (Table 5.4)",
+}
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 MAX_DIM = 10_000  # thesis §5.1: "a dimensionality between 9000 and 10000"
 
@@ -142,7 +149,8 @@ def make_forward(model, pools: list[Pool], layers: tuple[str, ...]):
 def add_arguments(p: argparse.ArgumentParser, task: str) -> None:
     add_input_size_argument(p)
     add_sgd_arguments(p, DEFAULTS)
-    p.add_argument("--layers", default=",".join(LAYERS), help="comma-separated subset of conv1..conv5")
+    p.add_argument("--layers", default=",".join(LAYERS),
+                   help="comma-separated subset of conv1..conv5 (default: all five)")
     if task == "linear-places":
         p.add_argument("--images", type=Path, default=None,
                        help="Places205 image root (default: DATA/images); list files in "

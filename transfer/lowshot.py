@@ -141,11 +141,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", default=None, help="images per class, comma-separated (default: 4,8,16,32,64; smoke 4)")
     p.add_argument("--draws", type=int, default=None, help="draws per n (default: 10; smoke 2)")
     p.add_argument("--iterations", type=int, default=None, help="SGD iterations per run (default: 10000; smoke 6)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--momentum", type=float, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--eval-crops", type=int, choices=(1, 10), default=None)
+    d = DEFAULTS
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"images per step, capped by the subset size (default: {d['batch_size'][0]}; "
+                        f"smoke {d['batch_size'][1]})")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"SGD learning rate, x0.1 after {d['lr_drop_at'][0] * 100:.0f}%% of the iterations "
+                        f"(default: {d['lr'][0]})")
+    p.add_argument("--momentum", type=float, default=None, help=f"SGD momentum (default: {d['momentum'][0]})")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help=f"weight decay (default: {d['weight_decay'][0]})")
+    p.add_argument("--eval-crops", type=int, choices=(1, 10), default=None,
+                   help=f"crops per test image (default: {d['eval_crops'][0]}; smoke {d['eval_crops'][1]})")
     p.add_argument("--no-random-baseline", action="store_true", help="skip the random-init runs")
 
 

@@ -32,13 +32,16 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory (format v1)")
     p.add_argument("--data", type=Path, default=None,
                    help="dataset root (default: the embedded data, generated once and cached)")
-    p.add_argument("--out", type=Path, default=Path("results"), help="folder for result JSON files")
+    p.add_argument("--out", type=Path, default=Path("results"),
+                   help="folder for result JSON files (default: results, in the current folder)")
     p.add_argument("--scale", choices=("smoke", "full"), default=None,
                    help="full = the thesis protocol; smoke = small budgets for the embedded data "
                         "(default: smoke without --data, full with it, as dc-train)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loader workers")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the protocol (default: 0)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default: cuda when available, else cpu; here: %(default)s)")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="data-loader workers (default: the CPU count, at most 4; here: %(default)s)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="feature cache (default: $DCBENCH_CACHE or ~/.cache/dcbench/features)")
     p.add_argument("--no-cache", action="store_true", help="recompute features even if cached")

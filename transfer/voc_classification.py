@@ -146,15 +146,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="default: 16")
     p.add_argument("--lr", type=float, default=None, help="default: 0.003 (fc6-8), 0.001 (all)")
     p.add_argument("--stepsize", type=int, default=None, help="lr *= lr-gamma every N iterations")
-    p.add_argument("--lr-gamma", type=float, default=None)
-    p.add_argument("--momentum", type=float, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--grad-clip", type=float, default=None)
-    p.add_argument("--min-scale", type=float, default=None)
-    p.add_argument("--max-scale", type=float, default=None)
+    c = {k: v[0] for k, v in DEFAULTS["common"].items()}   # the same at both scales
+    p.add_argument("--lr-gamma", type=float, default=None, help=f"lr factor at each step (default: {c['lr_gamma']})")
+    p.add_argument("--momentum", type=float, default=None, help=f"SGD momentum (default: {c['momentum']})")
+    p.add_argument("--weight-decay", type=float, default=None, help=f"weight decay (default: {c['weight_decay']})")
+    p.add_argument("--grad-clip", type=float, default=None,
+                   help=f"gradient norm clipped to this (default: {c['grad_clip']})")
+    p.add_argument("--min-scale", type=float, default=None,
+                   help=f"RandomResizedCrop's smallest area fraction (default: {c['min_scale']})")
+    p.add_argument("--max-scale", type=float, default=None,
+                   help=f"RandomResizedCrop's largest area fraction (default: {c['max_scale']})")
     p.add_argument("--test-crops", type=int, default=None, help="random crops per test image (default: 10 full, 3 smoke)")
-    p.add_argument("--train-split", default="trainval")
-    p.add_argument("--test-split", default="test")
+    p.add_argument("--train-split", default="trainval",
+                   help="ImageSets/Main/<name>.txt to train on (default: trainval)")
+    p.add_argument("--test-split", default="test", help="ImageSets/Main/<name>.txt to test on (default: test)")
 
 
 def run(args: argparse.Namespace) -> Path:
