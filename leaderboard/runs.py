@@ -133,7 +133,8 @@ def _provenance(cfg_file: dict) -> dict:
     env = cfg_file.get("environment") if isinstance(cfg_file.get("environment"), dict) else {}
     n = cfg_file.get("num_images")
     fp = pick("data_fingerprint", _HEX)
-    return {"git": pick("git_sha", _SHA)[:12], "started": pick("started", _TIME),
+    git = pick("git_sha", _SHA)
+    return {"git": git[:12] + ("+dirty" if git.endswith("+dirty") else ""), "started": pick("started", _TIME),
             "data_fingerprint": fp[:12] if fp != "?" else "?",
             "num_images": str(n) if isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 10**12 else "?",
             "device": show_value(env.get("device", "?")), "torch": show_value(env.get("torch", "?"))}

@@ -61,7 +61,9 @@ def test_two_runs_give_one_curve_each_labelled_by_the_option_that_differs(tmp_pa
     assert "pca_variance: no run's log has a PCA spectrum" in page
     assert "Per-class ratio box plots" in page
     assert "| sampler=uniform |" in page and "| sampler=proportional |" in page
-    assert "252dea18c548" in page and "abababababab" in page
+    assert "| 252dea18c548 |" in page and "abababababab" in page
+    d = make_run(tmp_path / "dirty", git_sha="252dea18c548aaa9e3f5bbefd0cd0d4390881ff4+dirty")
+    assert load_run(d).provenance["git"] == "252dea18c548+dirty"
 
 
 def test_the_curves_are_placed_at_the_updates_of_their_measurement(tmp_path):
@@ -198,3 +200,10 @@ def test_figures_of_a_real_two_epoch_dc_train_run(tmp_path, one_thread):
     page = out.read_text()
     for name in ("ratio_edge_intra_class", "nmi_labels", "nmi_prev", "loss"):
         assert f"](f_png/{name}.png)" in page
+
+
+def test_dc_figures_help_explains_every_flag_and_names_the_default_out():
+    parser = figures_cli.get_args_parser()
+    text = parser.format_help()
+    assert "(default: dc-figures-out/FIGURES.md)" in text and "(default: None)" not in text
+    assert all(a.help for a in parser._actions)
