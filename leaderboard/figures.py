@@ -175,7 +175,7 @@ def render_page(runs: list[Run], made: dict[str, Path], folder_name: str, comman
     diff = differing_options(runs)
     lines = ["# Chapter-4 figures from training logs", "",
              f"Drawn by `dc-figures` from {len(runs)} dc-train run folder(s). Curves are labelled by the "
-             "training options that differ between the runs" + (f" ({', '.join(md(show_value(k)) for k in diff)})"
+             "training options that differ between the runs" + (f" ({', '.join(md(show_value(k)) for k in diff[:40])}{', …' if len(diff) > 40 else ''})"
                                                                 if diff else " (none differ: labelled by folder)") + ".",
              "", f"Command: `{command.replace('`', '')}`", "", "## Runs", "",
              "| Label | Folder | Epochs logged | Updates | Git | Started (UTC) | Data: images, fingerprint | Device, torch |",

@@ -23,6 +23,8 @@ MAX_RECORDS = 100_000
 MAX_STEPS = 10**9  # per epoch; ImageNet's longest preset epoch is ~15k
 MAX_SPECTRUM = 4096  # entries of pca_variance (dc-train logs k <= 256)
 MAX_VALUE_CHARS = 40  # a config value shown in a label or a table cell
+MAX_LABEL_OPTIONS = 4  # options named in one curve's label; the page's run table lists them all
+MAX_LABEL_CHARS = 160
 
 # Option names that differ between any two runs without changing what was trained.
 NOT_AN_OPTION = {"out", "quiet", "workers", "device", "faiss_gpu", "snapshot_every", "extra"}
@@ -77,7 +79,7 @@ def _read_capped(path: Path, cap: int, fix: str) -> str:
 def _loads(text: str):
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: also an integer past Python's digit limit
         return None
 
 
@@ -197,7 +199,9 @@ def run_labels(runs: list[Run]) -> list[str]:
 
     Runs whose options do not tell them apart get their folder name added, so no two labels match."""
     keys = differing_options(runs)
-    labels = [", ".join(f"{show_value(k)}={show_value(r.config.get(k))}" for k in keys) for r in runs]
+    more = ", …" if len(keys) > MAX_LABEL_OPTIONS else ""
+    labels = [(", ".join(f"{show_value(k)}={show_value(r.config.get(k))}" for k in keys[:MAX_LABEL_OPTIONS])
+               + more)[:MAX_LABEL_CHARS] for r in runs]
     clash = [not lab or labels.count(lab) > 1 for lab in labels]
     for i, r in enumerate(runs):
         if clash[i]:

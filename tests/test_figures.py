@@ -115,6 +115,7 @@ def test_same_logs_give_the_same_png_bytes(tmp_path):
     (lambda d: make_run(d, records=[{"epoch": 1, "steps": 3, "pca_variance": [0.5] * 5000}]), "'pca_variance'"),
     (lambda d: make_run(d) and (d / "config.json").write_bytes(b"\xff\xfe"), "not UTF-8"),
     (lambda d: make_run(d) and (d / "log.jsonl").write_bytes(b"[" * 200_000), "holds no epoch"),
+    (lambda d: make_run(d) and (d / "log.jsonl").write_text('{"epoch": ' + "9" * 5000 + "}"), "holds no epoch"),
 ])
 def test_a_bad_run_folder_is_one_line_exit_2(tmp_path, capsys, setup, fragment):
     d = tmp_path / "run"
@@ -207,3 +208,12 @@ def test_dc_figures_help_explains_every_flag_and_names_the_default_out():
     text = parser.format_help()
     assert "(default: dc-figures-out/FIGURES.md)" in text and "(default: None)" not in text
     assert all(a.help for a in parser._actions)
+
+
+def test_labels_stay_bounded_when_many_options_differ(tmp_path):
+    runs = [load_run(make_run(tmp_path / str(i), config={f"opt{j}": i for j in range(500)})) for i in range(2)]
+    labels = run_labels(runs)
+    assert labels == ["opt0=0, opt1=0, opt10=0, opt100=0, …", "opt0=1, opt1=1, opt10=1, opt100=1, …"]
+    out = tmp_path / "F.md"
+    assert figures([tmp_path / "0", tmp_path / "1", "--out", out]) == 0
+    assert len(out.read_text()) < 20_000
