@@ -161,6 +161,8 @@ def load_run(folder: Path) -> Run:
         if not isinstance(rec, dict):
             skipped += 1
             continue
+        if "epoch" not in rec:  # not an epoch line (room for other record kinds in later logs)
+            continue
         if len(recs) >= MAX_RECORDS:
             raise UserError(f"{log} has more than {MAX_RECORDS} epochs; {fix}")
         r = _check_record(rec, f"{log}:{i}")

@@ -153,6 +153,13 @@ def test_a_partial_last_line_is_skipped_with_a_warning(tmp_path, capsys):
     assert len(load_run(d).records) == 3
 
 
+def test_log_lines_without_an_epoch_are_left_out(tmp_path):
+    d = make_run(tmp_path / "run")
+    with open(d / "log.jsonl", "a") as f:
+        f.write('{"kind": "diag", "step": 5, "ratio_edge_intra_class": 0.3}\n')
+    assert [r["epoch"] for r in load_run(d).records] == [1, 2, 3]
+
+
 def test_hostile_config_values_are_bounded_and_escaped(tmp_path):
     evil = "<img src=x onerror=alert(1)>|$\\alpha$_" + "A" * 500 + "\n# heading"
     a = make_run(tmp_path / "a", config={"sampler": evil, "extra": {"deep": [[[[1]]]]}},
