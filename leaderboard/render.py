@@ -8,7 +8,7 @@ from dcbench.leaderboard.tables import Table
 SCALE_TITLES = {
     "full": ("Full scale",
              "The thesis protocol on the real datasets; reported rows are the thesis's published numbers "
-             "(Tables 5.2-5.5), measured rows are results files read by dc-leaderboard."),
+             "(Tables 4.1-4.3 and 5.2-5.5), measured rows are results files read by dc-leaderboard."),
     "smoke": ("Smoke scale",
               "Small budgets on the embedded data. These numbers check that the pipeline runs; they "
               "are not comparable with the literature and never share a table with full-scale results."),

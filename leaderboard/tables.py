@@ -31,7 +31,7 @@ import pandas as pd
 @dataclass(frozen=True)
 class Column:
     header: str
-    task: str
+    task: str | None               # None: no result task fills it yet (reported rows only)
     metric: str
     where: tuple = ()              # variant subset as ((key, value), ...)
     literature: str | None = None  # ``column`` in literature.csv
@@ -91,6 +91,28 @@ STATIC_TABLES = (
                "(mIoU); fc6-8 = only fc6-fc8 trained, all = every layer fine-tuned."),
 )
 
+# Chapter 4 (the method itself): the thesis's rows. No result file carries these measurements yet, so
+# their columns have no task: a descriptor / supervised-SGT checkpoint's MLP row needs dc-train's
+# --descriptor and --targets labels (issue 15, items 1 and 4), and Table 4.3 is a speed benchmark.
+CHAPTER4_TABLES = (
+    TableSpec("descriptor", "Descriptor for clustering: MLP on frozen convolutions after 85 epochs", "Table 4.1",
+              "4.1", (Column("before ReLU", None, "top1", literature="mlp_top1_before_relu"),
+                      Column("after ReLU", None, "top1", literature="mlp_top1_after_relu")),
+              caption="Clustering on the penultimate layer's features taken before or after its ReLU; "
+                      "ImageNet top-1 % of fc6-fc8 retrained on the frozen convolutions (Table 5.2's "
+                      "protocol), after 85 epochs of DeepCluster. Measured rows need dc-train --descriptor "
+                      "(not built yet)."),
+    TableSpec("supervised-sgt", "Supervised training with the SGT approximation", "Table 4.2", "4.2",
+              (Column("Top-1", None, "top1", literature="top1"),),
+              caption="The same network trained 90 epochs on ImageNet's labels (Sobel input), updating all "
+                      "rows of the last layer or only 256/512 of them per batch (SGT); top-1 % on the centre "
+                      "crop of val. Measured rows need dc-train --targets labels (not built yet)."),
+    TableSpec("sgt-speed", "Time per mini-batch with and without SGT", "Table 4.3", "4.3",
+              (Column("ms per mini-batch", None, "ms_per_minibatch", literature="ms_per_minibatch"),),
+              caption="Average time of one DeepCluster mini-batch as the thesis measured it, in milliseconds "
+                      "(not a percentage). Measured rows need the SGT speed benchmark (not built yet)."),
+)
+
 LOWSHOT_METRIC = re.compile(r"^(random_)?n(\d+)_(mean|std)$")
 
 
@@ -114,7 +136,7 @@ def knn_spec(metric_names: set[str]) -> TableSpec:
 def tasks_with_a_table() -> set[str]:
     """Every task that some table has a column for (the task-registry test requires all of them)."""
     dynamic = (lowshot_spec({"n4_mean"}), knn_spec({"ratio_intra"}))
-    return {c.task for spec in (*STATIC_TABLES, *dynamic) for c in spec.columns}
+    return {c.task for spec in (*STATIC_TABLES, *dynamic) for c in spec.columns if c.task is not None}
 
 
 # --------------------------------------------------------------------------- tables
@@ -317,12 +339,12 @@ def build_table(spec: TableSpec, newest: pd.DataFrame, literature: pd.DataFrame,
 
 
 def specs_for(newest: pd.DataFrame) -> list[TableSpec]:
-    """The static thesis tables plus the data-driven low-shot and k-NN-graph ones."""
+    """The static thesis tables, the data-driven low-shot and k-NN-graph ones, then chapter 4's."""
     def names(task: str) -> set[str]:
         sub = newest[newest["task"] == task] if not newest.empty else newest
         return set().union(*sub["metrics"].map(set)) if len(sub) else set()
 
-    return [*STATIC_TABLES, lowshot_spec(names("lowshot")), knn_spec(names("knn-graph"))]
+    return [*STATIC_TABLES, lowshot_spec(names("lowshot")), knn_spec(names("knn-graph")), *CHAPTER4_TABLES]
 
 
 def build_tables(newest: pd.DataFrame, literature: pd.DataFrame) -> dict[str, list[Table]]:

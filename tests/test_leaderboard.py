@@ -163,7 +163,7 @@ def test_literature_equals_the_thesis_numbers():
         pytest.skip(f"{THESIS_CSV} not present (the shared reference folder sits beside the repo in CI)")
     with open(THESIS_CSV, encoding="utf-8") as f:
         thesis = list(csv.DictReader(line for line in f if not line.startswith("#")))
-    thesis = {(r["table"], r["method"], r["column"]): r["value"] for r in thesis if r["table"].startswith("5.")}
+    thesis = {(r["table"], r["method"], r["column"]): r["value"] for r in thesis if r["table"][:2] in ("4.", "5.")}
     lit = load_literature()
     ours = {(r.table, r.method, r.column): "" if pd.isna(r.value) else r.value for r in lit.itertuples()}
     assert set(ours) == set(thesis)
@@ -179,7 +179,10 @@ def test_literature_pinned_numbers():
     assert lit[("5.4", "Places labels", "places_conv5")] == 44.6
     assert lit[("5.5", "Noroozi and Favaro [39]", "voc07_det_all")] == 53.2
     assert pd.isna(lit[("5.5", "Pathak et al. [30]", "voc07_cls_fc6-8")])
-    assert len(lit) == 13 + 13 * 5 + 14 * 5 + 16 * 4  # rows of Tables 5.2, 5.3, 5.4, 5.5
+    assert lit[("4.1", "PIC (85 epochs)", "mlp_top1_after_relu")] == 33.2
+    assert lit[("4.2", "supervised SGT 256", "top1")] == 54.2
+    assert lit[("4.3", "SGT 4096", "ms_per_minibatch")] == 713
+    assert len(lit) == 4 * 2 + 3 + 6 + 13 + 13 * 5 + 14 * 5 + 16 * 4  # rows of Tables 4.1-4.3, 5.2-5.5
 
 
 def test_full_scale_tables_show_the_literature_without_bold_when_nothing_was_measured(tmp_path):
@@ -609,3 +612,19 @@ def test_the_example_expected_yaml_catches_a_drifted_result(tmp_path, capsys):
     assert rc == 1
     assert [line.split(":")[0] for line in err if line.startswith(("DRIFT", "MISSING"))] == [
         "DRIFT mlp smoke-train top1 [smoke]"]
+
+
+def test_chapter4_tables_show_the_thesis_rows_at_full_scale_and_nothing_at_smoke_scale(tmp_path):
+    write(tmp_path / "res", "smoke.json", result("mlp", {"top1": 3.0}, scale="smoke"))
+    rc, text, tables = run(tmp_path, tmp_path / "res")
+    assert rc == 0
+    t41 = tables[f"{FULL} / Descriptor for clustering: MLP on frozen convolutions after 85 epochs (Table 4.1)"]
+    assert t41["header"][2:4] == ["before ReLU", "after ReLU"]
+    assert row_by_method(t41, "k-means 10K (85 epochs)")["before ReLU"] == ("31.1", False)
+    assert row_by_method(t41, "PIC (85 epochs)")["after ReLU"] == ("33.2", False)
+    t42 = tables[f"{FULL} / Supervised training with the SGT approximation (Table 4.2)"]
+    assert [r[0][0] for r in t42["rows"]] == ["supervised no approx", "supervised SGT 256", "supervised SGT 512"]
+    assert row_by_method(t42, "supervised SGT 512")["Source"] == ("reported, supervised (thesis Table 4.2)", False)
+    t43 = tables[f"{FULL} / Time per mini-batch with and without SGT (Table 4.3)"]
+    assert [row_by_method(t43, m)["ms per mini-batch"][0] for m in ("no approx", "SGT 4096")] == ["154.0", "713.0"]
+    assert not [k for k in tables if k.startswith(SMOKE) and "Table 4." in k]  # no literature at smoke scale

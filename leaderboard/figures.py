@@ -1,0 +1,209 @@
+"""Chapter-4 figures from dc-train logs: PNGs and a markdown page with each run's provenance.
+
+What is drawn (thesis chapter 4), each only when some run's log holds the field:
+- ratio edge intra-class of the 10-NN graph (§4.1) and NMI with the labels, against updates
+  (Figures 4.2, 4.4-4.7, 4.9, 4.10), one curve per run;
+- NMI between consecutive assignments (the stability curve of the original paper);
+- the training loss against updates, with each run's chance level ln k (Figure 4.8);
+- the cumulative share of PCA variance against the number of components (Figure 4.3), from the
+  ``pca_variance`` field, first and last logged epoch per run.
+A diagnostic of epoch e is computed before that epoch's training, so it is placed at the updates
+done by then; the loss of epoch e is a mean over the epoch and placed at its end.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+
+from dcbench.leaderboard.plots import _save  # noqa: E402
+from dcbench.leaderboard.runs import NOT_AN_OPTION, Run, differing_options, run_labels, show_value  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Curve:
+    key: str  # log field, also the PNG's name
+    ylabel: str
+    title: str
+    thesis: str  # the thesis figures this one corresponds to
+    percent: bool
+
+
+CURVES = (
+    Curve("ratio_edge_intra_class", "ratio edge intra-class (%)", "10-NN graph: edges within a class",
+          "Figures 4.2, 4.4-4.7, 4.9, 4.10", True),
+    Curve("nmi_labels", "NMI(clusters, labels)", "NMI of the clusters with the labels",
+          "Figures 4.2, 4.4-4.7 (second measure)", False),
+    Curve("nmi_prev", "NMI(epoch t-1, epoch t)", "Stability of the assignments", "-", False),
+)
+# Every PNG name this module writes; only these are ever removed from a figures folder.
+FIGURE_NAMES = {f"{c.key}.png" for c in CURVES} | {"loss.png", "pca_variance.png"}
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|$&~])")
+
+
+def md(text: str) -> str:
+    """Untrusted text as literal markdown: every punctuation character that could start markup is escaped."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def mpl(text: str) -> str:
+    """Untrusted text as a literal matplotlib label: no mathtext, not hidden by a leading underscore."""
+    text = text.replace("$", r"\$")
+    return "\u200b" + text if text.startswith("_") else text
+
+
+def _axes(title: str, xlabel: str, ylabel: str):
+    fig, ax = plt.subplots(figsize=(7, 4.3))
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def _legend(ax) -> None:
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+
+
+def _colour(i: int):
+    return plt.get_cmap("tab10")(i % 10)
+
+
+def curve_figure(runs: list[Run], labels: list[str], curve: Curve, path: Path) -> Path | None:
+    """``curve.key`` against updates, one line per run that logged it; None if none did."""
+    fig, ax = _axes(curve.title, "SGD updates", curve.ylabel)
+    drawn = False
+    for i, (run, label) in enumerate(zip(runs, labels)):
+        pts = [(u, r[curve.key] * (100 if curve.percent else 1))
+               for u, r in zip(run.updates_before(), run.records) if r.get(curve.key) is not None]
+        if not pts:
+            continue
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, marker="o", markersize=3, color=_colour(i), label=mpl(label))
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    _legend(ax)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def loss_figure(runs: list[Run], labels: list[str], path: Path) -> Path | None:
+    fig, ax = _axes("Training loss (mean over each epoch)", "SGD updates", "cross-entropy")
+    drawn = False
+    for i, (run, label) in enumerate(zip(runs, labels)):
+        pts = [(u, r["loss"], r.get("log_k")) for u, r in zip(run.updates_after(), run.records) if "loss" in r]
+        if not pts:
+            continue
+        xs, ys, chance = zip(*pts)
+        ax.plot(xs, ys, marker="o", markersize=3, color=_colour(i), label=mpl(label))
+        if all(c is not None for c in chance):  # ln k: what a classifier that learnt nothing scores
+            ax.plot(xs, chance, linestyle=":", color=_colour(i), linewidth=1)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.plot([], [], linestyle=":", color="grey", label="chance: ln k (dotted, per run)")
+    _legend(ax)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def pca_figure(runs: list[Run], labels: list[str], path: Path) -> Path | None:
+    """Cumulative variance share against components: the first logged epoch dashed, the last solid."""
+    fig, ax = _axes("PCA: variance retained by the top components", "number of components",
+                    "cumulative share of variance (%)")
+    drawn = False
+    for i, (run, label) in enumerate(zip(runs, labels)):
+        have = [r for r in run.records if "pca_variance" in r]
+        if not have:
+            continue
+        for rec, style in ((have[0], "--"), (have[-1], "-")) if len(have) > 1 else ((have[0], "-"),):
+            spec = rec["pca_variance"]
+            ax.plot(range(1, len(spec) + 1), [100 * v for v in spec], linestyle=style, color=_colour(i),
+                    label=mpl(f"{label}, epoch {rec['epoch']}"))
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_ylim(0, 101)
+    _legend(ax)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def figures_dir(out: Path) -> Path:
+    return out.with_name(f"{out.stem.lower()}_png")
+
+
+def draw_all(runs: list[Run], folder: Path) -> dict[str, Path]:
+    """Every figure the logs allow, into ``folder``; stale figures of ours not redrawn are removed."""
+    labels = run_labels(runs)
+    drawn: dict[str, Path | None] = {c.key: curve_figure(runs, labels, c, folder / f"{c.key}.png")
+                                     for c in CURVES}
+    drawn["loss"] = loss_figure(runs, labels, folder / "loss.png")
+    drawn["pca_variance"] = pca_figure(runs, labels, folder / "pca_variance.png")
+    made = {k: p for k, p in drawn.items() if p is not None}
+    if folder.is_dir():
+        for p in folder.glob("*.png"):
+            if p.name in FIGURE_NAMES and p not in made.values():
+                p.unlink()
+    return made
+
+
+_CAPTIONS = {
+    "ratio_edge_intra_class": "Ratio edge intra-class (thesis §4.1): the share of the 10-NN graph's edges, on the "
+                              "PCA-whitened descriptors of the clustered images, that join two images of the same "
+                              "class, averaged over classes. Thesis {thesis}.",
+    "nmi_labels": "NMI between the epoch's clusters and the true labels. Thesis {thesis}.",
+    "nmi_prev": "NMI between the assignments of two consecutive epochs (how much the clusters still move).",
+    "loss": "Training loss against updates (thesis Figure 4.8); dotted: ln k, the loss of a uniform guess.",
+    "pca_variance": "Cumulative share of the PCA spectrum's variance kept by the top components (thesis Figure "
+                    "4.3); dashed: first logged epoch, solid: last.",
+}
+
+
+def render_page(runs: list[Run], made: dict[str, Path], folder_name: str, command: str) -> str:
+    labels = run_labels(runs)
+    diff = differing_options(runs)
+    lines = ["# Chapter-4 figures from training logs", "",
+             f"Drawn by `dc-figures` from {len(runs)} dc-train run folder(s). Curves are labelled by the "
+             "training options that differ between the runs" + (f" ({', '.join(md(show_value(k)) for k in diff[:40])}{', …' if len(diff) > 40 else ''})"
+                                                                if diff else " (none differ: labelled by folder)") + ".",
+             "", f"Command: `{command.replace('`', '')}`", "", "## Runs", "",
+             "| Label | Folder | Epochs logged | Updates | Git | Started (UTC) | Data: images, fingerprint | Device, torch |",
+             "|---|---|:---:|:---:|---|---|---|---|"]
+    for run, label in zip(runs, labels):
+        p = run.provenance
+        lines.append(f"| {md(label)} | {md(show_value(str(run.folder), 200))} | {len(run.records)} | "
+                     f"{run.updates_after()[-1]:,} | {md(p['git'])} | {md(p['started'])} | "
+                     f"{md(p['num_images'])}, {md(p['data_fingerprint'])} | {md(p['device'])}, {md(p['torch'])} |")
+    shared = sorted(k for k in runs[0].config if isinstance(k, str) and k not in diff and k not in NOT_AN_OPTION)[:80]
+    if shared:
+        lines += ["", "Settings common to every run: " + ", ".join(
+            f"{md(show_value(k))}={md(show_value(runs[0].config[k]))}" for k in shared) + "."]
+    skipped = [(run, label) for run, label in zip(runs, labels) if run.skipped_lines]
+    for run, label in skipped:
+        lines += ["", f"{md(label)}: {run.skipped_lines} log line(s) that are not JSON were skipped."]
+    lines += ["", "## Figures", ""]
+    captions = {c.key: _CAPTIONS[c.key].format(thesis=c.thesis) for c in CURVES}
+    for key in [c.key for c in CURVES] + ["loss", "pca_variance"]:
+        if key in made:
+            lines += [f"![{key}]({folder_name}/{made[key].name})", "", captions.get(key, _CAPTIONS[key]), ""]
+    missing = [key for key in [c.key for c in CURVES] + ["loss", "pca_variance"] if key not in made]
+    lines += ["## Not drawn", ""]
+    for key in missing:
+        why = ("no run's log has a PCA spectrum (field `pca_variance`)" if key == "pca_variance"
+               else f"no run's log has the field `{key}`")
+        lines.append(f"- {key}: {why}.")
+    lines.append("- Per-class ratio box plots (thesis Figure 4.1): dc-train logs only the mean of the per-class "
+                 "ratios, not the ratios themselves, so the box plot and its random-graph line cannot be drawn "
+                 "from its logs.")
+    return "\n".join(lines) + "\n"
