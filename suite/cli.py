@@ -190,7 +190,10 @@ def _run(args, argv, jobs: list[Job], engine, results: Path, run_id: str, t0: fl
     summary(outcomes, run_id, args.engine, time.monotonic() - t0, sys.stdout)
     if board:
         print(f"leaderboard: {board}")
-    runner.manifest.record_run({**run, "finished": utc_now(), "exit": code,
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    runner.manifest.record_run({**run, "finished": utc_now(), "exit": code, "counts": counts,
                                 "seconds": round(time.monotonic() - t0, 2), "leaderboard": board})
     print(f"manifest: {runner.manifest.path}")
     return code
