@@ -342,3 +342,48 @@ def test_missing_image_says_how_to_build_it(ckpt):
     eng = containers.DockerEngine("dc-transfer:nope", "r", client=client)
     with pytest.raises(UserError, match=r"docker build -f docker/Dockerfile --target dc-transfer -t dc-transfer:nope"):
         eng.check([])
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU hand-out and Slurm requests, without GPUs or a cluster (the real Slurm run: test_suite_slurm.py)
+
+
+def test_local_engine_gives_each_running_task_its_own_gpu(tmp_path, ckpt, monkeypatch):
+    import threading
+
+    from dcbench.suite import local
+
+    seen, both_running = [], threading.Barrier(2, timeout=10)
+
+    class FakePopen:
+        def __init__(self, argv, env, **kw):
+            seen.append((env.get("CUDA_VISIBLE_DEVICES"), argv[argv.index("--device") + 1]))
+            self.pid = -1
+
+        def wait(self, timeout=None):
+            both_running.wait()  # both tasks hold a GPU at the same time
+            return 0
+
+    monkeypatch.setattr(local.subprocess, "Popen", FakePopen)
+    eng = local.LocalEngine(gpus=["3", "5"])
+    c = read_checkpoint(ckpt)
+    jobs = [Job(t, c, "smoke", None, "embedded") for t in ("knn-graph", "mlp")]
+    threads = [threading.Thread(target=eng.run, args=(j, tmp_path / f"{j.task}.log", tmp_path)) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(seen) == [("3", "cuda"), ("5", "cuda")]
+
+
+def test_slurm_job_asks_for_the_table_row_and_the_partition_and_account(tmp_path, ckpt):
+    from dcbench.suite.slurm import SlurmEngine
+
+    eng = SlurmEngine(tmp_path, "r", gpus=True, partition="gpu", account="proj1")
+    job = Job("voc-detection", read_checkpoint(ckpt), "full", tmp_path, str(tmp_path))
+    params = eng.executor(job).parameters
+    assert {k: params[k] for k in ("gpus_per_node", "cpus_per_task", "mem", "time", "partition", "account")} == {
+        "gpus_per_node": 1, "cpus_per_task": 8, "mem": "32GB", "time": 24 * 60, "partition": "gpu",
+        "account": "proj1"}
+    smoke = SlurmEngine(tmp_path, "r").executor(Job("mlp", job.checkpoint, "smoke", None, "embedded")).parameters
+    assert "gpus_per_node" not in smoke and smoke["cpus_per_task"] == 1 and "partition" not in smoke
