@@ -217,12 +217,14 @@ def test_ctrl_c_stops_the_running_tasks_and_exits_130(tmp_path, ckpt, quiet_env)
         if "start  lowshot" in line:
             break
     time.sleep(3)
+    task = ["pgrep", "-f", "--", f"--out {res}"]
+    assert subprocess.run(task, capture_output=True).returncode == 0  # the task is running
     p.send_signal(signal.SIGINT)
     out += p.stdout.read()
     assert p.wait(timeout=60) == 130, out
     assert "cancelled lowshot" in out
-    left = subprocess.run(["pgrep", "-f", f"--out {res}"], capture_output=True, text=True).stdout.split()
-    assert left == []
+    left = subprocess.run(task, capture_output=True, text=True)
+    assert left.returncode == 1 and left.stdout == ""  # 1: no process matched (2 would be a pgrep error)
     assert manifest(res)["tasks"][f"lowshot@{read_checkpoint(ckpt).sha256}"]["status"] == "cancelled"
 
 
