@@ -39,7 +39,8 @@ def add_run_arguments(p: ArgumentParser) -> None:
                    help="ROOT/imagenet/{train,val}, ROOT/places205/..., ROOT/VOCdevkit/VOC2007|VOC2012 "
                         "(README 'Suite data layout'); default: the embedded data")
     p.add_argument("--engine", choices=("local", "docker", "slurm"), default="local")
-    p.add_argument("--jobs", type=int, default=1, help="tasks at once (default 1; slurm: jobs queued at once)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="tasks at once (default: 1 locally and in Docker; with Slurm every job is queued at once)")
     p.add_argument("--gpus", default=None, metavar="IDS",
                    help="GPU ids, e.g. 0,1: each running task gets one (--device cuda); slurm: any value asks "
                         "each job for its table's GPUs. Default: no GPU, tasks run with --device cpu")
@@ -71,7 +72,7 @@ def get_args_parser() -> ArgumentParser:
 
 def make_jobs(args) -> list[Job]:
     tasks = parse_tasks(args.tasks)
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         raise UserError("--jobs must be at least 1")
     extra = parse_task_args(args.task_args, tasks)
     checkpoints = list({c.sha256: c for c in map(read_checkpoint, args.checkpoints)}.values())
@@ -169,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args, argv, jobs: list[Job], engine, results: Path, run_id: str, t0: float) -> int:
     progress = Progress()
     progress.note(f"run {run_id}: {len(jobs)} task(s) on engine {args.engine}, results in {results}")
-    runner = Runner(engine, results, jobs=args.jobs, force=args.force, run_id=run_id, progress=progress)
+    n = args.jobs or (len(jobs) if args.engine == "slurm" else 1)
+    runner = Runner(engine, results, jobs=n, force=args.force, run_id=run_id, progress=progress)
     run = {"run_id": run_id, "engine": args.engine, "argv": list(sys.argv[1:] if argv is None else argv),
            "started": utc_now(), "pid": os.getpid()}
     runner.manifest.record_run(run)
