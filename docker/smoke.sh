@@ -205,7 +205,7 @@ docker images --format '  {{.Repository}}:{{.Tag}}  {{.Size}}'
 run=(docker run --rm --network none)
 "${run[@]}" dc-train --help >"$LOGS/dc-train-help.txt" 2>&1 || die "docker run dc-train --help failed"
 "${run[@]}" dc-transfer --help >"$LOGS/dc-transfer-help.txt" 2>&1 || die "docker run dc-transfer --help failed"
-sed 's/^/  | /' "$LOGS/dc-train-help.txt" | head -12
+head -12 "$LOGS/dc-train-help.txt" | sed 's/^/  | /'  # head reads the file: no SIGPIPE under pipefail
 sed 's/^/  | /' "$LOGS/dc-transfer-help.txt"
 for p in "${PRESETS[@]}"; do
     check "dc-train --help lists preset $p" grep -q -- "$p" "$LOGS/dc-train-help.txt"
@@ -238,7 +238,7 @@ TRANSFER_S=$(($(date +%s) - t))
 mapfile -t results < <(cd "$RES" && find . -name '*.json' -not -path './suite/*' -printf '%P\n' | sort)
 ((${#results[@]})) || die "dc-bench run --engine docker --tasks $TASK wrote no result JSON under /results"
 say "dc-bench run --engine docker --tasks $TASK: ${TRANSFER_S}s, ${#results[@]} result file(s)"
-grep '^\[' "$LOGS/dc-bench.log" | head -4 | sed 's/^/  | /'
+grep '^\[' "$LOGS/dc-bench.log" | sed -n '1,4s/^/  | /p'
 sed -n '/^dc-bench summary/,$p' "$LOGS/dc-bench.log" | sed 's/^/  | /'
 t=$(date +%s)
 bench --tasks "$TASK" --scale smoke --results "$RES" --leaderboard "$RES/LEADERBOARD.md" >"$LOGS/dc-bench-again.log" 2>&1 \
