@@ -253,8 +253,9 @@ check "no container of the dc-bench runs is left" test -z "$(docker ps -aq --fil
 docker run -d --network none --label dcbench.suite.run=someone-else --entrypoint sleep dc-transfer 300 >/dev/null
 RES_INT=$WORK/out/results-interrupted
 mkdir -p "$RES_INT"
-bench --tasks lowshot --scale smoke --results "$RES_INT" --run-id smoke-interrupt --no-leaderboard \
-    >"$LOGS/dc-bench-interrupt.log" 2>&1 &
+# Not through the bench function: $! must be dc-bench itself, not a subshell that would take the signal.
+DOCKER_HOST="unix://$WORK/docker.sock" "$DC_BENCH" run "$ckpt" --engine docker --image dc-transfer --tasks lowshot \
+    --scale smoke --results "$RES_INT" --run-id smoke-interrupt --no-leaderboard >"$LOGS/dc-bench-interrupt.log" 2>&1 &
 bench_pid=$!
 for _ in $(seq 240); do
     [[ -n $(docker ps -q --filter label=dcbench.suite.run=smoke-interrupt) ]] && break
