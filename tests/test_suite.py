@@ -216,9 +216,12 @@ def test_ctrl_c_stops_the_running_tasks_and_exits_130(tmp_path, ckpt, quiet_env)
         out += line
         if "start  lowshot" in line:
             break
-    time.sleep(3)
     task = ["pgrep", "-f", "--", f"--out {res}"]
+    deadline = time.monotonic() + 30
+    while subprocess.run(task, capture_output=True).returncode != 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert subprocess.run(task, capture_output=True).returncode == 0  # the task is running
+    time.sleep(2)
     p.send_signal(signal.SIGINT)
     out += p.stdout.read()
     assert p.wait(timeout=60) == 130, out

@@ -86,11 +86,12 @@ def test_ctrl_c_cancels_this_runs_slurm_jobs(cluster, ckpt, tmp_path):
         out += line
         if "start  lowshot" in line:
             break
-    log = next((res / "suite" / "logs").glob("lowshot__*.log"))
-    deadline = time.monotonic() + 60
-    while "submitted slurm job" not in log.read_text() and time.monotonic() < deadline:
+    # "start" is printed just before the engine creates the log and submits: wait for the job id
+    logs, text, deadline = res / "suite" / "logs", "", time.monotonic() + 60
+    while "submitted slurm job" not in text and time.monotonic() < deadline:
         time.sleep(0.5)
-    job_id = log.read_text().split("submitted slurm job ")[1].split()[0]
+        text = "".join(f.read_text() for f in logs.glob("lowshot__*.log"))
+    job_id = text.split("submitted slurm job ")[1].split()[0]
     p.send_signal(signal.SIGINT)
     out += p.stdout.read()
     assert p.wait(timeout=120) == 130, out
