@@ -1,8 +1,8 @@
 """What the suite needs to know about each transfer task, without importing the transfer wing:
 which dataset folder it reads, and what a Slurm job for it asks for.
 
-The task names are dcbench's own list (``dcbench.results.TASKS``, the names a result may carry);
-a test checks that this table covers exactly those.
+The task names are dcbench's task registry (``dcbench.tasks.TASKS``); a test checks that this
+table covers exactly those.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dcbench.errors import UserError
-from dcbench.results import TASKS
+from dcbench.tasks import TASKS
 
 # --data-root layout (README "Suite data layout"): dataset -> folder under the root. The embedded
 # data names two of them differently (it predates the suite), so it has its own map.

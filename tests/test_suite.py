@@ -17,12 +17,12 @@ import pytest
 from dcbench.checkpoint import save_checkpoint
 from dcbench.errors import UserError, run_cli
 from dcbench.models import build_model
-from dcbench.results import TASKS
 from dcbench.suite import containers, tasks
 from dcbench.suite.cli import main
 from dcbench.suite.plan import Job, flag_values, parse_task_args, read_checkpoint
 from dcbench.suite.progress import Progress
 from dcbench.suite.runner import Outcome
+from dcbench.tasks import TASKS
 
 
 @pytest.fixture(scope="module")
