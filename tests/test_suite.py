@@ -128,6 +128,7 @@ def test_progress_is_plain_lines_when_not_a_terminal(ckpt):
 # Local engine, end to end on the embedded data
 
 
+@pytest.mark.slow
 def test_suite_runs_the_tasks_then_leaderboard_and_a_second_run_skips_them(tmp_path, ckpt, capsys, quiet_env):
     res = tmp_path / "out" / "results"
     argv = [ckpt, "--tasks", "knn-graph,linear-imagenet", "--results", res, "--jobs", "2"]
@@ -151,6 +152,7 @@ def test_suite_runs_the_tasks_then_leaderboard_and_a_second_run_skips_them(tmp_p
     assert time.monotonic() - t0 < 30
 
 
+@pytest.mark.slow
 def test_failed_task_leaves_the_others_and_exits_1_with_its_log_tail(tmp_path, ckpt, capsys, quiet_env,
                                                                        embedded_root):
     # the documented --data-root layout, with one VOC2007 annotation corrupted
@@ -176,6 +178,7 @@ def test_failed_task_leaves_the_others_and_exits_1_with_its_log_tail(tmp_path, c
     assert (tmp_path / "LEADERBOARD.md").is_file()  # over what did finish
 
 
+@pytest.mark.slow
 def test_resume_rule_skips_the_same_request_and_reruns_a_changed_protocol_value(tmp_path, ckpt, capsys,
                                                                                  quiet_env):
     res = tmp_path / "results"
@@ -207,6 +210,7 @@ def test_resume_rule_skips_the_same_request_and_reruns_a_changed_protocol_value(
     assert len(result_files(res)) == n + 1
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_running_tasks_and_exits_130(tmp_path, ckpt, quiet_env):
     res = tmp_path / "results"
     p = subprocess.Popen([sys.executable, "-m", "dcbench.suite.cli", "run", str(ckpt), "--tasks", "lowshot",
