@@ -9,8 +9,11 @@
 # 3. build dc-train and dc-transfer from docker/Dockerfile (FLAVOR=cpu by default);
 # 4. docker run dc-train --help / dc-transfer --help: the presets and tasks are listed;
 # 5. docker run dc-train (no arguments) -> a checkpoint in the mounted /checkpoints;
-# 6. docker run dc-transfer TASK on that checkpoint -> a result JSON in the mounted /results;
-# 7. docker run dc-transfer dc-leaderboard on the results -> LEADERBOARD.md;
+# 6. dc-bench run --engine docker (the suite driver, through the Docker SDK) runs the transfer
+#    tasks on that checkpoint, one container each -> result JSONs in the mounted /results, then
+#    dc-leaderboard -> LEADERBOARD.md; a second run skips them;
+# 7. Ctrl-C in the middle of a dc-bench docker run leaves none of that run's containers behind,
+#    and another run's container untouched;
 # 8. a read-only /results is refused in one line with exit 2;
 # then the files are checked (format, sha256, git sha), and the engine is stopped and its disk
 # freed on every exit path, failures included.
@@ -19,7 +22,8 @@
 #   DC_SMOKE_TMP        parent of the temp folder (default /tmp)
 #   DC_SMOKE_MIN_FREE_GB  free space required there (default 14; the run peaks near 11 GB)
 #   DC_SMOKE_FLAVOR     cpu (default) or gpu
-#   DC_SMOKE_TASK       transfer task to run (default linear-imagenet)
+#   DC_SMOKE_TASK       transfer task(s) to run, comma-separated (default linear-imagenet,knn-graph)
+#   DC_BENCH            the host's dc-bench (default: the repository's .venv/bin/dc-bench, as .ci/run makes it)
 #   DC_SMOKE_TRAIN_ARGS arguments for `docker run dc-train` (default none: the no-argument run)
 #   DC_SMOKE_DEB_CACHE  where debootstrap keeps its .debs between runs (default /var/cache/dcbench-debootstrap)
 #   DC_SMOKE_ARTIFACTS  copy the checkpoint, results and logs here before cleaning up
@@ -38,7 +42,8 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TMP_PARENT=${DC_SMOKE_TMP:-/tmp}
 MIN_FREE_GB=${DC_SMOKE_MIN_FREE_GB:-14}
 FLAVOR=${DC_SMOKE_FLAVOR:-cpu}
-TASK=${DC_SMOKE_TASK:-linear-imagenet}
+TASK=${DC_SMOKE_TASK:-linear-imagenet,knn-graph}
+DC_BENCH=${DC_BENCH:-$REPO/.venv/bin/dc-bench}
 DOCKERD=${DOCKERD:-/usr/sbin/dockerd}
 DOCKER_CLI=${DOCKER_CLI:-/usr/bin/docker}
 DEBOOTSTRAP=${DEBOOTSTRAP:-debootstrap}
@@ -100,6 +105,7 @@ if ((free_gb < MIN_FREE_GB)); then
     die "only ${free_gb} GB free under $TMP_PARENT, the container stage needs ${MIN_FREE_GB} GB (free some, or point DC_SMOKE_TMP at a roomier folder)"
 fi
 [[ $(id -u) -eq 0 ]] || die "must run as root: it starts its own Docker engine (dockerd)"
+[[ -x $DC_BENCH ]] || die "no dc-bench at $DC_BENCH: install the repository first (python3 -m venv .venv && .venv/bin/pip install -e '.[test]'), or set DC_BENCH" 2
 
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -199,12 +205,15 @@ docker images --format '  {{.Repository}}:{{.Tag}}  {{.Size}}'
 run=(docker run --rm --network none)
 "${run[@]}" dc-train --help >"$LOGS/dc-train-help.txt" 2>&1 || die "docker run dc-train --help failed"
 "${run[@]}" dc-transfer --help >"$LOGS/dc-transfer-help.txt" 2>&1 || die "docker run dc-transfer --help failed"
-sed 's/^/  | /' "$LOGS/dc-train-help.txt" | head -12
+head -12 "$LOGS/dc-train-help.txt" | sed 's/^/  | /'  # head reads the file: no SIGPIPE under pipefail
 sed 's/^/  | /' "$LOGS/dc-transfer-help.txt"
 for p in "${PRESETS[@]}"; do
     check "dc-train --help lists preset $p" grep -q -- "$p" "$LOGS/dc-train-help.txt"
 done
-check "dc-transfer --help lists task $TASK" grep -q -- "$TASK" "$LOGS/dc-transfer-help.txt"
+IFS=, read -r -a TASKS <<<"$TASK"
+for task in "${TASKS[@]}"; do
+    check "dc-transfer --help lists task $task" grep -q -- "$task" "$LOGS/dc-transfer-help.txt"
+done
 
 # --- 5-7. train -> transfer -> leaderboard, as the container's user ----------------------------------
 CK=$WORK/out/checkpoints RES=$WORK/out/results
@@ -221,18 +230,51 @@ ckpt=$(find "$CK" -name model.safetensors -printf '%h\n' | head -1)
 say "docker run dc-train ${TRAIN_ARGS[*]:-(no arguments)}: ${TRAIN_S}s, checkpoint ${ckpt#"$CK"/}"
 ckpt_in=/checkpoints/${ckpt#"$CK"/}
 
+bench() { DOCKER_HOST="unix://$WORK/docker.sock" "$DC_BENCH" run "$ckpt" --engine docker --image dc-transfer "$@"; }
 t=$(date +%s)
-docker run --rm --network none -v "$CK:/checkpoints:ro" -v "$RES:/results" \
-    dc-transfer "$TASK" --checkpoint "$ckpt_in" --scale smoke >"$LOGS/dc-transfer.log" 2>&1 \
-    || { tail -20 "$LOGS/dc-transfer.log" >&2; die "docker run dc-transfer $TASK failed"; }
+bench --tasks "$TASK" --scale smoke --results "$RES" --leaderboard "$RES/LEADERBOARD.md" >"$LOGS/dc-bench.log" 2>&1 \
+    || { tail -30 "$LOGS/dc-bench.log" >&2; die "dc-bench run --engine docker --tasks $TASK failed"; }
 TRANSFER_S=$(($(date +%s) - t))
-mapfile -t results < <(cd "$RES" && find . -name '*.json' -printf '%P\n' | sort)
-((${#results[@]})) || die "docker run dc-transfer $TASK wrote no result JSON under /results"
-say "docker run dc-transfer $TASK: ${TRANSFER_S}s, ${#results[@]} result file(s)"
+mapfile -t results < <(cd "$RES" && find . -name '*.json' -not -path './suite/*' -printf '%P\n' | sort)
+((${#results[@]})) || die "dc-bench run --engine docker --tasks $TASK wrote no result JSON under /results"
+say "dc-bench run --engine docker --tasks $TASK: ${TRANSFER_S}s, ${#results[@]} result file(s)"
+grep '^\[' "$LOGS/dc-bench.log" | sed -n '1,4s/^/  | /p'
+sed -n '/^dc-bench summary/,$p' "$LOGS/dc-bench.log" | sed 's/^/  | /'
+t=$(date +%s)
+bench --tasks "$TASK" --scale smoke --results "$RES" --leaderboard "$RES/LEADERBOARD.md" >"$LOGS/dc-bench-again.log" 2>&1 \
+    || { tail -30 "$LOGS/dc-bench-again.log" >&2; die "the second dc-bench run --engine docker failed"; }
+AGAIN_S=$(($(date +%s) - t))
+check "a second dc-bench run skips every task (${AGAIN_S}s)" \
+    test "$(grep -c '^  skipped' "$LOGS/dc-bench-again.log")" -eq "${#TASKS[@]}"
+check "no container of the dc-bench runs is left" test -z "$(docker ps -aq --filter label=dcbench.suite.run)"
 
-docker run --rm --network none -v "$RES:/results" dc-transfer dc-leaderboard \
-    "${results[@]/#//results/}" --out /results/LEADERBOARD.md >"$LOGS/dc-leaderboard.log" 2>&1 \
-    || { tail -20 "$LOGS/dc-leaderboard.log" >&2; die "docker run dc-transfer dc-leaderboard failed"; }
+# --- 7. Ctrl-C in the middle of a docker run -----------------------------------------------------------
+# Another run's container (a plain sleep) must survive; this run's must all be gone.
+docker run -d --network none --label dcbench.suite.run=someone-else --entrypoint sleep dc-transfer 300 >/dev/null
+RES_INT=$WORK/out/results-interrupted
+mkdir -p "$RES_INT"
+# Not through the bench function: $! must be dc-bench itself, not a subshell that would take the signal.
+DOCKER_HOST="unix://$WORK/docker.sock" "$DC_BENCH" run "$ckpt" --engine docker --image dc-transfer --tasks lowshot \
+    --scale smoke --results "$RES_INT" --run-id smoke-interrupt --no-leaderboard >"$LOGS/dc-bench-interrupt.log" 2>&1 &
+bench_pid=$!
+for _ in $(seq 240); do
+    [[ -n $(docker ps -q --filter label=dcbench.suite.run=smoke-interrupt) ]] && break
+    kill -0 "$bench_pid" 2>/dev/null || break
+    sleep 0.5
+done
+running=$(docker ps -q --filter label=dcbench.suite.run=smoke-interrupt | wc -l)
+sleep 3
+kill -INT "$bench_pid" 2>/dev/null
+set +e
+wait "$bench_pid"
+int_rc=$?
+set -e
+left=$(docker ps -aq --filter label=dcbench.suite.run=smoke-interrupt | wc -l)
+other=$(docker ps -q --filter label=dcbench.suite.run=someone-else | wc -l)
+say "Ctrl-C: dc-bench exit $int_rc; its containers: $running running before, $left after; the other run's: $other"
+check "Ctrl-C stops dc-bench (exit 130) and removes its running container, only its own" \
+    test "$int_rc" -eq 130 -a "$running" -eq 1 -a "$left" -eq 0 -a "$other" -eq 1
+docker ps -aq --filter label=dcbench.suite.run=someone-else | xargs -r "$DOCKER_CLI" -H "unix://$WORK/docker.sock" rm -f >/dev/null
 
 # --- 8. bad input: an output folder the container cannot write -----------------------------------------
 set +e
@@ -258,19 +300,18 @@ EOF
 check "result JSON(s) name the task, the checkpoint's sha256 and the image's git sha" \
     python3 - "$ckpt" "$RES" "$TASK" "$GIT_SHA" <<'EOF'
 import hashlib, json, sys, pathlib
-ck, res, task, sha = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+ck, res, tasks, sha = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3].split(","), sys.argv[4]
 wsha = hashlib.sha256((ck / "model.safetensors").read_bytes()).hexdigest()
-files = sorted(res.rglob("*.json"))
-assert files
+files = sorted(f for f in res.rglob("*.json") if "suite" not in f.relative_to(res).parts)
+assert sorted(json.loads(f.read_text()).get("task") for f in files) == sorted(tasks), files
 for f in files:
     r = json.loads(f.read_text())
-    assert r.get("task") == task, (f, r.get("task"))
     assert r["checkpoint"]["sha256"] == wsha, (f, "checkpoint sha256 differs")
     assert r["metrics"], (f, "no metrics")
     assert r["environment"]["git_sha"] == sha, (f, r["environment"]["git_sha"], sha)
     print(f"  {f.name}: {r['metrics']}")
 EOF
-check "dc-leaderboard wrote /results/LEADERBOARD.md" test -s "$RES/LEADERBOARD.md"
+check "dc-bench ran dc-leaderboard: LEADERBOARD.md beside the results" test -s "$RES/LEADERBOARD.md"
 
 STAGE_S=$(($(date +%s) - T0))
 echo
@@ -279,7 +320,7 @@ for target in dc-train dc-transfer; do
     printf '  image %-12s %6d MB   built in %4ds\n' "$target" $((SIZE[$target] / 1000000)) "${BUILD_S[$target]}"
 done
 printf '  docker run dc-train        %4ds (%s)\n' "$TRAIN_S" "${TRAIN_ARGS[*]:-no arguments}"
-printf '  docker run dc-transfer     %4ds (%s)\n' "$TRANSFER_S" "$TASK"
+printf '  dc-bench run --engine docker %4ds (%s; again, all skipped: %ds)\n' "$TRANSFER_S" "$TASK" "$AGAIN_S"
 printf '  container stage total      %4ds\n' "$STAGE_S"
 echo "docker: $PASSED passed, $FAILED failed"
 ((FAILED == 0)) || exit 1
