@@ -150,4 +150,6 @@ def read_result(path: str | os.PathLike) -> dict:
         raise ResultError(f"{path}: no such result file") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ResultError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ResultError(f"{path}: nested too deeply to be a result file") from None
     return validate_result(data, str(path))
