@@ -35,6 +35,7 @@ from safetensors.torch import load_file
 from dcbench.errors import run_cli
 
 ALLOWED_NOISE = ("warning:", "note:", "WARNING clustering", "resuming ")
+PROGRESS_BAR = re.compile(r"\|\s*\d+/\d+ \[")  # tqdm's "| 7/1740 [" (subprocesses have no TTY test)
 
 
 @pytest.fixture(autouse=True)
@@ -155,7 +156,8 @@ def _check_stderr(code: int, err: str, ok_codes=(0,)) -> str | None:
     assert "Traceback" not in err, err[-3000:]
     lines = [line.strip() for line in err.replace("\r", "\n").splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
-    other = [line for line in lines if not line.startswith("error:") and not line.startswith(ALLOWED_NOISE)]
+    other = [line for line in lines if not line.startswith("error:") and not line.startswith(ALLOWED_NOISE)
+             and not PROGRESS_BAR.search(line)]
     assert not other, f"unexpected stderr lines: {other[:5]}"
     if code in ok_codes:
         assert not errors, errors
