@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dcbench.checkpoint import load_checkpoint, save_checkpoint, sha256_file
+from dcbench.checkpoint import save_checkpoint, sha256_file
 from dcbench.cli_inspect import main as inspect_main
 from dcbench.errors import CheckpointError
 from dcbench.models import build_model

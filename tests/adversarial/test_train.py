@@ -16,7 +16,7 @@ from PIL import Image
 from dcbench.checkpoint import read_meta
 from dcbench.train.cli import main as train_main
 
-from .conftest import TRAIN_FLAGS, bin_of, expect, expect_process, limited, write_tree
+from .conftest import TRAIN_FLAGS, bin_of, expect, expect_process, limited
 
 # (id, flags, what the error line must say)
 BAD_FLAGS = [
