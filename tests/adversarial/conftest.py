@@ -224,3 +224,74 @@ def limited(nbytes: int, *cmd) -> list:
 
 def bin_of(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
+
+
+# ---------------------------------------------------------------------------------------------
+# a tiny VOCdevkit
+
+
+def write_voc(root: Path, per_split: int = 4, size: tuple[int, int] = (80, 64), seed: int = 0) -> Path:
+    """VOCdevkit/VOC2007 (trainval/test, one object per image, every class file) and VOC2012
+    segmentation (train/val, palette masks of the image's size), at ``size`` = (w, h)."""
+    from dcbench.datasets import VOC_CLASSES
+    from dcbench.synth import voc_xml
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    y7 = root / "VOCdevkit" / "VOC2007"
+    for d in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (y7 / d).mkdir(parents=True, exist_ok=True)
+    for split in ("trainval", "test"):
+        ids = [f"{split}{i:03d}" for i in range(per_split)]
+        for k, i in enumerate(ids):
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(y7 / "JPEGImages" / f"{i}.jpg")
+            obj = dict(name=VOC_CLASSES[k % 3], bndbox=(5, 6, w - 10, h - 8), truncated=False, difficult=False)
+            (y7 / "Annotations" / f"{i}.xml").write_text(voc_xml("VOC2007", i, w, h, [obj], False))
+        (y7 / "ImageSets/Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+        for c, cls in enumerate(VOC_CLASSES):
+            (y7 / "ImageSets/Main" / f"{cls}_{split}.txt").write_text(
+                "".join(f"{i} {1 if c == k % 3 else -1}\n" for k, i in enumerate(ids)))
+    y12 = root / "VOCdevkit" / "VOC2012"
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (y12 / d).mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val"):
+        ids = [f"{split}{i:03d}" for i in range(per_split)]
+        for k, i in enumerate(ids):
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(y12 / "JPEGImages" / f"{i}.jpg")
+            mask = np.zeros((h, w), dtype=np.uint8)
+            mask[h // 4:3 * h // 4, w // 4:3 * w // 4] = 1 + k % 3
+            mask[h // 4, :] = 255
+            m = Image.fromarray(mask, mode="L").convert("P")
+            m.save(y12 / "SegmentationClass" / f"{i}.png")
+        (y12 / "ImageSets/Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+    return root / "VOCdevkit"
+
+
+@pytest.fixture(scope="session")
+def voc(tmp_path_factory) -> Path:
+    return write_voc(tmp_path_factory.mktemp("voc"))
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def set_box(voc_root: Path, image_id: str, box=None, size=None, text=None) -> Path:
+    """Rewrite one VOC2007 annotation: the first object's box, the image size, or the whole text."""
+    import xml.etree.ElementTree as ET
+
+    f = voc_root / "VOC2007" / "Annotations" / f"{image_id}.xml"
+    if text is not None:
+        f.write_text(text)
+        return f
+    tree = ET.parse(f)
+    if box is not None:
+        bb = tree.getroot().find("object/bndbox")
+        for tag, v in zip(("xmin", "ymin", "xmax", "ymax"), box):
+            bb.find(tag).text = str(v)
+    if size is not None:
+        for tag, v in zip(("width", "height"), size):
+            tree.getroot().find(f"size/{tag}").text = str(v)
+    tree.write(f)
+    return f
