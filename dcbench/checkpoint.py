@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
@@ -181,7 +181,7 @@ def load_checkpoint(path: str | os.PathLike, *, with_train_state: bool = False,
                          input_size=int(meta["input_size"]), num_classes=int(meta["num_classes"] or 0))
     except (TypeError, ValueError, OverflowError) as e:
         raise CheckpointError(f"{path / META} has an invalid model description ({e})") from None
-    _check_fits_file(spec, path / WEIGHTS)
+    _check_against_header(spec, path / WEIGHTS)
     try:
         tensors = load_file(str(path / WEIGHTS), device=map_location)
     except (SafetensorError, OSError, ValueError) as e:
@@ -192,11 +192,6 @@ def load_checkpoint(path: str | os.PathLike, *, with_train_state: bool = False,
                               f"(first: {bad[0]}); the training diverged or the file was made so; "
                               "use an earlier checkpoint")
     model = DeepClusterNet(spec)
-    expected, found = set(model.state_dict()), set(tensors)
-    if expected != found:
-        extra, lacking = sorted(found - expected)[:3], sorted(expected - found)[:3]
-        raise CheckpointError(f"{path / WEIGHTS} does not fit {spec.arch} (sobel={spec.sobel}, "
-                              f"input {spec.input_size}): missing {lacking}, unexpected {extra}")
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
@@ -214,17 +209,26 @@ def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
     return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
-def _check_fits_file(spec: ModelSpec, weights: Path) -> None:
-    """The model meta.json describes must fit in the weights file: a stranger's meta cannot make
-    us allocate more than the (verified) file holds."""
-    from dcbench.resources import footprint
-
-    need = 4 * footprint(spec).params
-    have = weights.stat().st_size
-    if need > have:
-        raise CheckpointError(f"{weights.parent / META} describes a {spec.arch} at {spec.input_size}px with "
-                              f"{spec.num_classes} classes ({need} bytes of weights), but {WEIGHTS} has {have} "
-                              "bytes; the meta.json does not belong to these weights")
+def _check_against_header(spec: ModelSpec, weights: Path) -> None:
+    """The model meta.json describes must have exactly the tensors (names and shapes) the weights
+    file's header lists, checked before either is allocated: a stranger's meta.json cannot make
+    us build a model larger than the (sha256-verified) file."""
+    with torch.device("meta"):  # shapes only, no memory
+        expected = {k: tuple(v.shape) for k, v in DeepClusterNet(spec).state_dict().items()}
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights} is not a readable safetensors file ({e})") from None
+    if set(expected) != set(found):
+        extra, lacking = sorted(set(found) - set(expected))[:3], sorted(set(expected) - set(found))[:3]
+        raise CheckpointError(f"{weights} does not fit {spec.arch} (sobel={spec.sobel}, "
+                              f"input {spec.input_size}): missing {lacking}, unexpected {extra}")
+    wrong = [k for k in expected if expected[k] != found[k]]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"{weights} does not fit {spec.arch} at input {spec.input_size}: {k} is "
+                              f"{list(found[k])} in the file, {list(expected[k])} in the model {META} describes")
 
 
 def _bad(meta_path: Path, key: str, value, want: str) -> CheckpointError:

@@ -73,10 +73,13 @@ def test_oversized_meta_is_refused_unread(base, tmp_path, capfd):
 
 
 def test_meta_describing_a_bigger_model_than_the_weights_is_refused(base, tmp_path, capfd):
-    # a 1024-px AlexNet with 10^6 classes would need gigabytes: the (verified) file is 86 MB
-    ck = edit_meta(copy_ckpt(base.ckpt, tmp_path / "ck"), input_size=1024, num_classes=1_000_000)
+    # a 1024-px AlexNet with 10^6 classes would need gigabytes: refused from the file header, unallocated
+    ck = edit_meta(copy_ckpt(base.ckpt, tmp_path / "ck"), input_size=1024)
     res = expect(capfd, inspect_main, [ck], root=tmp_path, out=None, code=2)
-    assert "does not belong to these weights" in res.error
+    assert "does not fit alexnet at input 1024: classifier.1.weight is [4096, 256]" in res.error
+    ck2 = edit_meta(copy_ckpt(base.ckpt, tmp_path / "ck2"), num_classes=1_000_000)
+    res = expect(capfd, inspect_main, [ck2], root=tmp_path, out=None, code=2)
+    assert "missing ['top_layer.bias', 'top_layer.weight']" in res.error
 
 
 def _poison(ck, value):
