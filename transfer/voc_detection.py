@@ -61,7 +61,7 @@ from dcbench.datasets import VOC_CLASSES, VOCDetection, fingerprint
 from dcbench.errors import DataError, UserError
 from dcbench.models import DeepClusterNet
 from dcbench.results import checkpoint_block, make_result
-from dcbench.safepath import under
+from dcbench.safepath import safe_slug, under
 from dcbench.seeding import seed_everything
 from dcbench.transfer import training
 from dcbench.transfer.protocol import (
@@ -389,7 +389,7 @@ def run(args: argparse.Namespace) -> Path:
         dets = detect(det, DetectionItems(test_ds, drop_difficult=False), proto, device, proposals)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     # the name is meta.json's, i.e. the checkpoint author's: a slug, kept under --out
-    det_dir = under(args.out, f"voc-detection-{ckpt.name}-{method}-{args.layers}-{stamp}")
+    det_dir = under(args.out, f"voc-detection-{safe_slug(ckpt.name)}-{method}-{args.layers}-{stamp}")
     with timer("eval"):
         write_detection_files(det_dir, dets, VOC_CLASSES)
         annotations = {i: a["objects"] for i, a in zip(test_ds.ids, test_ds.annotations)}
