@@ -89,7 +89,7 @@ def test_crash_between_the_renames_resumes_from_old_and_cleans_temporaries(base,
     assert not list(run.rglob("*.tmp")) and not (run / "checkpoint.old").exists()
 
 
-def test_a_run_killed_while_writing_its_checkpoint_resumes_and_leaves_no_temporary(base, tmp_path):
+def test_a_run_killed_while_writing_its_checkpoint_resumes_and_leaves_no_temporary(base, tmp_path, capfd):
     run = tmp_path / "run"
     argv = [bin_of("dc-train"), "--data", base.tree, "--out", run, *TRAIN_FLAGS, "--epochs", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -101,9 +101,8 @@ def test_a_run_killed_while_writing_its_checkpoint_resumes_and_leaves_no_tempora
         time.sleep(0.005)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    res = expect_process(argv, root=tmp_path, out=run, code=0,
-                         may_change=tuple(str(x.relative_to(tmp_path)) for x in run.rglob("*")))
-    assert res.code == 0
+    expect(capfd, train_main, argv[1:], root=tmp_path, out=run, code=0,
+           may_change=tuple(str(x.relative_to(tmp_path)) for x in run.rglob("*")))
     assert read_meta(run / "checkpoint")["epoch"] == 2
     assert not list(run.rglob("*.tmp")) and not (run / "checkpoint.old").exists()
 
@@ -138,13 +137,6 @@ def test_decompression_bomb_in_the_training_tree_is_skipped_and_counted(base, tm
     assert "bomb.png" in res.stderr and log["images"] == 18
 
 
-def test_non_utf8_file_name_is_skipped(base, tmp_path, capfd):
-    tree = _tree(base, tmp_path)
-    shutil.copy(tree / "c0" / "img0.jpg", os.path.join(os.fsencode(tree / "c0"), b"\xff\xfe.jpg"))
-    res, log = _train_ok(capfd, base, tmp_path, tree)
-    assert "skipped" in res.stderr and log["images"] == 18
-
-
 def test_non_utf8_class_folder_is_one_line(base, tmp_path, capfd):
     tree = _tree(base, tmp_path)
     os.rename(tree / "c2", os.path.join(os.fsencode(tree), b"c\xff"))
@@ -161,22 +153,18 @@ def test_directory_link_loop_is_walked_once(base, tmp_path, capfd):
     assert log["images"] == 18 + 12
 
 
-@pytest.mark.parametrize("kind", ["self-link", "dangling-link", "empty-file", "truncated-jpeg", "text-as-jpeg"])
-def test_unreadable_image_file_is_skipped(base, tmp_path, capfd, kind):
+def test_every_kind_of_unreadable_image_file_is_skipped_and_counted(base, tmp_path, capfd):
     tree = _tree(base, tmp_path)
-    bad = tree / "c1" / "bad.jpg"
-    if kind == "self-link":
-        os.symlink("bad.jpg", bad)
-    elif kind == "dangling-link":
-        os.symlink("/nonexistent/x.jpg", bad)
-    elif kind == "empty-file":
-        bad.write_bytes(b"")
-    elif kind == "truncated-jpeg":
-        bad.write_bytes((tree / "c1" / "img0.jpg").read_bytes()[:200])
-    else:
-        bad.write_text("<script>alert(1)</script>")
+    c1 = tree / "c1"
+    os.symlink("loop.jpg", c1 / "loop.jpg")  # a link to itself
+    os.symlink("/nonexistent/x.jpg", c1 / "dangling.jpg")
+    (c1 / "empty.jpg").write_bytes(b"")
+    (c1 / "truncated.jpg").write_bytes((c1 / "img0.jpg").read_bytes()[:200])
+    (c1 / "markup.jpg").write_text("<script>alert(1)</script>")
+    shutil.copy(c1 / "img0.jpg", os.path.join(os.fsencode(c1), b"\xff\xfe.jpg"))  # not UTF-8
     res, log = _train_ok(capfd, base, tmp_path, tree)
-    assert "bad.jpg" in res.stderr and log["images"] + log.get("unreadable", 0) >= 18
+    # each fails the header check at listing or the decode (counted in "unreadable"): only the 18 good ones are read
+    assert "skipped" in res.stderr and log["images"] == 18
 
 
 def test_tree_of_only_unreadable_images_is_one_line(tmp_path, capfd):

@@ -144,14 +144,14 @@ def test_feature_cache_is_not_shared_by_checkpoints_with_other_preprocessing(bas
     b = edit_meta(copy_ckpt(base.ckpt, tmp_path / "b"), name="other-preprocessing",
                   preprocessing={"mean": [0.9, 0.1, 0.9], "std": [0.05, 0.5, 0.05], "colour_order": "RGB"})
     out = tmp_path / "out"
-    results = []
-    for ck in (a, b, a):
+    results, entries = [], []
+    for ck in (a, b):
         expect(capfd, transfer_main, knn(ck, cls, out), root=tmp_path, out=out, code=0)
-        newest = max(out.glob("knn-graph__*.json"), key=lambda p: p.stat().st_mtime_ns)
-        results.append(json.loads(newest.read_text()))
-    hits = [r["details"]["feature_cache_hit"] for r in results]
-    assert hits == [False, False, True]
-    assert results[0]["metrics"] == results[2]["metrics"] != results[1]["metrics"]
+        results.append(json.loads(max(out.glob("knn-graph__*.json"), key=lambda p: p.stat().st_mtime_ns).read_text()))
+        entries.append(len(list((out / "cache").glob("*.safetensors"))))
+    # b computed and cached its own features (as many entries again), and they differ from a's
+    assert [r["details"]["feature_cache_hit"] for r in results] == [False, False] and entries[1] == 2 * entries[0]
+    assert results[0]["metrics"] != results[1]["metrics"]
 
 
 def test_decompression_bomb_in_the_knn_data_is_skipped(base, cls, tmp_path, capfd):
