@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from dcbench.resources import MAX_SEED
+from dcbench.resources import MAX_INPUT_SIZE, MAX_SEED
 
 FLOAT32_MAX = 3.4e38  # torch applies hyperparameters in float32: a larger value overflows there
 
@@ -47,6 +47,14 @@ def seed(text: str) -> int:
     v = _int(text)
     if not 0 <= v <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"must be in [0, {MAX_SEED}], got {v}")
+    return v
+
+
+def input_size(text: str) -> int:
+    """A network input size in pixels: the models need 32, and the fc6 width grows with the square."""
+    v = _int(text)
+    if not 32 <= v <= MAX_INPUT_SIZE:
+        raise argparse.ArgumentTypeError(f"must be in [32, {MAX_INPUT_SIZE}] pixels (the thesis: 224), got {v}")
     return v
 
 

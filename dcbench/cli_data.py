@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from dcbench import argtypes
 from dcbench.atomic import _umask, disk_error
 from dcbench.errors import ArgumentParser, UserError, run_cli
 from dcbench.synth import SCALES, make_datasets
@@ -23,7 +24,7 @@ def build_parser() -> ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     m = sub.add_parser("make", help="generate ImageFolder, Places205-style and VOCdevkit datasets into OUT")
     m.add_argument("out", metavar="OUT", type=Path, help="output folder (must be empty or missing unless --force)")
-    m.add_argument("--seed", type=int, default=0, help="random seed (same seed -> byte-identical tree; default 0)")
+    m.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (same seed -> byte-identical tree; default 0)")
     m.add_argument("--scale", choices=sorted(SCALES), default="smoke", help="dataset sizes (default smoke)")
     m.add_argument("--force", action="store_true", help="delete a non-empty OUT first")
     return p
