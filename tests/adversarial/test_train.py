@@ -16,7 +16,7 @@ from PIL import Image
 from dcbench.checkpoint import read_meta
 from dcbench.train.cli import main as train_main
 
-from .conftest import TRAIN_FLAGS, bin_of, expect, expect_process, limited
+from .conftest import TRAIN_FLAGS, bin_of, case, expect, expect_process, limited
 
 # (id, flags, what the error line must say)
 BAD_FLAGS = [
@@ -48,7 +48,15 @@ BAD_FLAGS = [
 ]
 
 
-@pytest.mark.parametrize("flags,message", [c[1:] for c in BAD_FLAGS], ids=[c[0] for c in BAD_FLAGS])
+def _class(case_id: str) -> int:
+    if any(w in case_id for w in ("nan", "inf", "overflows")):
+        return 2  # non-finite hyperparameters
+    if case_id in ("batch-size-1e9", "steps-1e12", "input-size-100000"):
+        return 4  # bounded up front
+    return 8
+
+
+@pytest.mark.parametrize("flags,message", [case(_class(c[0]), *c[1:], id=c[0]) for c in BAD_FLAGS])
 def test_bad_training_flag_is_one_line_exit_2_and_writes_nothing(base, tmp_path, capfd, flags, message):
     out = tmp_path / "out"
     res = expect(capfd, train_main, ["--data", base.tree, "--out", out, *TRAIN_FLAGS, *flags],
@@ -56,6 +64,7 @@ def test_bad_training_flag_is_one_line_exit_2_and_writes_nothing(base, tmp_path,
     assert not (out / "checkpoint").exists(), res
 
 
+@pytest.mark.issue_class(2)
 def test_a_step_that_diverges_is_never_saved(base, tmp_path, capfd):
     # loss finite at the only step; the step itself sends the weights to inf (lr * wd * w overflows)
     out = tmp_path / "out"
@@ -65,12 +74,22 @@ def test_a_step_that_diverges_is_never_saved(base, tmp_path, capfd):
     assert not (out / "checkpoint").exists() and not (out / "assignments").exists()
 
 
+@pytest.mark.issue_class(2)
+def test_a_second_epoch_that_diverges_leaves_the_first_as_the_last_good_checkpoint(base, tmp_path, capfd):
+    out = tmp_path / "out"
+    argv = ["--data", base.tree, "--out", out, *TRAIN_FLAGS, "--lr", "1e38", "--epochs", "2"]
+    res = expect(capfd, train_main, argv, root=tmp_path, out=out, code=1, match="at epoch 2")
+    assert f"the last good checkpoint {out / 'checkpoint'} (epoch 1) is intact" in res.error
+    assert read_meta(out / "checkpoint")["epoch"] == 1  # and finite: expect() checked every written weight
+
+
 def _run_copy(base, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(base.run, run)
     return run
 
 
+@pytest.mark.issue_class(3)
 def test_crash_between_the_renames_resumes_from_old_and_cleans_temporaries(base, tmp_path, capfd):
     run = _run_copy(base, tmp_path)
     os.rename(run / "checkpoint", run / "checkpoint.old")
@@ -89,6 +108,7 @@ def test_crash_between_the_renames_resumes_from_old_and_cleans_temporaries(base,
     assert not list(run.rglob("*.tmp")) and not (run / "checkpoint.old").exists()
 
 
+@pytest.mark.issue_class(3)
 def test_a_run_killed_while_writing_its_checkpoint_resumes_and_leaves_no_temporary(base, tmp_path, capfd):
     run = tmp_path / "run"
     argv = [bin_of("dc-train"), "--data", base.tree, "--out", run, *TRAIN_FLAGS, "--epochs", "2"]
@@ -130,6 +150,7 @@ def bomb_png(tmp_path_factory):
     return path
 
 
+@pytest.mark.issue_class(4)
 def test_decompression_bomb_in_the_training_tree_is_skipped_and_counted(base, tmp_path, capfd, bomb_png):
     tree = _tree(base, tmp_path)
     shutil.copy(bomb_png, tree / "c0" / "bomb.png")
@@ -137,6 +158,7 @@ def test_decompression_bomb_in_the_training_tree_is_skipped_and_counted(base, tm
     assert "bomb.png" in res.stderr and log["images"] == 18
 
 
+@pytest.mark.issue_class(8)
 def test_non_utf8_class_folder_is_one_line(base, tmp_path, capfd):
     tree = _tree(base, tmp_path)
     os.rename(tree / "c2", os.path.join(os.fsencode(tree), b"c\xff"))
@@ -144,6 +166,7 @@ def test_non_utf8_class_folder_is_one_line(base, tmp_path, capfd):
            out=tmp_path / "out", code=2, match="not UTF-8")
 
 
+@pytest.mark.issue_class(8)
 def test_directory_link_loop_is_walked_once(base, tmp_path, capfd):
     tree = _tree(base, tmp_path)
     os.symlink("..", tree / "c0" / "up")  # c0/up/c0/up/... and c0/up/c1 ...
@@ -153,6 +176,7 @@ def test_directory_link_loop_is_walked_once(base, tmp_path, capfd):
     assert log["images"] == 18 + 12
 
 
+@pytest.mark.issue_class(8)
 def test_every_kind_of_unreadable_image_file_is_skipped_and_counted(base, tmp_path, capfd):
     tree = _tree(base, tmp_path)
     c1 = tree / "c1"
@@ -167,6 +191,7 @@ def test_every_kind_of_unreadable_image_file_is_skipped_and_counted(base, tmp_pa
     assert "skipped" in res.stderr and log["images"] == 18
 
 
+@pytest.mark.issue_class(8)
 def test_tree_of_only_unreadable_images_is_one_line(tmp_path, capfd):
     tree = tmp_path / "tree"
     (tree / "a").mkdir(parents=True)
@@ -176,6 +201,7 @@ def test_tree_of_only_unreadable_images_is_one_line(tmp_path, capfd):
            out=tmp_path / "out", code=2, match="no readable images")
 
 
+@pytest.mark.issue_class(8)
 def test_data_that_is_a_file_is_one_line(base, tmp_path, capfd):
     f = tmp_path / "data.jpg"
     f.write_bytes(b"x")
@@ -183,6 +209,7 @@ def test_data_that_is_a_file_is_one_line(base, tmp_path, capfd):
            out=tmp_path / "out", code=2, match="not a directory")
 
 
+@pytest.mark.issue_class(8)
 def test_out_that_is_a_file_is_one_line(base, tmp_path, capfd):
     f = tmp_path / "out"
     f.write_text("precious")
@@ -193,6 +220,7 @@ def test_out_that_is_a_file_is_one_line(base, tmp_path, capfd):
 # ---- a full disk (subprocesses: the file-size limit must not hit the test runner)
 
 
+@pytest.mark.issue_class(7)
 def test_full_disk_during_dc_data_make_leaves_nothing(tmp_path):
     out = tmp_path / "data"
     expect_process(limited(3000, bin_of("dc-data"), "make", out), root=tmp_path, out=out, code=2,
@@ -200,6 +228,7 @@ def test_full_disk_during_dc_data_make_leaves_nothing(tmp_path):
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+@pytest.mark.issue_class(7)
 def test_full_disk_with_a_previous_run_keeps_it_byte_identical(base, tmp_path):
     run = _run_copy(base, tmp_path)
     # the previous run's files must not change; only its provenance (config.json) is rewritten at start
