@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -221,22 +222,21 @@ def _config_json(cfg: TrainConfig) -> dict:
 
 
 def _clean_stale(out: Path) -> list[str]:
-    """Recover the checkpoint from an interrupted swap and delete temporaries that killed writes of
-    this run left behind (``.NAME.*.tmp``: ours alone, see dcbench.atomic)."""
+    """Recover the checkpoint from an interrupted swap and delete the temporaries that killed writes
+    of this run left behind (``.NAME.<random>.tmp``, see dcbench.atomic)."""
     notes = []
     note = recover_interrupted_write(out / CHECKPOINT)
     if note:
         notes.append(note)
-    for folder, pattern in ((out, ".*.tmp"), (out / "assignments", ".epoch_*.tmp"),
-                            (out / "snapshots", ".epoch_*.tmp")):
+    # only the names this trainer writes (--out may be a folder shared with other things)
+    for folder, pattern in ((out, ".log.jsonl.*.tmp"), (out, ".config.json.*.tmp"),
+                            (out / "assignments", ".epoch_*.npz.*.tmp"), (out / "snapshots", ".epoch_*.*.tmp")):
         if not folder.is_dir():
             continue
         for tmp in folder.glob(pattern):
-            if tmp.is_symlink() or tmp.name.startswith(f".{CHECKPOINT}."):
+            if tmp.is_symlink():
                 continue
             if tmp.is_dir():
-                import shutil
-
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink(missing_ok=True)

@@ -100,6 +100,7 @@ def test_crash_between_the_renames_resumes_from_old_and_cleans_temporaries(base,
     (run / "assignments" / ".epoch_0002.npz.x2.tmp").write_bytes(b"PK")
     moved = tuple(str(p.relative_to(tmp_path)) for p in run.rglob("*")
                   if "checkpoint.old" in p.parts or p.name.endswith(".tmp") or ".checkpoint.k1ll3d.tmp" in p.parts)
+    (run / ".notes.tmp").write_text("not the trainer's: must survive")  # checked by expect()
     res = expect(capfd, train_main, ["--data", base.tree, "--out", run, *TRAIN_FLAGS, "--epochs", "2"],
                  root=tmp_path, out=run, code=0, may_change=moved + ("run/config.json", "run/log.jsonl"))
     assert "restored" in res.stderr and ".checkpoint.k1ll3d.tmp" in res.stderr
