@@ -1,5 +1,6 @@
-"""Output paths built from untrusted names (a checkpoint's ``meta.json`` name, a result's fields):
-one slug rule, and a check that the path stays under the output folder."""
+"""Output built from untrusted names (a checkpoint's ``meta.json`` name, a result's fields, a
+class folder's name): one slug rule for paths, with a check that the path stays under the output
+folder, and one rule for text drawn into a plot."""
 
 from __future__ import annotations
 
@@ -42,3 +43,11 @@ def output_dir(out: str | os.PathLike, *parts: str) -> Path:
 
         raise disk_error(e, path) from None
     return path
+
+
+def plot_text(text, max_len: int = 60) -> str:
+    """Untrusted text for a matplotlib title or label: bounded, and with '$' escaped, since
+    matplotlib parses text between two '$' as mathtext and raises on a malformed formula."""
+    text = " ".join(str(text).split())
+    text = text if len(text) <= max_len else text[:max_len] + "..."
+    return text.replace("$", r"\$")

@@ -31,7 +31,7 @@ from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import ImageFolder, fingerprint, pil_loader
 from dcbench.knn_graph import knn, random_graph_ratio, ratio_edge_intra_class
 from dcbench.results import checkpoint_block, make_result
-from dcbench.safepath import output_dir
+from dcbench.safepath import output_dir, plot_text
 from dcbench.transfer import training
 from dcbench.transfer.protocol import (
     Timer,
@@ -127,7 +127,7 @@ def save_neighbours(paths: list[str], queries: list[int], nn: np.ndarray, labels
             ax.set_xticks([])
             ax.set_yticks([])
             colour = "black" if c == 0 else ("green" if labels[idx] == labels[q] else "red")
-            ax.set_title(str(classes[labels[idx]])[:12], fontsize=6, color=colour)
+            ax.set_title(plot_text(classes[labels[idx]], 12), fontsize=6, color=colour)
             for s in ax.spines.values():
                 s.set_edgecolor(colour)
     fig.suptitle(title, fontsize=8)
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> Path:
         queries = [int(rng.choice(ix)) for ix in per_class[:proto["queries"]]]
         shown = nn[:, :min(proto["neighbours"], k)]
         paths = [p for p, _ in ds.samples]
-        title = f"{ckpt.name} ({ckpt.meta.get('origin')}, {args.features})"
+        title = f"{plot_text(ckpt.name)} ({plot_text(ckpt.meta.get('origin'))}, {args.features})"
         filters, grey = first_layer_filters(model)
         pictures = {
             "neighbours": save_neighbours(paths, queries, shown, labels, classes, pic_dir / "neighbours.png", title),

@@ -183,3 +183,17 @@ def test_full_disk_keeps_the_previous_leaderboard_byte_identical(tmp_path):
     expect_process(limited(2000, bin_of("dc-leaderboard"), res, "--out", out, "--no-plots"), root=tmp_path,
                    out=None, code=2, match="while writing .*LEADERBOARD.md")
     assert out.read_text() == "previous leaderboard\n"
+
+
+@pytest.mark.issue_class(8)
+def test_mathtext_in_names_does_not_break_the_plots(tmp_path, capfd):
+    # matplotlib parses text between two '$' as a formula and raises on a malformed one
+    res = tmp_path / "res"
+    res.mkdir()
+    r = good("x$\\frac{$_^")
+    r.update(task="linear-imagenet", metrics={f"conv{i}": 10.0 * i for i in range(1, 6)},
+             variant={"dataset": "ImageNet"})  # the conv1-conv5 table is plotted
+    (res / "a.json").write_text(json.dumps(validate_result(r)))
+    out = tmp_path / "board" / "LEADERBOARD.md"
+    expect(capfd, leaderboard_main, [res, "--out", out], root=tmp_path, out=out.parent, code=0)
+    assert list((tmp_path / "board").glob("*_plots/*.png"))

@@ -185,3 +185,14 @@ def test_full_disk_in_knn_graph_is_one_line_and_leaves_no_truncated_file(base, c
             with Image.open(f) as im:
                 im.verify()
     assert not list(out.glob("knn-graph__*.json"))
+
+
+@pytest.mark.issue_class(8)
+def test_mathtext_in_checkpoint_and_class_names_does_not_break_the_pictures(base, cls, tmp_path, capfd):
+    data = tmp_path / "cls"
+    shutil.copytree(cls, data)
+    (data / "val" / "c0").rename(data / "val" / "c$\\frac{$")
+    ck = edit_meta(copy_ckpt(base.ckpt, tmp_path / "ck"), name="$\\frac{$ck")
+    out = tmp_path / "out"
+    expect(capfd, transfer_main, knn(ck, data, out), root=tmp_path, out=out, code=0)
+    assert len(list(out.rglob("*.png"))) == 3
