@@ -21,8 +21,9 @@ def _umask() -> int:
 
 def disk_error(e: OSError, target: Path) -> UserError:
     """An output that cannot be written is the user's to fix (disk, permissions, path): one line."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return UserError(f"no space left while writing {target}; free disk space and rerun "
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        why = "a file grew past the file-size limit" if e.errno == errno.EFBIG else "no space left"
+        return UserError(f"{why} while writing {target}; free disk space (or raise the limit) and rerun "
                          "(the previous version, if any, is intact)")
     return UserError(f"cannot write {target}: {e.strerror or e}; choose a writable output folder")
 

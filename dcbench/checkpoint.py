@@ -7,26 +7,33 @@ A checkpoint is a directory::
     train_state.pt      optional, trainer only: optimizer / RNG / assignments for an exact resume
 
 Checkpoints from strangers are untrusted: weights are parsed by safetensors, and
-``train_state.pt`` is only ever read with ``torch.load(weights_only=True)``.
+``train_state.pt`` is only ever read with ``torch.load(weights_only=True)``. ``meta.json`` is the
+author's data: every value is type- and range-checked before use (:func:`validate_meta`), and the
+model it describes must fit in the (sha256-verified) weights file before any memory is allocated.
+No checkpoint with a non-finite weight is ever written, and none is loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
+import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 import dcbench
 from dcbench.atomic import replace_dir_atomic
 from dcbench.errors import CheckpointError
-from dcbench.models import IMAGENET_MEAN, IMAGENET_STD, DeepClusterNet, ModelSpec
+from dcbench.models import ARCHS, IMAGENET_MEAN, IMAGENET_STD, DeepClusterNet, ModelSpec
 from dcbench.provenance import git_sha, utc_now
 
 FORMAT_NAME = "dcbench-checkpoint"
@@ -35,6 +42,9 @@ WEIGHTS = "model.safetensors"
 META = "meta.json"
 TRAIN_STATE = "train_state.pt"
 ORIGINS = ("dcbench-train", "deepcluster-release", "torchvision", "random")
+MAX_META_BYTES = 1 << 20  # a real meta.json is a few KB
+MAX_NAME = 200  # characters of a checkpoint name
+MAX_CLASSES = 1_000_000  # top-layer rows (the thesis: 10,000 clusters)
 
 
 @dataclass
@@ -72,9 +82,15 @@ def save_checkpoint(path: str | os.PathLike, model: DeepClusterNet, *, origin: s
     path = Path(path)
     spec = model.spec
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise CheckpointError(f"refusing to write {path}: non-finite weights in {len(bad)} tensor(s) "
+                              f"(first: {bad[0]}); the previous checkpoint, if any, is kept")
 
     def write(tmp: Path) -> None:
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT_NAME})
+        # Serialised in memory, written by Python: a full disk is then an OSError (one line), where
+        # safetensors' and torch's own writers raise their own exception types.
+        (tmp / WEIGHTS).write_bytes(safetensors_bytes(tensors, metadata={"format": FORMAT_NAME}))
         meta = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -95,7 +111,9 @@ def save_checkpoint(path: str | os.PathLike, model: DeepClusterNet, *, origin: s
             "created": utc_now(),
         }
         if train_state is not None:
-            torch.save(train_state, tmp / TRAIN_STATE)
+            buf = io.BytesIO()
+            torch.save(train_state, buf)
+            (tmp / TRAIN_STATE).write_bytes(buf.getbuffer())
             meta["train_state_sha256"] = sha256_file(tmp / TRAIN_STATE)
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
@@ -106,6 +124,10 @@ def read_meta(path: str | os.PathLike) -> dict:
     """Read and check ``meta.json`` and the weights' sha256, without building a model."""
     path = Path(path)
     if not path.exists():
+        old = path.with_name(path.name + ".old")
+        if (old / META).is_file():
+            raise CheckpointError(f"checkpoint {path} does not exist, but {old} holds the last complete "
+                                  f"version (a write was interrupted); rename it to {path.name}")
         raise CheckpointError(f"checkpoint {path} does not exist; pass a checkpoint directory "
                               "written by dc-train or dc-convert")
     if not path.is_dir():
@@ -118,10 +140,17 @@ def read_meta(path: str | os.PathLike) -> dict:
                                   f"{path / 'checkpoint'}?")
         raise CheckpointError(f"{meta_path} is missing; this folder is not a dcbench checkpoint "
                               "(import foreign weights with dc-convert)")
+    size = meta_path.stat().st_size
+    if size > MAX_META_BYTES:
+        raise CheckpointError(f"{meta_path} is {size} bytes, more than the {MAX_META_BYTES} a checkpoint's "
+                              "meta.json may have; the checkpoint is corrupt")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{meta_path} is not valid JSON ({e}); the checkpoint is corrupt") from None
+    except RecursionError:
+        raise CheckpointError(f"{meta_path} is nested too deeply to be a checkpoint's meta.json; "
+                              "the checkpoint is corrupt") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{meta_path} does not describe a {FORMAT_NAME}; "
                               "import foreign weights with dc-convert")
@@ -133,6 +162,7 @@ def read_meta(path: str | os.PathLike) -> dict:
                if k not in meta]
     if missing:
         raise CheckpointError(f"{meta_path} lacks {', '.join(missing)}; the checkpoint is corrupt")
+    validate_meta(meta, meta_path)
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing; the checkpoint is incomplete")
     if sha256_file(weights) != meta["model_sha256"]:
@@ -149,18 +179,19 @@ def load_checkpoint(path: str | os.PathLike, *, with_train_state: bool = False,
     try:
         spec = ModelSpec(arch=meta["arch"], sobel=bool(meta["sobel"]), batchnorm=bool(meta["batchnorm"]),
                          input_size=int(meta["input_size"]), num_classes=int(meta["num_classes"] or 0))
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise CheckpointError(f"{path / META} has an invalid model description ({e})") from None
+    _check_against_header(spec, path / WEIGHTS)
     try:
         tensors = load_file(str(path / WEIGHTS), device=map_location)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path / WEIGHTS} is not a readable safetensors file ({e})") from None
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise CheckpointError(f"non-finite weights in {path / WEIGHTS}: {len(bad)} tensor(s) hold NaN or inf "
+                              f"(first: {bad[0]}); the training diverged or the file was made so; "
+                              "use an earlier checkpoint")
     model = DeepClusterNet(spec)
-    expected, found = set(model.state_dict()), set(tensors)
-    if expected != found:
-        extra, lacking = sorted(found - expected)[:3], sorted(expected - found)[:3]
-        raise CheckpointError(f"{path / WEIGHTS} does not fit {spec.arch} (sobel={spec.sobel}, "
-                              f"input {spec.input_size}): missing {lacking}, unexpected {extra}")
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
@@ -171,6 +202,105 @@ def load_checkpoint(path: str | os.PathLike, *, with_train_state: bool = False,
     if with_train_state and (path / TRAIN_STATE).is_file():
         train_state = load_train_state(path, meta)
     return Checkpoint(model=model, meta=meta, path=path, train_state=train_state)
+
+
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def _check_against_header(spec: ModelSpec, weights: Path) -> None:
+    """The model meta.json describes must have exactly the tensors (names and shapes) the weights
+    file's header lists, checked before either is allocated: a stranger's meta.json cannot make
+    us build a model larger than the (sha256-verified) file."""
+    with torch.device("meta"):  # shapes only, no memory
+        expected = {k: tuple(v.shape) for k, v in DeepClusterNet(spec).state_dict().items()}
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights} is not a readable safetensors file ({e})") from None
+    if set(expected) != set(found):
+        extra, lacking = sorted(set(found) - set(expected))[:3], sorted(set(expected) - set(found))[:3]
+        raise CheckpointError(f"{weights} does not fit {spec.arch} (sobel={spec.sobel}, "
+                              f"input {spec.input_size}): missing {lacking}, unexpected {extra}")
+    wrong = [k for k in expected if expected[k] != found[k]]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"{weights} does not fit {spec.arch} at input {spec.input_size}: {k} is "
+                              f"{list(found[k])} in the file, {list(expected[k])} in the model {META} describes")
+
+
+def _bad(meta_path: Path, key: str, value, want: str) -> CheckpointError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:60] + "..."
+    return CheckpointError(f"{meta_path}: {key} is {shown}, expected {want}; the checkpoint is corrupt "
+                           "or not from a trusted source")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate_meta(meta: dict, meta_path: Path) -> None:
+    """Type and range of every meta.json value the code uses (the file is not covered by a hash)."""
+    from dcbench.resources import MAX_INPUT_SIZE
+
+    def check(key, ok: bool, want: str) -> None:
+        if not ok:
+            raise _bad(meta_path, key, meta.get(key), want)
+
+    check("arch", meta.get("arch") in ARCHS, f"one of {', '.join(ARCHS)}")
+    check("sobel", isinstance(meta.get("sobel"), bool), "true or false")
+    check("batchnorm", isinstance(meta.get("batchnorm"), bool), "true or false")
+    size = meta.get("input_size")
+    check("input_size", _is_int(size) and 32 <= size <= MAX_INPUT_SIZE, f"an integer in [32, {MAX_INPUT_SIZE}]")
+    n = meta.get("num_classes")
+    check("num_classes", n is None or (_is_int(n) and 0 <= n <= MAX_CLASSES), f"an integer in [0, {MAX_CLASSES}]")
+    sha = meta.get("model_sha256")
+    check("model_sha256", isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha) is not None,
+          "64 lower-case hex digits")
+    name = meta.get("name")
+    check("name", name is None or (isinstance(name, str) and 0 < len(name) <= MAX_NAME and name.isprintable()),
+          f"a printable string of at most {MAX_NAME} characters")
+    for key in ("epoch", "num_clusters"):
+        v = meta.get(key)
+        check(key, v is None or (_is_int(v) and 0 <= v <= 10**9), "an integer in [0, 1e9] or null")
+    for key in ("origin", "source", "code_version", "git_sha", "created", "data_fingerprint", "format"):
+        v = meta.get(key)
+        check(key, v is None or (isinstance(v, str) and len(v) <= 4096), "a string of at most 4096 characters")
+    check("train_config", isinstance(meta.get("train_config", {}), dict), "an object")
+    fs = meta.get("feature_shape")
+    check("feature_shape", fs is None or (isinstance(fs, list) and len(fs) == 3
+                                          and all(_is_int(d) and 0 < d <= 10**6 for d in fs)),
+          "three positive integers")
+    pre = meta.get("preprocessing")
+    check("preprocessing", pre is None or isinstance(pre, dict), "an object")
+    for key in ("mean", "std"):
+        v = (pre or {}).get(key)
+        ok = v is None or (isinstance(v, list) and len(v) == 3 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and abs(x) <= 1000
+            and (key == "mean" or x > 0) for x in v))
+        if not ok:
+            raise _bad(meta_path, f"preprocessing.{key}", v,
+                       "three finite numbers" + (" above 0" if key == "std" else ""))
+
+
+def recover_interrupted_write(path: str | os.PathLike) -> str | None:
+    """Bring back ``path`` from ``path.old`` when a replacement was interrupted between its two
+    renames, and delete this path's temporaries left by a killed write. Returns what was done."""
+    path = Path(path)
+    done = []
+    old = path.with_name(path.name + ".old")
+    if not path.exists() and (old / META).is_file():
+        os.rename(old, path)
+        done.append(f"restored {path} from {old.name} (an earlier write was interrupted)")
+    if path.parent.is_dir():
+        for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+                done.append(f"removed the unfinished write {tmp.name}")
+    return "; ".join(done) or None
 
 
 def load_train_state(path: Path, meta: dict) -> dict:

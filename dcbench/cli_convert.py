@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from dcbench import convert
+from dcbench import argtypes, convert
 from dcbench.atomic import write_file_atomic
 from dcbench.checkpoint import load_checkpoint, save_checkpoint
 from dcbench.errors import ArgumentParser, UserError, run_cli
@@ -35,8 +35,8 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
                    "alexnet for random)")
     p.add_argument("--sobel", action=__import__("argparse").BooleanOptionalAction, default=None,
                    help="Sobel input layer (default: from the file; on for random, as the thesis's models)")
-    p.add_argument("--input-size", type=int, default=224, help="input size for random init (224: thesis)")
-    p.add_argument("--seed", type=int, default=0, help="seed for random init")
+    p.add_argument("--input-size", type=argtypes.input_size, default=224, help="input size for random init (224: thesis)")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="seed for random init")
     p.add_argument("--name", help="checkpoint name shown in results (default: the --out folder name)")
     p.add_argument("--quiet", action="store_true", help="do not list renamed keys")
     return p

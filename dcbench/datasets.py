@@ -16,8 +16,10 @@ dataset root per process. (With DataLoader workers, load-time skips are recorded
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import sys
+import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -52,10 +54,18 @@ def _report_skips(root: Path | str, paths: Sequence[str], when: str) -> None:
         print(f"warning: skipped {len(paths)} unreadable image(s) under {root} (first: {paths[0]})", file=sys.stderr)
 
 
+def _open_checked(f) -> Image.Image:
+    """``Image.open`` with PIL's decompression-bomb *warning* (more than MAX_IMAGE_PIXELS, about
+    89 megapixels) raised as an error: a tiny file that decodes to gigabytes is unreadable data."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(f)
+
+
 def _header_ok(path: str) -> bool:
-    """Cheap check: PIL parses the header (no pixel decode)."""
+    """Cheap check: PIL parses the header (no pixel decode) and the size is not a bomb."""
     try:
-        with Image.open(path) as im:
+        with _open_checked(path) as im:
             im.size  # noqa: B018 - touch the parsed header
         return True
     except Exception:
@@ -64,8 +74,36 @@ def _header_ok(path: str) -> bool:
 
 def pil_loader(path: str) -> Image.Image:
     with open(path, "rb") as f:
-        im = Image.open(f)
+        im = _open_checked(f)
         return im.convert("RGB")
+
+
+def _utf8(name: str) -> bool:
+    """os.walk returns undecodable bytes of a file name as surrogates: such a name cannot be
+    written to a result or a log, so its file is treated as unreadable."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def walk_files(top: Path):
+    """(dirpath, sorted file names) under ``top``, following directory links once each: a link
+    back up the tree (a loop) is not descended again."""
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames.sort()
+        yield dirpath, sorted(filenames)
 
 
 def _load_or_skip(dataset, path) -> Image.Image | None:
@@ -138,17 +176,24 @@ class ImageFolder(_SkippingDataset):
         if not self.root.is_dir():
             raise DataError(f"image folder {self.root} does not exist (expected ROOT/<class>/<image>.jpg)")
         self.classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith("."))
+        bad = [c for c in self.classes if not _utf8(c)]
+        if bad:
+            raise DataError(f"image folder {self.root}: class folder {ascii(bad[0])} has a name that is not "
+                            "UTF-8; rename it")
         if not self.classes:
             raise DataError(f"image folder {self.root} has no class subfolders (expected ROOT/<class>/<image>.jpg)")
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         samples = []
         for c in self.classes:
-            for dirpath, dirnames, filenames in os.walk(self.root / c, followlinks=True):
-                dirnames.sort()
-                for fn in sorted(filenames):
-                    if fn.lower().endswith(IMG_EXTENSIONS):
+            for dirpath, filenames in walk_files(self.root / c):
+                for fn in filenames:
+                    if not fn.lower().endswith(IMG_EXTENSIONS):
+                        continue
+                    if _utf8(dirpath) and _utf8(fn):
                         samples.append((os.path.join(dirpath, fn), self.class_to_idx[c]))
-        if not samples:
+                    else:
+                        self.skipped.append(ascii(os.path.join(dirpath, fn)))
+        if not samples and not self.skipped:
             raise DataError(f"image folder {self.root} contains no images ({', '.join(IMG_EXTENSIONS)})")
         self.samples = self._filter_readable(samples, verify)
         if not self.samples:
@@ -224,14 +269,22 @@ def _read_ids(path: Path) -> list[str]:
     return ids
 
 
+MAX_VOC_SIDE = 100_000  # pixels; VOC images are about 500
+
+
 def _xml_int(node: ET.Element, tag: str, path: Path) -> int:
     el = node.find(tag)
     if el is None or el.text is None:
         raise DataError(f"malformed VOC annotation {path}: missing <{tag}>")
+    text = el.text.strip()[:40]
     try:
-        return int(float(el.text))
+        v = float(text)
     except ValueError:
-        raise DataError(f"malformed VOC annotation {path}: <{tag}> is {el.text!r}, not a number") from None
+        raise DataError(f"malformed VOC annotation {path}: <{tag}> is {text!r}, not a number") from None
+    if not math.isfinite(v) or abs(v) > MAX_VOC_SIDE:
+        raise DataError(f"malformed VOC annotation {path}: <{tag}> is {text!r}, not a pixel coordinate "
+                        f"(at most {MAX_VOC_SIDE})")
+    return int(v)
 
 
 def parse_voc_xml(path: Path) -> dict:
@@ -246,6 +299,8 @@ def parse_voc_xml(path: Path) -> dict:
     if root.tag != "annotation" or size is None:
         raise DataError(f"malformed VOC annotation {path}: expected <annotation> with <size>")
     w, h = _xml_int(size, "width", path), _xml_int(size, "height", path)
+    if w < 1 or h < 1:
+        raise DataError(f"malformed VOC annotation {path}: image size {w}x{h}, expected positive width and height")
     objs = []
     for o in root.iter("object"):
         name_el = o.find("name")
@@ -256,12 +311,30 @@ def parse_voc_xml(path: Path) -> dict:
         if bb is None:
             raise DataError(f"malformed VOC annotation {path}: <object> without <bndbox>")
         box = [_xml_int(bb, t, path) for t in ("xmin", "ymin", "xmax", "ymax")]
+        if box[2] < box[0] or box[3] < box[1]:
+            raise DataError(f"malformed VOC annotation {path}: inverted box {box} of a {name} "
+                            "(expected xmin <= xmax and ymin <= ymax)")
         flags = {}
         for t in ("difficult", "truncated"):
             el = o.find(t)
             flags[t] = bool(int(el.text)) if el is not None and el.text and el.text.strip().isdigit() else False
-        objs.append(dict(name=name, bndbox=box, **flags))
-    return dict(width=w, height=h, objects=objs)
+        # Devkit boxes are 1-based inclusive pixels in [1, width] x [1, height]; the devkit clips
+        # one that reaches outside, so do we (and count it); one wholly outside the image is dropped.
+        clipped = [min(max(box[0], 1), w), min(max(box[1], 1), h), min(max(box[2], 1), w), min(max(box[3], 1), h)]
+        outside = box[0] > w or box[1] > h or box[2] < 1 or box[3] < 1
+        objs.append(dict(name=name, bndbox=clipped, clipped=clipped != box, outside=outside, **flags))
+    return dict(width=w, height=h, objects=[o for o in objs if not o["outside"]],
+                clipped=sum(o["clipped"] and not o["outside"] for o in objs),
+                dropped=sum(o["outside"] for o in objs))
+
+
+def _report_boxes(base: Path, split: str, annotations: list[dict]) -> tuple[int, int]:
+    clipped = sum(a.get("clipped", 0) for a in annotations)
+    dropped = sum(a.get("dropped", 0) for a in annotations)
+    if clipped or dropped:
+        print(f"warning: {base} {split}: {clipped} box(es) reaching outside their image clipped to it, "
+              f"{dropped} box(es) wholly outside dropped (as the VOC devkit does)", file=sys.stderr)
+    return clipped, dropped
 
 
 class VOCDetection(torch.utils.data.Dataset):
@@ -282,6 +355,7 @@ class VOCDetection(torch.utils.data.Dataset):
         self.skipped: list[str] = []
         self.ids = _read_ids(self.base / "ImageSets" / "Main" / f"{split}.txt")
         self.annotations = [parse_voc_xml(self.base / "Annotations" / f"{i}.xml") for i in self.ids]
+        self.clipped_boxes, self.dropped_boxes = _report_boxes(self.base, split, self.annotations)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -389,6 +463,14 @@ class VOCSegmentation(torch.utils.data.Dataset):
             return None
         if mask.mode not in ("P", "L"):
             raise DataError(f"VOC segmentation mask {mpath} has mode {mask.mode}, expected a palette ('P') PNG")
+        if mask.size != img.size:
+            raise DataError(f"VOC segmentation mask {mpath} is {mask.size[0]}x{mask.size[1]}, its image "
+                            f"{img.size[0]}x{img.size[1]}; a mask must match its image")
+        values = np.unique(np.asarray(mask))
+        bad = values[(values > len(VOC_CLASSES)) & (values != 255)]
+        if bad.size:
+            raise DataError(f"VOC segmentation mask {mpath} holds class value {int(bad[0])}; expected 0-"
+                            f"{len(VOC_CLASSES)} or 255 (void)")
         if self.transforms is not None:
             img, mask = self.transforms(img, mask)
         return img, mask
@@ -400,12 +482,15 @@ def fingerprint(root: str | os.PathLike) -> str:
     if not root.exists():
         raise DataError(f"data root {root} does not exist")
     entries = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
+    for dirpath, filenames in walk_files(root):
         for fn in filenames:
             p = os.path.join(dirpath, fn)
-            entries.append((Path(p).relative_to(root).as_posix(), os.path.getsize(p)))
+            try:
+                size = os.path.getsize(p)
+            except OSError:  # a dangling or looping link: part of the tree's identity, as -1
+                size = -1
+            entries.append((Path(p).relative_to(root).as_posix(), size))
     h = hashlib.sha256()
     for rel, size in sorted(entries):
-        h.update(f"{rel}\t{size}\n".encode())
+        h.update(os.fsencode(rel) + f"\t{size}\n".encode())
     return h.hexdigest()

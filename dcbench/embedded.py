@@ -48,6 +48,11 @@ def embedded_data(scale: str = "smoke", seed: int = 0) -> Path:
         try:
             make_datasets(tmp, seed=seed, scale=scale)
             os.replace(tmp, final)
+        except OSError as e:
+            from dcbench.atomic import disk_error
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise disk_error(e, final) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -7,6 +7,7 @@ raises :class:`UserError`, which :func:`run_cli` turns into one line on stderr a
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -36,13 +37,39 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+# torch re-raises an error from a DataLoader worker as the same type, its message being
+# "Caught X in DataLoader worker process N.\nOriginal Traceback ...\n<module>.X: <message>".
+_WORKER = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\s*\nOriginal Traceback", re.M)
+
+
+def one_line(message: str, limit: int = 2000) -> str:
+    """The user-facing line of an error message: a worker's traceback is reduced to the original
+    error's own message (as with ``--workers 0``); any other newline becomes a space."""
+    text = str(message)
+    if _WORKER.search(text):
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        text = re.sub(r"^[\w.]+: ", "", last.strip(), count=1)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run a command's ``main``; map user errors to exit 2 and Ctrl-C to 130."""
+    """Run a command's ``main``; map user errors to exit 2 and Ctrl-C to 130.
+
+    Running out of memory despite the up-front bounds is one line and exit 1, not a traceback."""
     try:
         return int(main(argv) or 0)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - only out-of-memory is handled; anything else re-raised
+        # MemoryError on the host; torch.cuda.OutOfMemoryError (a RuntimeError) on a GPU.
+        if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"):
+            raise
+        where = "GPU" if type(e).__name__ == "OutOfMemoryError" else "host"
+        print(f"error: out of {where} memory; lower --batch-size (or the input size) or use a larger machine",
+              file=sys.stderr)
+        return 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from pathlib import Path
 
 import jsonschema
@@ -18,6 +17,7 @@ import jsonschema
 from dcbench.atomic import write_json_atomic
 from dcbench.errors import ResultError
 from dcbench.provenance import environment, utc_now
+from dcbench.safepath import safe_slug
 from dcbench.tasks import TASKS as TASK_MODULES
 
 SCHEMA_NAME = "dcbench-result"
@@ -125,9 +125,8 @@ def make_result(*, task: str, variant: dict, checkpoint: dict, metrics: dict, pr
 
 def result_filename(result: dict) -> str:
     """``<task>__<variant>__<checkpoint>-<sha8>__<created>.json``: runs never overwrite each other."""
-    def slug(s) -> str:
-        return re.sub(r"[^A-Za-z0-9.+-]+", "-", str(s)).strip("-") or "x"
-    variant = "_".join(f"{slug(v)}" for k, v in sorted(result["variant"].items()) if v is not None)
+    slug = safe_slug
+    variant = "_".join(f"{slug(v)}" for k, v in sorted(result["variant"].items()) if v is not None)[:120]
     ckpt = result["checkpoint"]
     stamp = slug(result["created"].replace(":", "").replace("+0000", "Z"))
     return f"{result['task']}__{variant}__{slug(ckpt['name'])}-{ckpt['sha256'][:8]}__{stamp}.json"
@@ -150,4 +149,6 @@ def read_result(path: str | os.PathLike) -> dict:
         raise ResultError(f"{path}: no such result file") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ResultError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ResultError(f"{path}: nested too deeply to be a result file") from None
     return validate_result(data, str(path))

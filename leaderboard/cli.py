@@ -16,6 +16,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 from dcbench.atomic import write_text_atomic
 from dcbench.errors import ArgumentParser, UserError, run_cli
@@ -23,7 +24,7 @@ from dcbench.leaderboard import check as checking
 from dcbench.leaderboard import plots
 from dcbench.leaderboard.collect import find_result_files, load_results, newest_runs, to_frame
 from dcbench.leaderboard.literature import load_literature
-from dcbench.leaderboard.render import render
+from dcbench.leaderboard.render import md_text, render
 from dcbench.leaderboard.tables import Table, build_tables
 
 
@@ -76,18 +77,22 @@ def remove_stale_plots(folder: Path, keep: set[str]) -> list[Path]:
 
 
 def _knn_images(table: Table, newest, out: Path) -> list[str]:
-    """Markdown links to the PNGs a k-NN-graph result names in ``details`` (those that exist)."""
+    """Markdown links to the PNGs a k-NN-graph result names in ``details`` (those that exist).
+
+    The names are the result author's: only files under the result file's own folder are linked,
+    the link target is percent-encoded and the alt text escaped."""
     links = []
     sub = newest[(newest["task"] == "knn-graph") & (newest["scale"] == table.scale)]
     for _, r in sub.iterrows():
+        base = Path(r["path"]).parent.resolve()
         for key, value in sorted(r["details"].items()):
             for v in value if isinstance(value, list) else [value]:
-                if not (isinstance(v, str) and v.lower().endswith(".png")):
+                if not (isinstance(v, str) and v.lower().endswith(".png") and len(v) <= 1000):
                     continue
-                p = Path(v) if Path(v).is_absolute() else Path(r["path"]).parent / v
-                if p.is_file():
-                    rel = os.path.relpath(p.resolve(), out.resolve().parent)
-                    links.append(f"![{r['ckpt_name']} {key}]({Path(rel).as_posix()})")
+                p = (base / v).resolve()
+                if p.is_relative_to(base) and p.is_file():
+                    rel = Path(os.path.relpath(p, out.resolve().parent)).as_posix()
+                    links.append(f"![{md_text(r['ckpt_name'])} {md_text(key)}]({quote(rel)})")
     return links
 
 
@@ -103,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path, reason in coll.skipped:
         print(f"warning: skipped invalid result {path}: {reason}", file=sys.stderr)
     for path, version in coll.other_version:
-        print(f"warning: left out {path}: result schema version {version!r}, not 1", file=sys.stderr)
+        print(f"warning: left out {path}: result schema version {version}, not 1", file=sys.stderr)
     newest = newest_runs(to_frame(coll.results))
     tables = build_tables(newest, load_literature())
 

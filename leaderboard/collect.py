@@ -52,17 +52,28 @@ def find_result_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return unique
 
 
+MAX_RESULT_BYTES = 64 << 20  # a result is a few KB; k-NN details with per-class lists, a few MB
+
+
 def load_results(files: Iterable[Path]) -> Collection:
     coll = Collection()
     for f in files:
         try:
+            size = Path(f).stat().st_size
+            if size > MAX_RESULT_BYTES:
+                coll.skipped.append((str(f), f"{size} bytes, more than a result file may have ({MAX_RESULT_BYTES})"))
+                continue
             data = json.loads(Path(f).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             coll.skipped.append((str(f), f"not valid JSON ({e})"))
             continue
+        except RecursionError:
+            coll.skipped.append((str(f), "nested too deeply to be a result file"))
+            continue
         if (isinstance(data, dict) and data.get("schema") == SCHEMA_NAME
                 and data.get("schema_version") != SCHEMA_VERSION):
-            coll.other_version.append((str(f), data.get("schema_version")))
+            version = data.get("schema_version")
+            coll.other_version.append((str(f), version if isinstance(version, (int, float)) else repr(version)[:80]))
             continue
         try:
             validate_result(data, str(f))

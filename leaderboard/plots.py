@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 from dcbench.atomic import write_file_atomic  # noqa: E402
 from dcbench.leaderboard.tables import Table  # noqa: E402
+from dcbench.safepath import plot_text
 
 
 def _save(fig, path: Path) -> Path:
@@ -40,12 +41,12 @@ def line_styles(table: Table) -> list[dict | None]:
             styles.append(None)
         elif row.measured:
             styles.append(dict(color=measured(n_measured % 10), marker="o", linewidth=2.2, zorder=3,
-                               linestyle="--" if row.selection == "best" else "-", label=row.label))
+                               linestyle="--" if row.selection == "best" else "-", label=plot_text(row.label)))
             n_measured += 1
         else:
             styles.append(dict(color=reported(n_reported % 20), marker=_MARKERS[n_reported % len(_MARKERS)],
                                markersize=4, linewidth=1, alpha=0.85, zorder=2,
-                               linestyle=_KIND_STYLE.get(row.kind, "--"), label=f"{row.label} (reported)"))
+                               linestyle=_KIND_STYLE.get(row.kind, "--"), label=f"{plot_text(row.label)} (reported)"))
             n_reported += 1
     return styles
 
@@ -77,7 +78,7 @@ def lowshot_curves(table: Table, path: Path) -> Path:
         if not pts:
             continue
         xs, ys, es = zip(*pts)
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=row.label,
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=plot_text(row.label),
                     linestyle="--" if row.label.startswith("Random init") else "-")
     ax.set_xscale("log", base=2)
     ax.set_xticks(ns, [str(n) for n in ns])

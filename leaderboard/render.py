@@ -1,6 +1,14 @@
-"""Markdown for the leaderboard: full-scale tables (literature beside ours), then smoke-scale ones."""
+"""Markdown for the leaderboard: full-scale tables (literature beside ours), then smoke-scale ones.
+
+Every text that comes from a result file (names, data names, git shas, versions, reasons, paths)
+is data from whoever wrote the file: :func:`md_text` and :func:`code_span` make it inert, so it
+renders as the same characters and never as HTML, a link or a broken table.
+"""
 
 from __future__ import annotations
+
+import html
+import re
 
 from dcbench.leaderboard.collect import Collection
 from dcbench.leaderboard.tables import Table
@@ -13,6 +21,31 @@ SCALE_TITLES = {
               "Small budgets on the embedded data. These numbers check that the pipeline runs; they "
               "are not comparable with the literature and never share a table with full-scale results."),
 }
+
+
+MAX_TEXT = 300  # characters of one value from a result file shown in the markdown
+
+# Characters that can open an inline construct (emphasis, code, link, image, strikethrough, escape).
+_MD_PUNCT = re.compile(r"([\\`*_\[\]!~])")
+
+
+def _bounded(text) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + "..."
+
+
+def md_text(text) -> str:
+    """Untrusted text as inert markdown: HTML-escaped, inline punctuation backslash-escaped, one line."""
+    return _MD_PUNCT.sub(r"\\\1", html.escape(_bounded(text), quote=True))
+
+
+def code_span(text) -> str:
+    """Untrusted text in code font: a fence longer than any backtick run inside, so it cannot close early
+    (inside a code span nothing else is interpreted)."""
+    text = _bounded(text)
+    fence = "`" * (1 + max((len(r) for r in re.findall(r"`+", text)), default=0))
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _cell(text: str) -> str:
@@ -37,9 +70,9 @@ def render_table(table: Table) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---"] + [":---:"] * len(table.columns)
                                                            + [":---:", "---"]) + "|"]
     for row in table.rows:
-        label = f"`{row.label}`" if row.measured else row.label
-        cells = [label, row.source, *(format_value(table, row, h) for h in table.columns),
-                 row.runs, row.provenance]
+        label = code_span(row.label) if row.measured else md_text(row.label)
+        cells = [label, md_text(row.source), *(format_value(table, row, h) for h in table.columns),
+                 md_text(row.runs), md_text(row.provenance)]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -95,8 +128,8 @@ def _excluded(coll: Collection) -> list[str]:
         return []
     out = ["## Files not included", ""]
     for path, version in coll.other_version:
-        out.append(f"- `{path}`: result schema version {version!r}, this leaderboard reads version 1 "
-                   "(regenerate it with this dcbench)")
+        out.append(f"- {code_span(path)}: result schema version {md_text(version)}, this leaderboard "
+                   "reads version 1 (regenerate it with this dcbench)")
     for path, reason in coll.skipped:
-        out.append(f"- `{path}`: invalid, skipped: {_cell(reason)}")
+        out.append(f"- {code_span(path)}: invalid, skipped: {md_text(reason)}")
     return out + [""]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,3 +47,12 @@ def strip_fc():
         return dst
 
     return make
+
+
+def pytest_ignore_collect(collection_path, config):
+    """tests/adversarial is its own tier (tox -e adversarial): collected only when named explicitly."""
+    adversarial = Path(__file__).parent / "adversarial"
+    if collection_path != adversarial:
+        return None
+    named = [Path(a.split("::")[0]).resolve() for a in config.args]
+    return not any(p == adversarial or adversarial in p.parents for p in named)

@@ -161,7 +161,7 @@ def test_nan_loss_exit_1_and_no_space_exit_2_keep_last_checkpoint(tiny_data, tmp
     def full_disk(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ckmod, "save_file", full_disk)
+    monkeypatch.setattr(ckmod, "safetensors_bytes", full_disk)
     rc, err = _cli(args + ["--epochs", "2"], capsys)
     assert rc == 2 and "no space left" in err[-1]
     assert load_checkpoint(out / "checkpoint").meta["epoch"] == 1

@@ -7,10 +7,13 @@ embedded data (96-pixel images, ~10 classes) so that a run ends in minutes on 2 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from dcbench.errors import UserError
+from dcbench.resources import MAX_INPUT_SIZE, MAX_SEED
 
+FLOAT32_MAX = 3.4e38  # torch applies hyperparameters in float32: a larger value overflows there
 IMAGENET_SIZE = 1_281_167  # images in ImageNet-1k train (thesis §3.3)
 
 
@@ -69,6 +72,16 @@ class TrainConfig:
             raise UserError(f"--clustering must be kmeans or pic, not {self.clustering!r}")
         if self.sampler not in ("uniform", "proportional"):
             raise UserError(f"--sampler must be uniform or proportional, not {self.sampler!r}")
+        for f in dataclasses.fields(self):  # NaN passes every "<" check; inf passes "> 0"
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not (math.isfinite(v) and abs(v) <= FLOAT32_MAX):
+                raise UserError(f"--{f.name.replace('_', '-')} must be a finite number of float32 range, got {v}"
+                                .replace("--weight-decay", "--wd"))
+        if not (0 <= self.seed <= MAX_SEED):
+            raise UserError(f"--seed must be in [0, {MAX_SEED}], got {self.seed}")
+        if not (32 <= self.input_size <= MAX_INPUT_SIZE):
+            raise UserError(f"--input-size must be in [32, {MAX_INPUT_SIZE}] pixels (the thesis: 224), "
+                            f"got {self.input_size}")
         checks = [("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1), ("--k", self.k, 2),
                   ("--pca-dim", self.pca_dim, 1), ("--kmeans-iters", self.kmeans_iters, 1),
                   ("--epoch-multiplier", self.epoch_multiplier, 1), ("--workers", self.workers, 0),

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -30,11 +31,18 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from dcbench.atomic import disk_error, write_file_atomic, write_json_atomic
-from dcbench.checkpoint import META, load_checkpoint, save_checkpoint
-from dcbench.errors import UserError
+from dcbench.checkpoint import (
+    META,
+    load_checkpoint,
+    nonfinite_tensors,
+    recover_interrupted_write,
+    save_checkpoint,
+)
+from dcbench.errors import CheckpointError, UserError
 from dcbench.knn_graph import knn, ratio_edge_intra_class
-from dcbench.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+from dcbench.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, build_model
 from dcbench.provenance import environment, git_sha, utc_now
+from dcbench.resources import require_memory, training_bytes
 from dcbench.seeding import seed_everything
 from dcbench.train import distributed as D
 from dcbench.train import sampler as S
@@ -213,6 +221,87 @@ def _config_json(cfg: TrainConfig) -> dict:
     return json.loads(json.dumps(asdict(cfg)))
 
 
+def _clean_stale(out: Path) -> list[str]:
+    """Recover the checkpoint from an interrupted swap and delete the temporaries that killed writes
+    of this run left behind (``.NAME.<random>.tmp``, see dcbench.atomic)."""
+    notes = []
+    note = recover_interrupted_write(out / CHECKPOINT)
+    if note:
+        notes.append(note)
+    # only the names this trainer writes (--out may be a folder shared with other things)
+    for folder, pattern in ((out, ".log.jsonl.*.tmp"), (out, ".config.json.*.tmp"),
+                            (out / "assignments", ".epoch_*.npz.*.tmp"), (out / "snapshots", ".epoch_*.*.tmp")):
+        if not folder.is_dir():
+            continue
+        for tmp in folder.glob(pattern):
+            if tmp.is_symlink():
+                continue
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            notes.append(f"removed the unfinished write {tmp.relative_to(out)}")
+    return notes
+
+
+def _check_train_state(ts, ckpt: Path) -> None:
+    """train_state.pt loaded with weights_only can still hold anything plain: check what we use."""
+    where = ckpt / "train_state.pt"
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise CheckpointError(f"{where}: {what}; delete {ckpt} (or use another --out) to start afresh")
+
+    need(isinstance(ts, dict), f"holds a {type(ts).__name__}, not the trainer's state")
+    missing = [k for k in ("epoch", "optimizer", "assignment_index", "assignment") if k not in ts]
+    need(not missing, f"lacks {', '.join(missing)}")
+    need(isinstance(ts["epoch"], int) and not isinstance(ts["epoch"], bool) and 0 <= ts["epoch"] <= 10**9,
+         f"epoch is {str(ts['epoch'])[:40]!r}, not an epoch number")
+    need(isinstance(ts["optimizer"], dict), "optimizer is not an optimizer state")
+    idx, lab = ts["assignment_index"], ts["assignment"]
+    need(isinstance(idx, torch.Tensor) and isinstance(lab, torch.Tensor) and idx.dim() == lab.dim() == 1
+         and idx.shape == lab.shape and not idx.is_floating_point() and not lab.is_floating_point(),
+         "assignment_index / assignment are not two integer vectors of one length")
+
+
+def _load_optimizer(opt, state: dict, ckpt: Path) -> None:
+    try:
+        opt.load_state_dict(state)
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(f"{ckpt / 'train_state.pt'}: the optimizer state does not fit this model "
+                              f"({first}); delete {ckpt} (or use another --out) to start afresh") from None
+    bad = [f"{i}.{k}" for i, st in opt.state_dict()["state"].items() for k, v in st.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{ckpt / 'train_state.pt'}: non-finite optimizer state ({bad[0]}); "
+                              f"delete {ckpt} (or use another --out) to start afresh")
+
+
+def _check_resources(cfg: TrainConfig, subset_n: int, world: int, device) -> None:
+    """Refuse, before any work, what cannot fit: one SGD step, and one epoch's draw of images."""
+    spec = ModelSpec(arch=cfg.arch, sobel=cfg.sobel, batchnorm=True, input_size=cfg.input_size,
+                     num_classes=cfg.k if cfg.clustering == "kmeans" else max(2, subset_n))
+    require_memory(training_bytes(spec, cfg.batch_size // world),
+                   f"training {cfg.arch} at --input-size {cfg.input_size} with --batch-size {cfg.batch_size}",
+                   "lower --batch-size or --input-size", device)
+    steps = cfg.steps_per_epoch or max(1, cfg.epoch_multiplier * subset_n // cfg.batch_size)
+    # the draw: image positions, their targets and this rank's share, int64 each, plus the sampler's
+    # temporaries (about as many again)
+    require_memory(48 * steps * cfg.batch_size,
+                   f"one epoch's draw of --steps-per-epoch {steps} x --batch-size {cfg.batch_size} images",
+                   "lower --steps-per-epoch or --batch-size")
+
+
+def _last_good(ckpt: Path) -> str:
+    """Where the run can be taken up again, read from disk (never a checkpoint of the failing epoch)."""
+    try:
+        epoch = json.loads((ckpt / META).read_text(encoding="utf-8")).get("epoch")
+    except (OSError, ValueError, RecursionError):
+        return "no checkpoint was written"
+    return f"the last good checkpoint {ckpt} (epoch {epoch}) is intact"
+
+
 def _check_resumable(saved: dict, cfg: TrainConfig, ckpt: Path) -> None:
     now = _config_json(cfg)
     diffs = [f"{k}: {saved.get(k)!r} there, {now[k]!r} now" for k in now
@@ -270,7 +359,12 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
     if cfg.clustering == "kmeans" and subset_n < cfg.k:
         raise UserError(f"{subset_n} images for {cfg.k} clusters in {root}: k-means needs at least as many "
                         "images as clusters (lower --k or give more data)")
+    _check_resources(cfg, subset_n, world, device)
     train_tf, centre_tf = transforms(cfg)
+    if main:
+        for note in _clean_stale(out):
+            print(f"note: {note}", file=sys.stderr)
+    D.barrier()
 
     # ---- model, optimizer, resume
     start_epoch, prev = 0, None
@@ -283,6 +377,7 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
         if ck.train_state is None:
             raise UserError(f"{ckpt} has no train_state.pt, so it cannot be resumed; use another --out")
         model, ts = ck.model, ck.train_state
+        _check_train_state(ts, ckpt)
         start_epoch = int(ts["epoch"])
         prev = (ts["assignment_index"].numpy(), ts["assignment"].numpy())
         if main and not cfg.quiet:
@@ -295,7 +390,7 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
     opt = torch.optim.SGD(trunk_parameters(model), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
     if ts is not None:
-        opt.load_state_dict(ts["optimizer"])
+        _load_optimizer(opt, ts["optimizer"], ckpt)
     data_fp = fingerprint(root) if main else None
     if main:
         if start_epoch == 0 and log_path.exists():
@@ -336,8 +431,7 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
             if cfg.clustering == "kmeans" and x.shape[0] < cfg.k:
                 raise UserError(f"only {x.shape[0]} readable images for {cfg.k} clusters in {root}; lower --k")
             if not np.isfinite(x).all():
-                raise TrainingDiverged(f"non-finite features at epoch {epoch + 1}; lower --lr; the last good "
-                                       f"checkpoint {ckpt} is intact")
+                raise TrainingDiverged(f"non-finite features at epoch {epoch + 1}; lower --lr; {_last_good(ckpt)}")
             t = time.perf_counter()
             xw = pca_whiten(x, cfg.pca_dim)
             times["pca"] = time.perf_counter() - t
@@ -388,6 +482,15 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
         record["log_k"] = math.log(m)
 
         # ---- outputs (rank 0): assignments, log line, checkpoint, snapshot
+        # The loss is read before each step, so the step that diverges is only visible in the weights:
+        # check them (and the momentum) before anything of this epoch is written.
+        bad = nonfinite_tensors(model.state_dict()) + [
+            f"optimizer.{i}.{k}" for i, st in opt.state_dict()["state"].items() for k, v in st.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise TrainingDiverged(f"non-finite weights after epoch {epoch + 1} ({len(bad)} tensor(s), first: "
+                                   f"{bad[0]}); lower --lr (now {cfg.lr}); nothing of this epoch was saved; "
+                                   f"{_last_good(ckpt)}")
         prev = (subset, labels)
         if main:
             t = time.perf_counter()
@@ -451,7 +554,7 @@ def _train_pass(model, opt, ds, items, targets, mine, per, steps, m, tf, cfg, de
         lv = float(loss.item())
         if not math.isfinite(lv):
             raise TrainingDiverged(f"loss is {lv} at epoch {epoch + 1}, step {step + 1}; lower --lr "
-                                   f"(now {cfg.lr}); the last good checkpoint {ckpt} is intact")
+                                   f"(now {cfg.lr}); {_last_good(ckpt)}")
         opt.zero_grad(set_to_none=True)
         if opt_top is not None:
             opt_top.zero_grad(set_to_none=True)

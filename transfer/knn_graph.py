@@ -25,10 +25,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from dcbench import argtypes
+from dcbench.atomic import write_file_atomic
 from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import ImageFolder, fingerprint, pil_loader
 from dcbench.knn_graph import knn, random_graph_ratio, ratio_edge_intra_class
 from dcbench.results import checkpoint_block, make_result
+from dcbench.safepath import output_dir, plot_text
 from dcbench.transfer import training
 from dcbench.transfer.protocol import (
     Timer,
@@ -86,6 +89,15 @@ def _plt():
     return plt
 
 
+def _save_png(fig, path: Path) -> None:
+    """Atomically: a full disk leaves the previous picture or none, never a truncated PNG."""
+    plt = _plt()
+    try:
+        write_file_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
+
+
 def save_filters(filters: np.ndarray, grey: bool, path: Path, title: str) -> Path:
     plt = _plt()
     n = len(filters)
@@ -99,8 +111,7 @@ def save_filters(filters: np.ndarray, grey: bool, path: Path, title: str) -> Pat
             f = (f - f.min()) / (f.max() - f.min() + 1e-12)
             ax.imshow(f, cmap="gray" if grey else None, interpolation="nearest")
     fig.suptitle(title, fontsize=8)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_png(fig, path)
     return path
 
 
@@ -116,13 +127,12 @@ def save_neighbours(paths: list[str], queries: list[int], nn: np.ndarray, labels
             ax.set_xticks([])
             ax.set_yticks([])
             colour = "black" if c == 0 else ("green" if labels[idx] == labels[q] else "red")
-            ax.set_title(str(classes[labels[idx]])[:12], fontsize=6, color=colour)
+            ax.set_title(plot_text(classes[labels[idx]], 12), fontsize=6, color=colour)
             for s in ax.spines.values():
                 s.set_edgecolor(colour)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_png(fig, path)
     return path
 
 
@@ -136,8 +146,7 @@ def save_ratios(ratios: dict, classes, random_mean: float, path: Path, title: st
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_png(fig, path)
     return path
 
 
@@ -149,11 +158,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=("train", "val"), default="val", help="labelled split to build the graph on")
     p.add_argument("--features", choices=("penultimate", "pool5"), default="penultimate",
                    help="penultimate: fc7 before ReLU (the clustering features); pool5: trunk output")
-    p.add_argument("--k", type=int, default=None, help="neighbours per node (default: 10)")
-    p.add_argument("--pca-dim", type=int, default=None, help="PCA-whitening dims, 0 = none; " + default_help(*DEFAULTS["pca_dim"]))
-    p.add_argument("--neighbours", type=int, default=None, help="neighbours shown per query (default: 3)")
-    p.add_argument("--queries", type=int, default=None, help="query rows in neighbours.png (default: 8)")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--k", type=argtypes.positive_int, default=None, help="neighbours per node (default: 10)")
+    p.add_argument("--pca-dim", type=argtypes.nonneg_int, default=None, help="PCA-whitening dims, 0 = none; " + default_help(*DEFAULTS["pca_dim"]))
+    p.add_argument("--neighbours", type=argtypes.positive_int, default=None, help="neighbours shown per query (default: 3)")
+    p.add_argument("--queries", type=argtypes.positive_int, default=None, help="query rows in neighbours.png (default: 8)")
+    p.add_argument("--batch-size", type=argtypes.positive_int, default=None,
                    help=f"images per forward pass (default: {DEFAULTS['batch_size'][0]}; "
                         f"smoke {DEFAULTS['batch_size'][1]})")
 
@@ -172,7 +181,7 @@ def run(args: argparse.Namespace) -> Path:
     def forward(x):
         return [model.penultimate(x) if args.features == "penultimate" else model.trunk(x).flatten(1)]
 
-    key = {"kind": f"knn-{args.features}", "checkpoint": ckpt.sha256, "data": data_fp, "split": args.split,
+    key = {"kind": f"knn-{args.features}", "checkpoint": training.checkpoint_identity(ckpt), "data": data_fp, "split": args.split,
            "transform": "center-crop", "input_size": size, "dtype": "float32"}
     with timer("features"):
         feats, labels, hit = training.extract_cached(
@@ -195,15 +204,15 @@ def run(args: argparse.Namespace) -> Path:
                "ratio_q3": np.percentile(vals, 75), "ratio_min": vals.min(), "ratio_max": vals.max(),
                "random_graph_mean": float(np.mean(list(rand.values())))}
     with timer("pictures"):
-        pic_dir = Path(args.out) / "knn-graph" / f"{ckpt.name}-{ckpt.sha256[:8]}"
-        pic_dir.mkdir(parents=True, exist_ok=True)
+        # the name is meta.json's, i.e. the checkpoint author's: a slug, kept under --out
+        pic_dir = output_dir(args.out, "knn-graph", f"{ckpt.name}-{ckpt.sha256[:8]}")
         rng = np.random.default_rng(args.seed)
         classes = ds.classes
         per_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
         queries = [int(rng.choice(ix)) for ix in per_class[:proto["queries"]]]
         shown = nn[:, :min(proto["neighbours"], k)]
         paths = [p for p, _ in ds.samples]
-        title = f"{ckpt.name} ({ckpt.meta.get('origin')}, {args.features})"
+        title = f"{plot_text(ckpt.name)} ({plot_text(ckpt.meta.get('origin'))}, {args.features})"
         filters, grey = first_layer_filters(model)
         pictures = {
             "neighbours": save_neighbours(paths, queries, shown, labels, classes, pic_dir / "neighbours.png", title),

@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> Path:
     bs, workers = proto["batch_size"], args.workers
     cache_hit = None
     if proto["train_aug"] == "none":
-        base = {"kind": "conv-avgpool", "checkpoint": ckpt.sha256, "data": data_fp, "input_size": size,
+        base = {"kind": "conv-avgpool", "checkpoint": training.checkpoint_identity(ckpt), "data": data_fp, "input_size": size,
                 "pools": [asdict(p) for p in pools], "dtype": "float16"}
         with timer("features"):
             tr, ytr, hit_tr = training.extract_cached(

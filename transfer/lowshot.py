@@ -29,11 +29,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from dcbench import argtypes
+from dcbench.atomic import write_text_atomic
 from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import ImageFolder, collate_skip_none, fingerprint
 from dcbench.errors import UserError
 from dcbench.models import build_model
 from dcbench.results import checkpoint_block, make_result
+from dcbench.safepath import output_dir
 from dcbench.transfer import training
 from dcbench.transfer.protocol import (
     Timer,
@@ -139,17 +142,17 @@ def subset_loader(dataset, batch_size: int, seed: int, workers: int) -> torch.ut
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_input_size_argument(p)
     p.add_argument("--shots", default=None, help="images per class, comma-separated (default: 4,8,16,32,64; smoke 4)")
-    p.add_argument("--draws", type=int, default=None, help="draws per n (default: 10; smoke 2)")
-    p.add_argument("--iterations", type=int, default=None, help="SGD iterations per run (default: 10000; smoke 6)")
+    p.add_argument("--draws", type=argtypes.positive_int, default=None, help="draws per n (default: 10; smoke 2)")
+    p.add_argument("--iterations", type=argtypes.positive_int, default=None, help="SGD iterations per run (default: 10000; smoke 6)")
     d = DEFAULTS
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=argtypes.positive_int, default=None,
                    help=f"images per step, capped by the subset size (default: {d['batch_size'][0]}; "
                         f"smoke {d['batch_size'][1]})")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--lr", type=argtypes.positive_float, default=None,
                    help=f"SGD learning rate, x0.1 after {d['lr_drop_at'][0] * 100:.0f}%% of the iterations "
                         f"(default: {d['lr'][0]})")
-    p.add_argument("--momentum", type=float, default=None, help=f"SGD momentum (default: {d['momentum'][0]})")
-    p.add_argument("--weight-decay", type=float, default=None,
+    p.add_argument("--momentum", type=argtypes.fraction, default=None, help=f"SGD momentum (default: {d['momentum'][0]})")
+    p.add_argument("--weight-decay", type=argtypes.nonneg_float, default=None,
                    help=f"weight decay (default: {d['weight_decay'][0]})")
     p.add_argument("--eval-crops", type=int, choices=(1, 10), default=None,
                    help=f"crops per test image (default: {d['eval_crops'][0]}; smoke {d['eval_crops'][1]})")
@@ -172,8 +175,8 @@ def run(args: argparse.Namespace) -> Path:
     n_classes = len(train.classes)
     spec = ckpt.model.spec
     inits = ["checkpoint"] + ([] if args.no_random_baseline else ["random"])
-    list_dir = Path(args.out) / "lowshot" / f"{ckpt.name}-{ckpt.sha256[:8]}"
-    list_dir.mkdir(parents=True, exist_ok=True)
+    # the name is meta.json's, i.e. the checkpoint author's: a slug, kept under --out
+    list_dir = output_dir(args.out, "lowshot", f"{ckpt.name}-{ckpt.sha256[:8]}")
     bs_cap, workers = proto["batch_size"], args.workers
 
     def val_loader():
@@ -188,7 +191,7 @@ def run(args: argparse.Namespace) -> Path:
             rel = [Path(train.samples[i][0]).relative_to(root / "train").as_posix() for i in idx]
             text = "\n".join(rel) + "\n"
             list_file = list_dir / f"n{n}_draw{d}.txt"
-            list_file.write_text(text)
+            write_text_atomic(list_file, text)
             subset = torch.utils.data.Subset(train, idx)
             run_seed = int(np.random.SeedSequence([args.seed, n, d]).generate_state(1)[0])
             for init in inits:

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> Path:
     bs, workers = proto["batch_size"], args.workers
     cache_hit = None
     if proto["train_aug"] == "none":
-        base = {"kind": "pool5", "checkpoint": ckpt.sha256, "data": data_fp, "input_size": size,
+        base = {"kind": "pool5", "checkpoint": training.checkpoint_identity(ckpt), "data": data_fp, "input_size": size,
                 "dtype": "float32"}
         with timer("features"):
             tr, ytr, hit_tr = training.extract_cached(

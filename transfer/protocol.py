@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torchvision import transforms as T
 
+from dcbench import argtypes
 from dcbench.checkpoint import preprocessing
 from dcbench.errors import UserError
 from dcbench.results import write_result
@@ -37,10 +38,10 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", choices=("smoke", "full"), default=None,
                    help="full = the thesis protocol; smoke = small budgets for the embedded data "
                         "(default: smoke without --data, full with it, as dc-train)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the protocol (default: 0)")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="random seed of the protocol (default: 0)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (default: cuda when available, else cpu; here: %(default)s)")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    p.add_argument("--workers", type=argtypes.nonneg_int, default=min(4, os.cpu_count() or 1),
                    help="data-loader workers (default: the CPU count, at most 4; here: %(default)s)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="feature cache (default: $DCBENCH_CACHE or ~/.cache/dcbench/features)")
@@ -64,7 +65,7 @@ def override_schedule(proto: dict, args: argparse.Namespace) -> dict:
 
 def add_input_size_argument(p: argparse.ArgumentParser) -> None:
     """``--input-size``: for tasks that feed the checkpoint's own input size (checked, never resized)."""
-    p.add_argument("--input-size", type=int, default=None,
+    p.add_argument("--input-size", type=argtypes.positive_int, default=None,
                    help="network input size; must equal the checkpoint's (default: the checkpoint's)")
 
 
@@ -85,11 +86,11 @@ def default_help(full, smoke) -> str:
 def add_sgd_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
     """The optimiser / crop flags of the probe-style tasks, their help drawn from ``defaults``
     ((full, smoke) pairs), so the help can never disagree with what :func:`resolve_protocol` uses."""
-    p.add_argument("--epochs", type=int, default=None, help=default_help(*defaults["epochs"]))
-    p.add_argument("--batch-size", type=int, default=None, help=default_help(*defaults["batch_size"]))
-    p.add_argument("--lr", type=float, default=None, help=default_help(*defaults["lr"]))
-    p.add_argument("--momentum", type=float, default=None, help=default_help(*defaults["momentum"]))
-    p.add_argument("--weight-decay", type=float, default=None, help=default_help(*defaults["weight_decay"]))
+    p.add_argument("--epochs", type=argtypes.positive_int, default=None, help=default_help(*defaults["epochs"]))
+    p.add_argument("--batch-size", type=argtypes.positive_int, default=None, help=default_help(*defaults["batch_size"]))
+    p.add_argument("--lr", type=argtypes.positive_float, default=None, help=default_help(*defaults["lr"]))
+    p.add_argument("--momentum", type=argtypes.fraction, default=None, help=default_help(*defaults["momentum"]))
+    p.add_argument("--weight-decay", type=argtypes.nonneg_float, default=None, help=default_help(*defaults["weight_decay"]))
     p.add_argument("--train-aug", choices=("crop-flip", "none"), default=None,
                    help="crop-flip streams the trunk through augmented crops; none caches the frozen "
                         "features. " + default_help(*defaults["train_aug"]))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_np
 from safetensors.numpy import save_file as save_np
 from torch import nn
@@ -175,9 +176,22 @@ def cache_get(args: argparse.Namespace, key: dict) -> dict[str, np.ndarray] | No
 
 def cache_put(args: argparse.Namespace, key: dict, arrays: dict[str, np.ndarray]) -> Path:
     path = cache_path(args, key)
-    write_file_atomic(path, lambda p: save_np({k: np.ascontiguousarray(v) for k, v in arrays.items()},
-                                              str(p), metadata={"key": json.dumps(key, default=str)}))
+    try:
+        write_file_atomic(path, lambda p: save_np({k: np.ascontiguousarray(v) for k, v in arrays.items()},
+                                                  str(p), metadata={"key": json.dumps(key, default=str)}))
+    except SafetensorError as e:  # its own type, also for a full disk (the OSError is inside the message)
+        raise UserError(f"cannot write the feature cache {path} ({str(e)[:200]}); free disk space or pass "
+                        "--cache-dir on another disk") from None
     return path
+
+
+def checkpoint_identity(ckpt) -> dict:
+    """What of a checkpoint decides its features, for cache keys: the weights' sha256, and the
+    preprocessing and model description from meta.json (not covered by that sha256: the same
+    weights with another mean/std give other features)."""
+    meta = ckpt.meta
+    return {"sha256": ckpt.sha256, "preprocessing": meta.get("preprocessing"),
+            **{k: meta.get(k) for k in ("arch", "sobel", "batchnorm", "input_size")}}
 
 
 def extract_cached(args: argparse.Namespace, base_key: dict, names: Sequence[str],

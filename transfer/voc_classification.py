@@ -28,6 +28,7 @@ from torch import nn
 from torchvision import transforms as T
 from tqdm import tqdm
 
+from dcbench import argtypes
 from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import VOC_CLASSES, VOCClassification, collate_skip_none, fingerprint
 from dcbench.results import checkpoint_block, make_result
@@ -142,21 +143,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fc6-8: frozen convs; all: fine-tune everything")
     p.add_argument("--fc-init", choices=("random", "checkpoint"), default="random",
                    help="fc6/fc7 start: random (DeepCluster's scripts) or the checkpoint's weights")
-    p.add_argument("--iterations", type=int, default=None, help="default: 150000 (full), 40 (smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 16")
-    p.add_argument("--lr", type=float, default=None, help="default: 0.003 (fc6-8), 0.001 (all)")
-    p.add_argument("--stepsize", type=int, default=None, help="lr *= lr-gamma every N iterations")
+    p.add_argument("--iterations", type=argtypes.positive_int, default=None, help="default: 150000 (full), 40 (smoke)")
+    p.add_argument("--batch-size", type=argtypes.positive_int, default=None, help="default: 16")
+    p.add_argument("--lr", type=argtypes.positive_float, default=None, help="default: 0.003 (fc6-8), 0.001 (all)")
+    p.add_argument("--stepsize", type=argtypes.positive_int, default=None, help="lr *= lr-gamma every N iterations")
     c = {k: v[0] for k, v in DEFAULTS["common"].items()}   # the same at both scales
-    p.add_argument("--lr-gamma", type=float, default=None, help=f"lr factor at each step (default: {c['lr_gamma']})")
-    p.add_argument("--momentum", type=float, default=None, help=f"SGD momentum (default: {c['momentum']})")
-    p.add_argument("--weight-decay", type=float, default=None, help=f"weight decay (default: {c['weight_decay']})")
-    p.add_argument("--grad-clip", type=float, default=None,
+    p.add_argument("--lr-gamma", type=argtypes.positive_float, default=None, help=f"lr factor at each step (default: {c['lr_gamma']})")
+    p.add_argument("--momentum", type=argtypes.fraction, default=None, help=f"SGD momentum (default: {c['momentum']})")
+    p.add_argument("--weight-decay", type=argtypes.nonneg_float, default=None, help=f"weight decay (default: {c['weight_decay']})")
+    p.add_argument("--grad-clip", type=argtypes.positive_float, default=None,
                    help=f"gradient norm clipped to this (default: {c['grad_clip']})")
-    p.add_argument("--min-scale", type=float, default=None,
+    p.add_argument("--min-scale", type=argtypes.unit_interval, default=None,
                    help=f"RandomResizedCrop's smallest area fraction (default: {c['min_scale']})")
-    p.add_argument("--max-scale", type=float, default=None,
+    p.add_argument("--max-scale", type=argtypes.unit_interval, default=None,
                    help=f"RandomResizedCrop's largest area fraction (default: {c['max_scale']})")
-    p.add_argument("--test-crops", type=int, default=None, help="random crops per test image (default: 10 full, 3 smoke)")
+    p.add_argument("--test-crops", type=argtypes.positive_int, default=None, help="random crops per test image (default: 10 full, 3 smoke)")
     p.add_argument("--train-split", default="trainval",
                    help="ImageSets/Main/<name>.txt to train on (default: trainval)")
     p.add_argument("--test-split", default="test", help="ImageSets/Main/<name>.txt to test on (default: test)")

@@ -55,11 +55,13 @@ from torchvision.models.detection.rpn import AnchorGenerator
 from torchvision.models.detection.transform import resize_boxes
 from tqdm import tqdm
 
+from dcbench import argtypes
 from dcbench.checkpoint import load_checkpoint, preprocessing
 from dcbench.datasets import VOC_CLASSES, VOCDetection, fingerprint
 from dcbench.errors import DataError, UserError
 from dcbench.models import DeepClusterNet
 from dcbench.results import checkpoint_block, make_result
+from dcbench.safepath import safe_slug, under
 from dcbench.seeding import seed_everything
 from dcbench.transfer import training
 from dcbench.transfer.protocol import (
@@ -275,9 +277,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='precomputed proposals for Fast R-CNN (implies --method fast-rcnn): JSON {"format": '
                         '"dcbench-proposals", "version": 1, "boxes": {"<image_id>": [[x1, y1, x2, y2], ...]}}, '
                         "1-based pixel boxes inside the image, one entry per trainval and test image")
-    p.add_argument("--iterations", type=int, default=None,
+    p.add_argument("--iterations", type=argtypes.positive_int, default=None,
                    help="; ".join(f"{m}: {default_help(*DEFAULTS[m]['iterations'])}" for m in METHODS))
-    p.add_argument("--lr", type=float, default=None, help=default_help(*DEFAULTS["common"]["lr"]))
+    p.add_argument("--lr", type=argtypes.positive_float, default=None, help=default_help(*DEFAULTS["common"]["lr"]))
 
 
 def protocol(args: argparse.Namespace, method: str) -> dict:
@@ -386,7 +388,8 @@ def run(args: argparse.Namespace) -> Path:
     with timer("test"):
         dets = detect(det, DetectionItems(test_ds, drop_difficult=False), proto, device, proposals)
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    det_dir = Path(args.out) / f"voc-detection-{ckpt.name}-{method}-{args.layers}-{stamp}"
+    # the name is meta.json's, i.e. the checkpoint author's: a slug, kept under --out
+    det_dir = under(args.out, f"voc-detection-{safe_slug(ckpt.name)}-{method}-{args.layers}-{stamp}")
     with timer("eval"):
         write_detection_files(det_dir, dets, VOC_CLASSES)
         annotations = {i: a["objects"] for i, a in zip(test_ds.ids, test_ds.annotations)}

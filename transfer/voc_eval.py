@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dcbench.atomic import write_text_atomic
 from dcbench.errors import DataError
 
 DET_FILE = "comp4_det_test_{cls}.txt"
@@ -132,15 +133,12 @@ def write_detection_files(out_dir: str | os.PathLike, detections: Mapping[str, I
                           classes: Sequence[str]) -> list[Path]:
     """Write ``comp4_det_test_<class>.txt`` for every class (empty file if no detection)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for c in classes:
         path = out_dir / DET_FILE.format(cls=c)
         lines = [f"{i} {s:.6f} {b[0]:.1f} {b[1]:.1f} {b[2]:.1f} {b[3]:.1f}\n"
                  for i, s, b in detections.get(c, ())]
-        tmp = path.with_suffix(".txt.tmp")
-        tmp.write_text("".join(lines), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(lines))
         paths.append(path)
     return paths
 

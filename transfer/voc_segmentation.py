@@ -30,6 +30,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from dcbench import argtypes
 from dcbench.checkpoint import load_checkpoint, preprocessing
 from dcbench.datasets import VOCSegmentation, fingerprint
 from dcbench.errors import DataError, UserError
@@ -174,8 +175,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ImageSets/Segmentation/<name>.txt to train on (e.g. train_aug for the SBD-augmented "
                         "list: put the SBD masks as palette PNGs in SegmentationClass; must not overlap val)")
     p.add_argument("--val-split", default="val", help="ImageSets/Segmentation/<name>.txt to evaluate on")
-    p.add_argument("--iterations", type=int, default=None, help=default_help(*DEFAULTS["iterations"]))
-    p.add_argument("--lr", type=float, default=None, help=default_help(*DEFAULTS["lr"]))
+    p.add_argument("--iterations", type=argtypes.positive_int, default=None, help=default_help(*DEFAULTS["iterations"]))
+    p.add_argument("--lr", type=argtypes.positive_float, default=None, help=default_help(*DEFAULTS["lr"]))
 
 
 def protocol(args: argparse.Namespace) -> dict:
