@@ -68,10 +68,11 @@ def pil_loader(path: str) -> Image.Image:
         return im.convert("RGB")
 
 
-def _load_or_skip(dataset, path) -> Image.Image | None:
-    """Decode ``path``; an unreadable image is recorded in ``dataset.skipped``, reported once, and None."""
+def _load_or_skip(dataset, path, loader: Callable = pil_loader):
+    """``loader(path)`` (default: decode to RGB); an unreadable image is recorded in
+    ``dataset.skipped``, reported once, and None."""
     try:
-        return pil_loader(str(path))
+        return loader(str(path))
     except Exception:  # noqa: BLE001 - any decode failure means "skip this image"
         dataset.skipped.append(str(path))
         _report_skips(dataset.root, [str(path)], "load")
