@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from dcbench.errors import UserError
 from dcbench.knn_graph import knn
