@@ -211,6 +211,13 @@ def compute_features(model, ds, items: np.ndarray, positions: np.ndarray, fn, cf
     return buf[:m], pos[:m]
 
 
+def _now(device: torch.device) -> float:
+    """The clock after the device's queued work: CUDA runs asynchronously, stage times would drift."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def _all_finite(x: torch.Tensor, chunk: int) -> bool:
     return all(bool(torch.isfinite(x[s:s + chunk]).all()) for s in range(0, x.shape[0], chunk))
 
@@ -411,7 +418,7 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
             valid = torch.zeros(len(subset), dtype=torch.bool)
             valid[p_local] = True
             x = f_local
-        times["features"] = time.perf_counter() - t0
+        times["features"] = _now(device) - t0
         record: dict = {"epoch": epoch + 1}
         if main:
             valid_np = valid.numpy()
@@ -430,12 +437,12 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
                 else:
                     xw = pca_whiten(x.numpy(), cfg.pca_dim)
                 del x
-                times["pca"] = time.perf_counter() - t
+                times["pca"] = _now(device) - t
                 stage = "k-means" if cfg.clustering == "kmeans" else "PIC"
                 t = time.perf_counter()
                 lab = cluster(xw, cfg, seed=stage_seed(cfg.seed, epoch, 3), use_gpu=use_faiss_gpu,
                               engine=cfg.cluster_engine)
-                times["clustering"] = time.perf_counter() - t
+                times["clustering"] = _now(device) - t
                 labels = np.full(len(subset), -1, dtype=np.int64)
                 labels[valid_np] = lab
                 # ---- diagnostics
@@ -461,7 +468,7 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
                         _, nbrs = knn(xw[sel], 10, use_gpu=use_faiss_gpu)
                     record["ratio_edge_intra_class"] = float(np.mean(list(ratio_edge_intra_class(nbrs, y).values())))
                 del xw
-                times["metrics"] = time.perf_counter() - t
+                times["metrics"] = _now(device) - t
             except _oom_types():
                 hint = {"the diagnostics": f"lower --diag-sample (now {cfg.diag_sample})"}.get(
                     stage, f"lower --cluster-chunk (now {cfg.cluster_chunk})")
@@ -487,7 +494,7 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
                                for b in range(steps)])
         loss_sum, loss_n = _train_pass(model, opt, ds, items, targets, mine, per, steps, m, train_tf, cfg,
                                        device, epoch, ckpt, show, ddp_device)
-        times["train"] = time.perf_counter() - t
+        times["train"] = _now(device) - t
         record["loss"] = loss_sum / max(loss_n, 1)
         record["steps"] = steps
         record["log_k"] = math.log(m)
