@@ -331,3 +331,16 @@ def test_gpu_oom_in_clustering_names_stage_and_flag_keeps_checkpoint(tiny_data, 
     assert stage in err[0] and "--cluster-chunk" in err[0] and "intact" in err[0]
     assert load_checkpoint(out / "checkpoint").meta["epoch"] == 1
     assert all(torch.equal(good[k], v) for k, v in _weights(out).items())
+
+
+def test_run_from_before_the_new_flags_resumes_on_cpu(tiny_data, tmp_path):
+    # A checkpoint written before issue 11 has no precision/engine/loader fields: it was fp32.
+    out = tmp_path / "legacy"
+    train(tiny(tiny_data, out))
+    meta_path = out / "checkpoint" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    for key in ("precision", "cluster_engine", "cluster_chunk", "loader", "prefetch", "diag_sample"):
+        del meta["train_config"][key]
+    meta_path.write_text(json.dumps(meta))
+    train(tiny(tiny_data, out, epochs=2))
+    assert [r["epoch"] for r in read_log(out)] == [1, 2]
