@@ -84,12 +84,12 @@ def model_ceiling(cfg, device: torch.device, iters: int) -> dict:
 def loader_ceiling(cfg, root: Path, device: torch.device, images: int) -> float:
     """img/s of dc-train's training loader alone (decode, crop, flip, normalise on the device)."""
     from dcbench.datasets import ImageFolder
-    from dcbench.train.loop import _inputs, _loader, _View, crop_loaders
+    from dcbench.train.loop import Feed, _inputs, crop_loaders
 
     ds = ImageFolder(root, verify=False)
     items = np.random.default_rng(0).choice(len(ds), min(images, len(ds)), replace=False)
     train_fn, _ = crop_loaders(cfg, cfg.loader)
-    dl = _loader(_View(ds, items, np.zeros(len(items), dtype=np.int64), train_fn), cfg.batch_size, cfg, 0, device)
+    dl = Feed(ds, train_fn, cfg, device)(items, np.zeros(len(items), dtype=np.int64), cfg.batch_size, 0)
     n = 0
     t = time.perf_counter()
     for batch in dl:

@@ -344,3 +344,13 @@ def test_run_from_before_the_new_flags_resumes_on_cpu(tiny_data, tmp_path):
     meta_path.write_text(json.dumps(meta))
     train(tiny(tiny_data, out, epochs=2))
     assert [r["epoch"] for r in read_log(out)] == [1, 2]
+
+
+def test_persistent_workers_crops_depend_on_the_seed_not_the_workers(tiny_data, tmp_path):
+    # Workers start once per run; each item re-seeds from (seed, epoch, stage, position).
+    train(tiny(tiny_data, tmp_path / "w1", workers=1, epochs=2))
+    train(tiny(tiny_data, tmp_path / "w2", workers=2, epochs=1))
+    train(tiny(tiny_data, tmp_path / "w2", workers=2, epochs=2), resume=True)
+    a, b = _weights(tmp_path / "w1"), _weights(tmp_path / "w2")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in read_log(tmp_path / "w1")] == [r["loss"] for r in read_log(tmp_path / "w2")]

@@ -113,17 +113,84 @@ class _View(Dataset):
         return x, int(self.tags[i])
 
 
-def _loader(view: Dataset, batch_size: int, cfg: TrainConfig, seed: int, device: torch.device) -> DataLoader:
+def _collate(cfg: TrainConfig):
     from dcbench.datasets import collate_skip_none
 
+    return IL.collate_bytes if cfg.loader == "nvjpeg" else collate_skip_none
+
+
+def _loader(view: Dataset, batch_size: int, cfg: TrainConfig, seed: int, device: torch.device) -> DataLoader:
+    """A one-pass loader whose workers draw from torch's RNG seeded by ``seed`` (the landed path)."""
     g = torch.Generator()
     g.manual_seed(seed)
-    # Workers are not persistent: each epoch (and stage) gets a loader seeded from (seed, epoch,
-    # stage), which is what makes a resumed run draw the same crops; starting them is ~1 s an epoch.
     return DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=cfg.workers,
-                      collate_fn=IL.collate_bytes if cfg.loader == "nvjpeg" else collate_skip_none,
-                      generator=g, worker_init_fn=_worker_init, pin_memory=device.type == "cuda",
-                      prefetch_factor=cfg.prefetch if cfg.workers > 0 else None, drop_last=False)
+                      collate_fn=_collate(cfg), generator=g, worker_init_fn=_worker_init,
+                      pin_memory=device.type == "cuda", prefetch_factor=cfg.prefetch if cfg.workers > 0 else None,
+                      drop_last=False)
+
+
+class _Batches(torch.utils.data.Sampler):
+    """The batch sampler of a persistent loader: this pass's batches, replaced before each pass."""
+
+    def __init__(self):
+        self.batches: list = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _SeededView(Dataset):
+    """Whole batches ``(dataset indices, tags, seed)``: item j re-seeds torch's RNG with seed + j first."""
+
+    def __init__(self, ds, fn):
+        self.ds, self.fn = ds, fn
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitems__(self, request: list) -> list:
+        from dcbench.datasets import _load_or_skip
+
+        items, tags, seed = request[0]
+        out = []
+        for j, (i, tag) in enumerate(zip(items.tolist(), tags.tolist())):
+            torch.manual_seed(seed + j)
+            x = _load_or_skip(self.ds, self.ds.samples[i][0], self.fn)
+            out.append(None if x is None else (x, tag))
+        return out
+
+
+class Feed:
+    """One crop function over one dataset for a whole run: ``feed(items, tags, batch_size, seed)``
+    iterates collated batches.
+
+    With workers, one persistent DataLoader: its workers start once per run, not once per epoch,
+    and every item re-seeds torch's RNG from (``seed``, its position), so a crop depends on the
+    seed only, not on which worker (or how many) drew it, and a resumed run draws the same crops.
+    Without workers (the smoke default) it is the landed single-process loader, bit for bit.
+    """
+
+    def __init__(self, ds, fn, cfg: TrainConfig, device: torch.device):
+        self.ds, self.fn, self.cfg, self.device = ds, fn, cfg, device
+        self._batches = _Batches()
+        self._loader = None
+
+    def __call__(self, items: np.ndarray, tags: np.ndarray, batch_size: int, seed: int):
+        if self.cfg.workers == 0:
+            return _loader(_View(self.ds, items, tags, self.fn), batch_size, self.cfg, seed, self.device)
+        if self._loader is None:
+            # Its own generator: starting the workers must not draw from the global RNG (dropout's).
+            self._loader = DataLoader(_SeededView(self.ds, self.fn), batch_sampler=self._batches,
+                                      num_workers=self.cfg.workers, collate_fn=_collate(self.cfg),
+                                      pin_memory=self.device.type == "cuda", prefetch_factor=self.cfg.prefetch,
+                                      persistent_workers=True, generator=torch.Generator().manual_seed(0))
+        base = int(seed) << 32  # stage seeds are 32-bit: every (stage, position) gets its own torch seed
+        self._batches.batches = [[(items[s:s + batch_size], tags[s:s + batch_size], base + s)]
+                                 for s in range(0, len(items), batch_size)]
+        return self._loader
 
 
 def _inputs(batch, cfg: TrainConfig, device: torch.device, centre: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,7 +262,8 @@ def compute_features(model, ds, items: np.ndarray, positions: np.ndarray, fn, cf
     CPU), in reading order; unreadable images leave no row, so the result is a view of its first rows.
     """
     model.eval()
-    loader = _loader(_View(ds, items, positions, fn), cfg.batch_size, cfg, seed, device)
+    feed = fn if isinstance(fn, Feed) else Feed(ds, fn, cfg, device)
+    loader = feed(items, positions, cfg.batch_size, seed)
     buf = torch.empty(len(items), model.arch.fc_width, dtype=buffer_dtype, device=buffer_device or "cpu")
     pos = torch.empty(len(items), dtype=torch.int64)
     m = 0
@@ -351,7 +419,7 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
     if cfg.clustering == "kmeans" and subset_n < cfg.k:
         raise UserError(f"{subset_n} images for {cfg.k} clusters in {root}: k-means needs at least as many "
                         "images as clusters (lower --k or give more data)")
-    train_tf, centre_tf = crop_loaders(cfg, cfg.loader)
+    train_tf, centre_tf = (Feed(ds, fn, cfg, device) for fn in crop_loaders(cfg, cfg.loader))
     diag_priority = np.random.default_rng([cfg.seed, 10**6 + 1]).permutation(n_images)
 
     # ---- model, optimizer, resume
@@ -542,7 +610,8 @@ def _train_pass(model, opt, ds, items, targets, mine, per, steps, m, tf, cfg, de
     bufs = {id(p): torch.zeros_like(p) for p in top.parameters()} if sgt else {}
     rng_rows = np.random.default_rng(stage_seed(cfg.seed, epoch, 6))
     model.train()
-    loader = _loader(_View(ds, items[mine], targets[mine], tf), per, cfg, stage_seed(cfg.seed, epoch, 7), device)
+    feed = tf if isinstance(tf, Feed) else Feed(ds, tf, cfg, device)
+    loader = feed(items[mine], targets[mine], per, stage_seed(cfg.seed, epoch, 7))
     # The running loss stays on the device (float64: the same sums as adding Python floats) and is
     # read every LOG_EVERY steps, not every step: a read waits for the GPU to finish.
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
