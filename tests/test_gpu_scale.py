@@ -354,3 +354,37 @@ def test_persistent_workers_crops_depend_on_the_seed_not_the_workers(tiny_data, 
     a, b = _weights(tmp_path / "w1"), _weights(tmp_path / "w2")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["loss"] for r in read_log(tmp_path / "w1")] == [r["loss"] for r in read_log(tmp_path / "w2")]
+
+
+# ---------------------------------------------------------------------------------------------
+# dc-transfer --precision
+@pytest.mark.parametrize("task,extra", [("knn-graph", []), ("voc-classification", ["--iterations", "2"])])
+def test_transfer_precision_is_applied_and_recorded(task, extra, embedded_root, tmp_path, capsys, monkeypatch):
+    from dcbench.checkpoint import save_checkpoint
+    from dcbench.models import build_model
+    from dcbench.transfer import training
+    from dcbench.transfer.cli import main as transfer_main
+
+    ckpt = tmp_path / "rand64"
+    save_checkpoint(ckpt, build_model("alexnet", sobel=True, input_size=64, seed=0), origin="random")
+    seen = []
+    real = training.amp
+
+    def spy(precision, device):
+        seen.append(precision)
+        return real(precision, device)
+
+    monkeypatch.setattr(training, "amp", spy)
+    for precision, out in (("bf16", "bf16"), (None, "fp32")):  # on the CPU the default is fp32
+        res = tmp_path / f"res-{out}"
+        argv = [task, "--checkpoint", ckpt, "--data", embedded_root, "--out", res, "--scale", "smoke",
+                "--device", "cpu", "--workers", "0", "--cache-dir", tmp_path / "cache", *extra]
+        argv += ["--precision", precision] if precision else []
+        seen.clear()
+        assert run_cli(transfer_main, [str(a) for a in argv]) == 0
+        (path,) = res.rglob("*.json")
+        assert json.loads(path.read_text())["protocol"]["precision"] == out
+        assert seen and set(seen) == {out}  # the network forwards ran under it
+    rc = run_cli(transfer_main, [task, "--checkpoint", str(ckpt), "--precision", "fp16"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--precision" in err[0]
