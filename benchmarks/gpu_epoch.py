@@ -171,7 +171,7 @@ def main() -> None:
         "benchmark": "gpu_epoch",
         "label": ("CUDA run" if device.type == "cuda" else
                   "CPU run (no GPU in this session): checks the script and the CPU path; on a shared 2-core "
-                  "machine its timings and the 2-iteration model-only ceiling are noisy. NOT the GPU "
+                  f"machine its timings and the {iters}-iteration model-only ceiling are noisy. NOT the GPU "
                   "measurement the issue asks for"),
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
