@@ -232,6 +232,7 @@ def _weights(out):
     return load_file(str(Path(out) / "checkpoint" / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_draft_and_torchvision_loaders_train_identically_and_precision_is_recorded(tiny_data, tmp_path):
     train(tiny(tiny_data, tmp_path / "tv", loader="torchvision"))
     train(tiny(tiny_data, tmp_path / "draft"))
@@ -249,6 +250,7 @@ def test_draft_and_torchvision_loaders_train_identically_and_precision_is_record
         train(tiny(tiny_data, tmp_path / "bf16", precision="fp32", epochs=2))
 
 
+@pytest.mark.slow
 def test_torch_engine_trains_kmeans_and_pic(tiny_data, tmp_path):
     for clustering in ("kmeans", "pic"):
         out = tmp_path / clustering
@@ -278,6 +280,7 @@ def test_batched_decode_path_in_the_feature_stage_on_cpu(tiny_data, one_thread):
     assert cos.min() > 0.99
 
 
+@pytest.mark.slow
 def test_diagnostic_sample_is_fixed_deterministic_and_logged(tiny_data, tmp_path):
     prio = np.random.default_rng([1, 10**6 + 1]).permutation(100)
     subset = np.arange(0, 100, 2)
@@ -311,6 +314,7 @@ def test_unknown_precision_engine_or_loader_one_line_exit_2(capsys):
     assert rc == 2 and len(err) == 1 and "--cluster-chunk" in err[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage,target", [("k-means", "cluster"), ("PCA-whitening", "pca_whiten_torch")])
 def test_gpu_oom_in_clustering_names_stage_and_flag_keeps_checkpoint(tiny_data, tmp_path, capsys, monkeypatch,
                                                                      stage, target):
@@ -333,6 +337,7 @@ def test_gpu_oom_in_clustering_names_stage_and_flag_keeps_checkpoint(tiny_data, 
     assert all(torch.equal(good[k], v) for k, v in _weights(out).items())
 
 
+@pytest.mark.slow
 def test_run_from_before_the_new_flags_resumes_on_cpu(tiny_data, tmp_path):
     # A checkpoint written before issue 11 has no precision/engine/loader fields: it was fp32.
     out = tmp_path / "legacy"
@@ -346,6 +351,7 @@ def test_run_from_before_the_new_flags_resumes_on_cpu(tiny_data, tmp_path):
     assert [r["epoch"] for r in read_log(out)] == [1, 2]
 
 
+@pytest.mark.slow
 def test_persistent_workers_crops_depend_on_the_seed_not_the_workers(tiny_data, tmp_path):
     # Workers start once per run; each item re-seeds from (seed, epoch, stage, position).
     train(tiny(tiny_data, tmp_path / "w1", workers=1, epochs=2))
@@ -358,6 +364,7 @@ def test_persistent_workers_crops_depend_on_the_seed_not_the_workers(tiny_data, 
 
 # ---------------------------------------------------------------------------------------------
 # dc-transfer --precision
+@pytest.mark.slow
 @pytest.mark.parametrize("task,extra", [("knn-graph", []), ("voc-classification", ["--iterations", "2"])])
 def test_transfer_precision_is_applied_and_recorded(task, extra, embedded_root, tmp_path, capsys, monkeypatch):
     from dcbench.checkpoint import save_checkpoint
