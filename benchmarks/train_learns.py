@@ -29,6 +29,8 @@ def conv_features(model, ds, tf, batch=100) -> dict[str, np.ndarray]:
     from torch.utils.data import DataLoader
 
     from dcbench.datasets import collate_skip_none
+    from dcbench.imageload import normalise
+    from dcbench.models import IMAGENET_MEAN, IMAGENET_STD
     from dcbench.train.loop import _View
 
     pools = [4, 3, 3, 3, 3]  # output grid per conv layer: dims 1536, 2304, 3456, 3456, 2304
@@ -39,6 +41,7 @@ def conv_features(model, ds, tf, batch=100) -> dict[str, np.ndarray]:
     model.eval()
     with torch.no_grad():
         for x, y in loader:
+            x = normalise(x, IMAGENET_MEAN, IMAGENET_STD)
             for i, o in enumerate(model.conv_outputs(x)):
                 feats[f"conv{i + 1}"].append(torch.nn.functional.adaptive_avg_pool2d(o, pools[i]).flatten(1).numpy())
             labels.append(y.numpy())
@@ -79,7 +82,7 @@ def main() -> None:
     from dcbench.models import build_model
     from dcbench.provenance import environment
     from dcbench.train.config import make_config
-    from dcbench.train.loop import read_log, train, transforms
+    from dcbench.train.loop import crop_loaders, read_log, train
 
     root = Path(embedded_data(scale=args.data_scale, seed=0)) / "classification"
     train_ds = ImageFolder(root / "train")
@@ -112,7 +115,7 @@ def main() -> None:
         trained = load_checkpoint(Path(cfg.out) / "checkpoint").model
         random_init = build_model(cfg.arch, sobel=cfg.sobel, input_size=cfg.input_size,
                                   num_classes=cfg.k, seed=cfg.seed)
-        _, centre = transforms(cfg)
+        _, centre = crop_loaders(cfg, "torchvision")
         accs = {}
         for name, net in (("trained", trained), ("random", random_init)):
             accs[name] = probe(conv_features(net, probe_ds, centre), conv_features(net, val_ds, centre))

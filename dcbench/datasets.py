@@ -54,7 +54,7 @@ def _report_skips(root: Path | str, paths: Sequence[str], when: str) -> None:
         print(f"warning: skipped {len(paths)} unreadable image(s) under {root} (first: {paths[0]})", file=sys.stderr)
 
 
-def _open_checked(f) -> Image.Image:
+def open_image(f) -> Image.Image:
     """``Image.open`` with PIL's decompression-bomb *warning* (more than MAX_IMAGE_PIXELS, about
     89 megapixels) raised as an error: a tiny file that decodes to gigabytes is unreadable data."""
     with warnings.catch_warnings():
@@ -65,7 +65,7 @@ def _open_checked(f) -> Image.Image:
 def _header_ok(path: str) -> bool:
     """Cheap check: PIL parses the header (no pixel decode) and the size is not a bomb."""
     try:
-        with _open_checked(path) as im:
+        with open_image(path) as im:
             im.size  # noqa: B018 - touch the parsed header
         return True
     except Exception:
@@ -74,7 +74,7 @@ def _header_ok(path: str) -> bool:
 
 def pil_loader(path: str) -> Image.Image:
     with open(path, "rb") as f:
-        im = _open_checked(f)
+        im = open_image(f)
         return im.convert("RGB")
 
 
@@ -106,10 +106,11 @@ def walk_files(top: Path):
         yield dirpath, sorted(filenames)
 
 
-def _load_or_skip(dataset, path) -> Image.Image | None:
-    """Decode ``path``; an unreadable image is recorded in ``dataset.skipped``, reported once, and None."""
+def _load_or_skip(dataset, path, loader: Callable = pil_loader):
+    """``loader(path)`` (default: decode to RGB); an unreadable image is recorded in
+    ``dataset.skipped``, reported once, and None."""
     try:
-        return pil_loader(str(path))
+        return loader(str(path))
     except Exception:  # noqa: BLE001 - any decode failure means "skip this image"
         dataset.skipped.append(str(path))
         _report_skips(dataset.root, [str(path)], "load")

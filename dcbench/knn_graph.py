@@ -29,6 +29,25 @@ def knn(x: np.ndarray, k: int, use_gpu: bool = False) -> tuple[np.ndarray, np.nd
     return dist[keep].reshape(n, k), idx[keep].reshape(n, k).astype(np.int64)
 
 
+def knn_torch(x, k: int, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`knn` in torch on ``x``'s device (exact; ties may order differently from faiss)."""
+    import torch
+
+    x = torch.as_tensor(x).to(torch.float32)
+    n = x.shape[0]
+    k = min(k, n - 1)
+    sq = (x * x).sum(1)
+    dist = np.empty((n, k), dtype=np.float32)
+    idx = np.empty((n, k), dtype=np.int64)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        d2 = (sq[s:e, None] - 2 * x[s:e] @ x.T + sq[None, :]).clamp_min_(0)
+        d2[torch.arange(e - s, device=x.device), torch.arange(s, e, device=x.device)] = float("inf")  # not itself
+        v, i = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+        dist[s:e], idx[s:e] = v.cpu().numpy(), i.cpu().numpy()
+    return dist, idx
+
+
 def ratio_edge_intra_class(neighbours: np.ndarray, labels: np.ndarray) -> dict[int, float]:
     """Per class: the fraction (0..1) of k-NN edges leaving the class's nodes that stay in it."""
     labels = np.asarray(labels)

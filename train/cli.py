@@ -11,8 +11,10 @@ import sys
 from collections.abc import Sequence
 
 from dcbench.errors import ArgumentParser, run_cli
+from dcbench.imageload import LOADERS
 from dcbench.models import ARCHS
-from dcbench.train.config import PRESETS, make_config
+from dcbench.precision import PRECISIONS
+from dcbench.train.config import CLUSTER_ENGINES, PRESETS, make_config
 
 DEFAULT_PRESET = "km-ImNet-Sob"
 
@@ -98,6 +100,19 @@ def build_parser(argv: Sequence[str] | None = None) -> ArgumentParser:
     o("--no-faiss-gpu", dest="faiss_gpu", action="store_false", default=None,
       help="keep faiss on the CPU even when CUDA and faiss-gpu are present",
       shown="faiss on the GPU when both are present" if cfg.faiss_gpu else "CPU")
+    o("--precision", choices=PRECISIONS,
+      help="fp32, or bf16 autocast + channels_last; auto = bf16 on CUDA, fp32 on the CPU")
+    o("--cluster-engine", choices=CLUSTER_ENGINES,
+      help="PCA + k-means engine: faiss (CPU, or faiss-gpu), torch (either device); "
+           "auto = torch on CUDA unless faiss-gpu is installed, faiss on the CPU")
+    o("--cluster-chunk", type=int,
+      help="points per block in the torch engine's PCA and k-means; lower it if the GPU runs out of memory")
+    o("--loader", choices=LOADERS,
+      help="draft = PIL decoding at reduced size when the crop allows (same crops as torchvision), "
+           "torchvision = full decode, nvjpeg = batched decode + crop on the GPU (CUDA only)")
+    o("--prefetch", type=int, help="batches each DataLoader worker prepares ahead")
+    o("--diag-sample", type=int,
+      help="NMI-with-labels and 10-NN ratio on a fixed random sample of this many images (0 = all)")
     o("--quiet", action="store_true", default=None, help="no progress bars or epoch lines")
     return p
 

@@ -4,11 +4,15 @@
   shared with the knn-graph task; its names are re-exported here.
 - :func:`kmeans` is faiss k-means (GPU index when available); empty clusters never survive.
 - :func:`pic` is the Power Iteration Clustering variant of the original code (thesis §4.6).
+- :func:`pca_whiten_torch` and :func:`kmeans_torch` are the same maths in torch, on whatever
+  device the features are (the GPU engine: faiss-gpu wheels are CUDA 12 only, DESIGN §9); they
+  read the features in blocks of ``chunk`` rows, so an fp16 buffer is never copied whole.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from dcbench.errors import UserError
 from dcbench.knn_graph import knn
@@ -156,11 +160,163 @@ def pic(x: np.ndarray, nnn: int = 5, sigma: float = 0.2, alpha: float = 0.001, n
     return pic_from_graph(idx, dist, sigma, alpha, n_iter, distribute_singletons)
 
 
-def cluster(x: np.ndarray, cfg, seed: int, use_gpu: bool = True) -> np.ndarray:
-    """The configured clustering on already whitened, normalised features."""
+def cluster(x, cfg, seed: int, use_gpu: bool = True, engine: str = "faiss") -> np.ndarray:
+    """The configured clustering on already whitened, normalised features (numpy for faiss, a tensor for torch)."""
+    if engine == "torch":
+        if cfg.clustering == "kmeans":
+            labels, _ = kmeans_torch(x, cfg.k, niter=cfg.kmeans_iters, seed=seed, chunk=cfg.cluster_chunk)
+            return labels
+        from dcbench.knn_graph import knn_torch
+
+        dist, idx = knn_torch(x, cfg.pic_knn, chunk=cfg.cluster_chunk)
+        return pic_from_graph(idx, dist, cfg.pic_sigma, cfg.pic_alpha, cfg.pic_iters, cfg.pic_singletons)
     if cfg.clustering == "kmeans":
         labels, _ = kmeans(x, cfg.k, niter=cfg.kmeans_iters, seed=seed, use_gpu=use_gpu,
                            max_points_per_centroid=cfg.max_points_per_centroid)
         return labels
     return pic(x, nnn=cfg.pic_knn, sigma=cfg.pic_sigma, alpha=cfg.pic_alpha, n_iter=cfg.pic_iters,
                distribute_singletons=cfg.pic_singletons, use_gpu=use_gpu)
+
+
+# ---------------------------------------------------------------------------------------------
+# the torch engine
+def faiss_installed() -> bool:
+    try:
+        import faiss  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def resolve_engine(name: str, device: torch.device, faiss_gpu: bool = True) -> str:
+    """--cluster-engine: auto = faiss-gpu or torch on CUDA, faiss (else torch) on the CPU."""
+    if name == "auto":
+        if device.type == "cuda":
+            return "faiss" if faiss_gpu and _faiss_gpu_available() else "torch"
+        return "faiss" if faiss_installed() else "torch"
+    if name == "faiss":
+        if not faiss_installed():
+            raise UserError("--cluster-engine faiss, but faiss is not installed; pip install faiss-cpu "
+                            "(or faiss-gpu-cu12), or use --cluster-engine torch")
+        if device.type == "cuda" and faiss_gpu and not _faiss_gpu_available():
+            raise UserError("--cluster-engine faiss on CUDA, but the installed faiss has no GPU support; use "
+                            "--cluster-engine torch, or add --no-faiss-gpu to cluster with faiss on the CPU")
+    elif name != "torch":
+        raise UserError(f"--cluster-engine must be auto, faiss or torch, not {name!r}")
+    return name
+
+
+def _blocks(n: int, chunk: int):
+    for s in range(0, n, chunk):
+        yield s, min(n, s + chunk)
+
+
+def pca_whiten_torch(x: torch.Tensor, dim: int = 256, eigen_power: float = -0.5, chunk: int = 16384) -> torch.Tensor:
+    """:func:`pca_whiten` in torch on ``x``'s device: float32 (n, dim), rows L2-normalised.
+
+    Same centring, covariance normalisation (1/n), eigenvalue floor and scaling as :func:`pca_fit`;
+    ``x`` may be fp16 (read block by block in fp32); sums accumulate in float64.
+    """
+    n, d = x.shape
+    dim = max(1, min(dim, d, n - 1 if n > 1 else 1))
+    dev = x.device
+    mean = torch.zeros(d, dtype=torch.float64, device=dev)
+    for s, e in _blocks(n, chunk):
+        mean += x[s:e].to(torch.float64).sum(0)
+    mean32 = (mean / n).to(torch.float32)
+    if n >= d:
+        cov = torch.zeros(d, d, dtype=torch.float64, device=dev)
+        for s, e in _blocks(n, chunk):
+            xc = x[s:e].to(torch.float32) - mean32
+            cov += (xc.T @ xc).to(torch.float64)
+        cov /= n
+        w, v = torch.linalg.eigh(cov)
+        w, v = w.flip(0)[:dim], v.flip(1)[:, :dim]
+    else:  # fewer points than dimensions: the Gram matrix, as pca_fit and faiss do
+        xc = x.to(torch.float32) - mean32
+        w, u = torch.linalg.eigh((xc @ xc.T).to(torch.float64) / n)
+        w, u = w.flip(0)[:dim], u.flip(1)[:, :dim]
+        v = xc.T.to(torch.float64) @ u
+        v = v / v.norm(dim=0).clamp_min(1e-30)
+        del xc
+    floor = float(w[0]) * 1e-12 if float(w[0]) > 0 else 1e-30
+    w = w.clamp_min(floor)
+    proj = (v * w.pow(eigen_power)[None, :]).to(torch.float32)
+    out = torch.empty(n, dim, dtype=torch.float32, device=dev)
+    for s, e in _blocks(n, chunk):
+        y = (x[s:e].to(torch.float32) - mean32) @ proj
+        out[s:e] = y / y.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return out
+
+
+def _assign(x: torch.Tensor, c: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid of every row and its squared distance, block by block."""
+    n = x.shape[0]
+    cn = (c * c).sum(1)
+    lab = torch.empty(n, dtype=torch.int64, device=x.device)
+    dist = torch.empty(n, dtype=torch.float32, device=x.device)
+    for s, e in _blocks(n, chunk):
+        xb = x[s:e].to(torch.float32)
+        d2 = torch.addmm(cn[None, :], xb, c.T, alpha=-2.0)  # ||c||^2 - 2 x.c
+        m, i = d2.min(dim=1)
+        lab[s:e] = i
+        dist[s:e] = (m + (xb * xb).sum(1)).clamp_min_(0)
+    return lab, dist
+
+
+def _split_empty(c: torch.Tensor, counts: np.ndarray, rng: np.random.Generator) -> None:
+    """faiss's rule for a centroid left empty: copy a cluster picked with probability ~ its size - 1,
+    and push the two copies apart by a relative 1/1024 in alternating directions."""
+    eps = 1.0 / 1024
+    sign = torch.ones(c.shape[1], dtype=c.dtype, device=c.device)
+    sign[1::2] = -1
+    for ci in np.flatnonzero(counts == 0):
+        p = np.maximum(counts - 1, 0).astype(np.float64)
+        if p.sum() <= 0:
+            break
+        cj = int(rng.choice(len(counts), p=p / p.sum()))
+        c[ci] = c[cj] * (1 + eps * sign)
+        c[cj] = c[cj] * (1 - eps * sign)
+        counts[ci] = counts[cj] // 2
+        counts[cj] -= counts[ci]
+
+
+def kmeans_torch(x: torch.Tensor, k: int, niter: int = 20, seed: int = 0,
+                 chunk: int = 16384) -> tuple[np.ndarray, float]:
+    """Lloyd's k-means on ``x``'s device, as faiss runs it: k distinct random points as the initial
+    centroids, ``niter`` assign/update rounds with faiss's empty-centroid split, a final assignment;
+    then :func:`fill_empty_clusters`. Returns (labels int64 (n,), objective = sum of squared distances).
+    Deterministic on the CPU; on CUDA the centroid sums use atomics, so the last bits may vary."""
+    n, d = x.shape
+    if n < k:
+        raise UserError(f"{n} images for {k} clusters: k-means needs at least as many images as clusters "
+                        "(lower --k or give more data)")
+    rng = np.random.default_rng([int(seed), 11])
+    init = torch.from_numpy(np.sort(rng.choice(n, k, replace=False))).to(x.device)
+    c = x[init].to(torch.float32)
+    for _ in range(niter):
+        lab, _ = _assign(x, c, chunk)
+        sums = torch.zeros(k, d, dtype=torch.float32, device=x.device)
+        for s, e in _blocks(n, chunk):
+            sums.index_add_(0, lab[s:e], x[s:e].to(torch.float32))
+        counts_t = torch.bincount(lab, minlength=k)
+        nonempty = counts_t > 0
+        c[nonempty] = sums[nonempty] / counts_t[nonempty, None].to(torch.float32)
+        counts = counts_t.cpu().numpy()
+        if (counts == 0).any():
+            _split_empty(c, counts, rng)
+    lab, dist = _assign(x, c, chunk)
+    labels = lab.cpu().numpy()
+    if np.bincount(labels, minlength=k).min() == 0:
+        labels = fill_empty_clusters(x.to(torch.float32).cpu().numpy(), labels, k, np.random.default_rng([int(seed), 7]))
+    return labels, float(dist.to(torch.float64).sum())
+
+
+def kmeans_objective(x: np.ndarray, labels: np.ndarray) -> float:
+    """Sum of squared distances of points to the mean of their cluster (to compare two partitions)."""
+    x = np.asarray(x, dtype=np.float64)
+    k = int(labels.max()) + 1
+    sums = np.zeros((k, x.shape[1]))
+    np.add.at(sums, labels, x)
+    means = sums / np.maximum(np.bincount(labels, minlength=k), 1)[:, None]
+    return float(((x - means[labels]) ** 2).sum())

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 
 from dcbench.errors import UserError
+from dcbench.imageload import LOADERS
+from dcbench.precision import PRECISIONS
 from dcbench.resources import MAX_INPUT_SIZE, MAX_SEED
 
 FLOAT32_MAX = 3.4e38  # torch applies hyperparameters in float32: a larger value overflows there
@@ -60,6 +62,13 @@ class TrainConfig:
     snapshot_every: int = 50  # keep a snapshot every N epochs (0 = never)
     device: str = "auto"  # auto | cpu | cuda
     faiss_gpu: bool = True  # use a faiss GPU index when CUDA and faiss-gpu are present (DESIGN §9)
+    # --- GPU scale (issue 11). "auto" is resolved when the run starts and recorded resolved.
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast + channels_last)
+    cluster_engine: str = "auto"  # auto (torch on CUDA unless faiss-gpu is installed; faiss on CPU) | faiss | torch
+    cluster_chunk: int = 16384  # points per block in the torch engine's PCA and k-means (lower it on GPU OOM)
+    loader: str = "draft"  # draft (PIL reduced-size decode) | torchvision (the original path) | nvjpeg (GPU decode)
+    prefetch: int = 4  # batches each DataLoader worker keeps ready
+    diag_sample: int = 20_000  # diagnostics (NMI with labels, 10-NN ratio) on this many images (0 = all)
     quiet: bool = False  # no progress bars
     extra: dict = field(default_factory=dict)  # free-form notes recorded with the run
 
@@ -106,6 +115,18 @@ class TrainConfig:
             raise UserError("--pic-sigma must be > 0 and --pic-alpha in (0, 1]")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"--device must be auto, cpu or cuda, not {self.device!r}")
+        for flag, v, allowed in (("--precision", self.precision, PRECISIONS),
+                                 ("--cluster-engine", self.cluster_engine, CLUSTER_ENGINES),
+                                 ("--loader", self.loader, LOADERS)):
+            if v not in allowed:
+                raise UserError(f"{flag} must be one of {', '.join(allowed)}, not {v!r}")
+        for flag, v, lo in (("--cluster-chunk", self.cluster_chunk, 1), ("--prefetch", self.prefetch, 1),
+                            ("--diag-sample", self.diag_sample, 0)):
+            if v < lo:
+                raise UserError(f"{flag} must be at least {lo}, got {v}")
+
+
+CLUSTER_ENGINES = ("auto", "faiss", "torch")
 
 
 # YFCC100m models train 167 epochs, each 3x as long, to get as many updates as ImageNet's 500 (thesis
@@ -165,4 +186,9 @@ def make_config(preset: str = "km-ImNet-Sob", scale: str = "smoke", **overrides)
 
 
 # Fields that may change between a run and its resumption without changing the result.
-RESUME_FREE = {"out", "epochs", "workers", "quiet", "snapshot_every", "device", "faiss_gpu", "data", "extra"}
+# The engine, loader and diagnostic knobs change how (and how fast), not what, is computed; like
+# --device they may differ in the last bits. --precision changes the training itself, so it may not.
+RESUME_FREE = {"out", "epochs", "workers", "quiet", "snapshot_every", "device", "faiss_gpu", "data", "extra",
+               "cluster_engine", "cluster_chunk", "loader", "prefetch", "diag_sample"}
+# What a run saved before a field existed did, for resuming it (issue 11 added --precision).
+LEGACY_DEFAULTS = {"precision": "fp32"}

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from dcbench import imageload as IL
 from dcbench.atomic import disk_error, write_file_atomic, write_json_atomic
 from dcbench.checkpoint import (
     META,
@@ -39,18 +40,26 @@ from dcbench.checkpoint import (
     save_checkpoint,
 )
 from dcbench.errors import CheckpointError, UserError
-from dcbench.knn_graph import knn, ratio_edge_intra_class
+from dcbench.knn_graph import knn, knn_torch, ratio_edge_intra_class
 from dcbench.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, build_model
+from dcbench.precision import autocast, memory_format, resolve_precision
 from dcbench.provenance import environment, git_sha, utc_now
 from dcbench.resources import require_memory, training_bytes
 from dcbench.seeding import seed_everything
 from dcbench.train import distributed as D
 from dcbench.train import sampler as S
-from dcbench.train.clustering import _faiss_gpu_available, cluster, pca_whiten
-from dcbench.train.config import RESUME_FREE, TrainConfig
+from dcbench.train.clustering import (
+    _faiss_gpu_available,
+    cluster,
+    pca_whiten,
+    pca_whiten_torch,
+    resolve_engine,
+)
+from dcbench.train.config import LEGACY_DEFAULTS, RESUME_FREE, TrainConfig
 from dcbench.train.metrics import cluster_stats, nmi
 
 CHECKPOINT = "checkpoint"
+LOG_EVERY = 50  # training steps between two reads of the running loss (each read waits for the device)
 
 
 class TrainingDiverged(UserError):
@@ -74,39 +83,135 @@ def _worker_init(_: int) -> None:
 # ---------------------------------------------------------------------------------------------
 # data
 def transforms(cfg: TrainConfig):
+    """torchvision's PIL-to-PIL crops (the reference path; ToTensor + Normalize are :func:`IL.normalise`)."""
     import torchvision.transforms as T
 
-    norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train = T.Compose([T.RandomResizedCrop(cfg.input_size, scale=(cfg.crop_min_scale, 1.0)), T.RandomHorizontalFlip(), T.ToTensor(), norm])
-    centre = T.Compose([T.Resize(int(round(cfg.input_size * 256 / 224))), T.CenterCrop(cfg.input_size),
-                        T.ToTensor(), norm])
+    train = T.Compose([T.RandomResizedCrop(cfg.input_size, scale=(cfg.crop_min_scale, 1.0)), T.RandomHorizontalFlip()])
+    centre = T.Compose([T.Resize(int(round(cfg.input_size * 256 / 224))), T.CenterCrop(cfg.input_size)])
     return train, centre
 
 
-class _View(Dataset):
-    """``items[i]``-th image of ``ds`` through ``transform``, paired with ``tags[i]``; None if unreadable."""
+def crop_loaders(cfg: TrainConfig, loader: str) -> tuple:
+    """(training crop, centre crop): callables ``path -> uint8 CHW`` (or file bytes + box for nvjpeg)."""
+    resize = int(round(cfg.input_size * 256 / 224))
+    scale = (cfg.crop_min_scale, 1.0)
+    if loader == "torchvision":
+        train_tf, centre_tf = transforms(cfg)
+        return IL.TorchvisionCrop(train_tf), IL.TorchvisionCrop(centre_tf)
+    if loader == "nvjpeg":
+        return IL.JpegBytes(cfg.input_size, scale), IL.JpegBytes(cfg.input_size, None, resize=resize)
+    return IL.RandomCrop(cfg.input_size, scale), IL.CentreCrop(resize, cfg.input_size)
 
-    def __init__(self, ds, items: np.ndarray, tags: np.ndarray, transform):
-        self.ds, self.items, self.tags, self.transform = ds, items, tags, transform
+
+class _View(Dataset):
+    """``fn(path of the items[i]-th image of ds)``, paired with ``tags[i]``; None if unreadable."""
+
+    def __init__(self, ds, items: np.ndarray, tags: np.ndarray, fn):
+        self.ds, self.items, self.tags, self.fn = ds, items, tags, fn
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int):
-        r = self.ds[int(self.items[i])]
-        if r is None:
+        from dcbench.datasets import _load_or_skip
+
+        x = _load_or_skip(self.ds, self.ds.samples[int(self.items[i])][0], self.fn)
+        if x is None:
             return None
-        return self.transform(r[0]), int(self.tags[i])
+        return x, int(self.tags[i])
 
 
-def _loader(view: Dataset, batch_size: int, cfg: TrainConfig, seed: int) -> DataLoader:
+def _collate(cfg: TrainConfig):
     from dcbench.datasets import collate_skip_none
 
+    return IL.collate_bytes if cfg.loader == "nvjpeg" else collate_skip_none
+
+
+def _loader(view: Dataset, batch_size: int, cfg: TrainConfig, seed: int, device: torch.device) -> DataLoader:
+    """A one-pass loader whose workers draw from torch's RNG seeded by ``seed`` (the landed path)."""
     g = torch.Generator()
     g.manual_seed(seed)
     return DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=cfg.workers,
-                      collate_fn=collate_skip_none, generator=g, worker_init_fn=_worker_init,
-                      pin_memory=False, drop_last=False)
+                      collate_fn=_collate(cfg), generator=g, worker_init_fn=_worker_init,
+                      pin_memory=device.type == "cuda", prefetch_factor=cfg.prefetch if cfg.workers > 0 else None,
+                      drop_last=False)
+
+
+class _Batches(torch.utils.data.Sampler):
+    """The batch sampler of a persistent loader: this pass's batches, replaced before each pass."""
+
+    def __init__(self):
+        self.batches: list = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _SeededView(Dataset):
+    """Whole batches ``(dataset indices, tags, seed)``: item j re-seeds torch's RNG with seed + j first."""
+
+    def __init__(self, ds, fn):
+        self.ds, self.fn = ds, fn
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitems__(self, request: list) -> list:
+        from dcbench.datasets import _load_or_skip
+
+        items, tags, seed = request[0]
+        out = []
+        for j, (i, tag) in enumerate(zip(items.tolist(), tags.tolist())):
+            torch.manual_seed(seed + j)
+            x = _load_or_skip(self.ds, self.ds.samples[i][0], self.fn)
+            out.append(None if x is None else (x, tag))
+        return out
+
+
+class Feed:
+    """One crop function over one dataset for a whole run: ``feed(items, tags, batch_size, seed)``
+    iterates collated batches.
+
+    With workers, one persistent DataLoader: its workers start once per run, not once per epoch,
+    and every item re-seeds torch's RNG from (``seed``, its position), so a crop depends on the
+    seed only, not on which worker (or how many) drew it, and a resumed run draws the same crops.
+    Without workers (the smoke default) it is the landed single-process loader, bit for bit.
+    """
+
+    def __init__(self, ds, fn, cfg: TrainConfig, device: torch.device):
+        self.ds, self.fn, self.cfg, self.device = ds, fn, cfg, device
+        self._batches = _Batches()
+        self._loader = None
+
+    def __call__(self, items: np.ndarray, tags: np.ndarray, batch_size: int, seed: int):
+        if self.cfg.workers == 0:
+            return _loader(_View(self.ds, items, tags, self.fn), batch_size, self.cfg, seed, self.device)
+        if self._loader is None:
+            # Its own generator: starting the workers must not draw from the global RNG (dropout's).
+            self._loader = DataLoader(_SeededView(self.ds, self.fn), batch_sampler=self._batches,
+                                      num_workers=self.cfg.workers, collate_fn=_collate(self.cfg),
+                                      pin_memory=self.device.type == "cuda", prefetch_factor=self.cfg.prefetch,
+                                      persistent_workers=True, generator=torch.Generator().manual_seed(0))
+        base = int(seed) << 32  # stage seeds are 32-bit: every (stage, position) gets its own torch seed
+        self._batches.batches = [[(items[s:s + batch_size], tags[s:s + batch_size], base + s)]
+                                 for s in range(0, len(items), batch_size)]
+        return self._loader
+
+
+def _inputs(batch, cfg: TrainConfig, device: torch.device, centre: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A collated batch -> (normalised float input on ``device`` in the precision's layout, tags)."""
+    if cfg.loader == "nvjpeg":
+        datas, params, tags = batch
+        x, keep = IL.decode_batch(datas, params, cfg.input_size, device, centre=centre)
+        tags = tags[keep]
+    else:
+        x, tags = batch
+        x = x.to(device, non_blocking=True)
+    x = IL.normalise(x, IMAGENET_MEAN, IMAGENET_STD).contiguous(memory_format=memory_format(cfg.precision))
+    return x, tags
 
 
 def resolve_data(cfg: TrainConfig) -> Path:
@@ -156,21 +261,55 @@ def trunk_parameters(model) -> list[nn.Parameter]:
 
 
 @torch.no_grad()
-def compute_features(model, ds, items: np.ndarray, positions: np.ndarray, tf, cfg: TrainConfig, device,
-                     seed: int, show: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """fc7 pre-ReLU features of ``ds[items]`` in eval mode; returns (features, positions read)."""
+def compute_features(model, ds, items: np.ndarray, positions: np.ndarray, fn, cfg: TrainConfig, device,
+                     seed: int, show: bool, buffer_device=None,
+                     buffer_dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """fc7 pre-ReLU features of ``ds[items]`` in eval mode; returns (features, positions read).
+
+    The features land in one preallocated buffer (``buffer_dtype`` on ``buffer_device``, default the
+    CPU), in reading order; unreadable images leave no row, so the result is a view of its first rows.
+    """
     model.eval()
-    loader = _loader(_View(ds, items, positions, tf), cfg.batch_size, cfg, seed)
-    feats, pos = [], []
+    feed = fn if isinstance(fn, Feed) else Feed(ds, fn, cfg, device)
+    loader = feed(items, positions, cfg.batch_size, seed)
+    buf = torch.empty(len(items), model.arch.fc_width, dtype=buffer_dtype, device=buffer_device or "cpu")
+    pos = torch.empty(len(items), dtype=torch.int64)
+    m = 0
     for batch in tqdm(loader, desc="features", leave=False, disable=not show, file=sys.stderr):
         if batch is None:
             continue
-        x, p = batch
-        feats.append(model.penultimate(x.to(device)).float().cpu())
-        pos.append(p)
-    if not feats:
-        return torch.zeros(0, model.arch.fc_width), torch.zeros(0, dtype=torch.int64)
-    return torch.cat(feats), torch.cat(pos)
+        x, p = _inputs(batch, cfg, device, centre=True)
+        with autocast(cfg.precision, device):
+            f = model.penultimate(x)
+        buf[m:m + len(p)] = f
+        pos[m:m + len(p)] = p
+        m += len(p)
+    return buf[:m], pos[:m]
+
+
+def _now(device: torch.device) -> float:
+    """The clock after the device's queued work: CUDA runs asynchronously, stage times would drift."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _all_finite(x: torch.Tensor, chunk: int) -> bool:
+    return all(bool(torch.isfinite(x[s:s + chunk]).all()) for s in range(0, x.shape[0], chunk))
+
+
+def diag_rows(priority: np.ndarray, dataset_index: np.ndarray, size: int) -> np.ndarray:
+    """Positions (sorted) of the ``size`` entries of ``dataset_index`` first in the fixed random
+    ``priority`` order; all of them when ``size`` is 0 or not smaller. A fixed pool gives the same
+    images every epoch; Algorithm 2's changing subsets share as many as they can."""
+    if size == 0 or len(dataset_index) <= size:
+        return np.arange(len(dataset_index))
+    return np.sort(np.argsort(priority[dataset_index], kind="stable")[:size])
+
+
+def _oom_types() -> tuple[type, ...]:
+    return tuple(t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+                 if t is not None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,6 +443,7 @@ def _last_good(ckpt: Path) -> str:
 
 def _check_resumable(saved: dict, cfg: TrainConfig, ckpt: Path) -> None:
     now = _config_json(cfg)
+    saved = {**LEGACY_DEFAULTS, **saved}
     diffs = [f"{k}: {saved.get(k)!r} there, {now[k]!r} now" for k in now
              if k not in RESUME_FREE and saved.get(k) != now[k]]
     if diffs:
@@ -339,7 +479,16 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     if cfg.batch_size % world:
         raise UserError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
+    # What "auto" means on this machine, recorded resolved (config.json, the checkpoint's train_config).
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device),
+                              cluster_engine=resolve_engine(cfg.cluster_engine, device, cfg.faiss_gpu),
+                              loader=IL.resolve_loader(cfg.loader, device, quiet=not main or cfg.quiet))
     use_faiss_gpu = cfg.faiss_gpu and _faiss_gpu_available()
+    torch_engine = cfg.cluster_engine == "torch"
+    # Feature memory (issue 11): one buffer, fp16 on the GPU for the torch engine (1.28M x 4096 is 10.5 GB),
+    # fp32 on the CPU otherwise (faiss reads it without a copy).
+    on_gpu_buffer = torch_engine and device.type == "cuda" and ddp_device is None
+    feat_device, feat_dtype = (device, torch.float16) if on_gpu_buffer else (torch.device("cpu"), torch.float32)
 
     out = Path(cfg.out)
     ckpt = out / CHECKPOINT
@@ -360,7 +509,8 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
         raise UserError(f"{subset_n} images for {cfg.k} clusters in {root}: k-means needs at least as many "
                         "images as clusters (lower --k or give more data)")
     _check_resources(cfg, subset_n, world, device)
-    train_tf, centre_tf = transforms(cfg)
+    train_tf, centre_tf = (Feed(ds, fn, cfg, device) for fn in crop_loaders(cfg, cfg.loader))
+    diag_priority = np.random.default_rng([cfg.seed, 10**6 + 1]).permutation(n_images)
     if main:
         for note in _clean_stale(out):
             print(f"note: {note}", file=sys.stderr)
@@ -386,7 +536,7 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
         model = build_model(cfg.arch, sobel=cfg.sobel, batchnorm=True, input_size=cfg.input_size,
                             num_classes=cfg.k if cfg.clustering == "kmeans" else 0, seed=cfg.seed)
         ts = None
-    model.to(device)
+    model.to(device, memory_format=memory_format(cfg.precision))
     opt = torch.optim.SGD(trunk_parameters(model), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
     if ts is not None:
@@ -417,46 +567,76 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
         # ---- features (strided shard per rank, gathered)
         seed_everything(stage_seed(cfg.seed, epoch, 2))
         mine = np.arange(rank, len(subset), world)
-        f_local, p_local = compute_features(model, ds, subset[mine], mine, centre_tf, cfg, device,
-                                            stage_seed(cfg.seed, epoch, 2), show)
-        feats, valid = D.gather_rows(f_local.to(device) if ddp_device is not None else f_local,
-                                     p_local, len(subset))
-        times["features"] = time.perf_counter() - t0
+        try:
+            f_local, p_local = compute_features(model, ds, subset[mine], mine, centre_tf, cfg, device,
+                                                stage_seed(cfg.seed, epoch, 2), show, feat_device, feat_dtype)
+        except _oom_types():
+            raise UserError(f"the GPU ran out of memory computing features (epoch {epoch + 1}); lower "
+                            f"--batch-size (now {cfg.batch_size}); the last checkpoint {ckpt} is intact") from None
+        if D.is_dist():
+            feats, valid = D.gather_rows(f_local.to(device) if ddp_device is not None else f_local,
+                                         p_local, len(subset))
+            x = feats[valid]
+        else:  # rows are in reading order: the readable images' features are the buffer itself
+            valid = torch.zeros(len(subset), dtype=torch.bool)
+            valid[p_local] = True
+            x = f_local
+        times["features"] = _now(device) - t0
         record: dict = {"epoch": epoch + 1}
         if main:
             valid_np = valid.numpy()
-            x = feats[valid].numpy()
             if x.shape[0] == 0:
                 raise UserError(f"every image of {root} failed to decode; check the data folder")
             if cfg.clustering == "kmeans" and x.shape[0] < cfg.k:
                 raise UserError(f"only {x.shape[0]} readable images for {cfg.k} clusters in {root}; lower --k")
-            if not np.isfinite(x).all():
+            if not _all_finite(x, cfg.cluster_chunk):
                 raise TrainingDiverged(f"non-finite features at epoch {epoch + 1}; lower --lr; {_last_good(ckpt)}")
-            t = time.perf_counter()
-            xw = pca_whiten(x, cfg.pca_dim)
-            times["pca"] = time.perf_counter() - t
-            t = time.perf_counter()
-            lab = cluster(xw, cfg, seed=stage_seed(cfg.seed, epoch, 3), use_gpu=use_faiss_gpu)
-            times["clustering"] = time.perf_counter() - t
-            labels = np.full(len(subset), -1, dtype=np.int64)
-            labels[valid_np] = lab
-            # ---- diagnostics
-            t = time.perf_counter()
-            record.update(cluster_stats(lab))
-            record["images"] = int(valid_np.sum())
-            record["unreadable"] = int((~valid_np).sum())
-            if prev is not None:
-                common, ia, ib = np.intersect1d(subset, prev[0], return_indices=True)
-                keep = (labels[ia] >= 0) & (prev[1][ib] >= 0)
-                record["nmi_prev"] = nmi(labels[ia][keep], prev[1][ib][keep]) if keep.any() else None
-            else:
-                record["nmi_prev"] = None
-            if gt is not None:
-                y = gt[subset][valid_np]
-                record["nmi_labels"] = nmi(lab, y)
-                _, nbrs = knn(xw, 10, use_gpu=use_faiss_gpu)
-                record["ratio_edge_intra_class"] = float(np.mean(list(ratio_edge_intra_class(nbrs, y).values())))
-            times["metrics"] = time.perf_counter() - t
+            stage = "PCA-whitening"
+            try:
+                t = time.perf_counter()
+                if torch_engine:
+                    xw = pca_whiten_torch(x.to(device), cfg.pca_dim, chunk=cfg.cluster_chunk)
+                else:
+                    xw = pca_whiten(x.numpy(), cfg.pca_dim)
+                del x
+                times["pca"] = _now(device) - t
+                stage = "k-means" if cfg.clustering == "kmeans" else "PIC"
+                t = time.perf_counter()
+                lab = cluster(xw, cfg, seed=stage_seed(cfg.seed, epoch, 3), use_gpu=use_faiss_gpu,
+                              engine=cfg.cluster_engine)
+                times["clustering"] = _now(device) - t
+                labels = np.full(len(subset), -1, dtype=np.int64)
+                labels[valid_np] = lab
+                # ---- diagnostics
+                stage = "the diagnostics"
+                t = time.perf_counter()
+                record.update(cluster_stats(lab))
+                record["images"] = int(valid_np.sum())
+                record["unreadable"] = int((~valid_np).sum())
+                if prev is not None:
+                    common, ia, ib = np.intersect1d(subset, prev[0], return_indices=True)
+                    keep = (labels[ia] >= 0) & (prev[1][ib] >= 0)
+                    record["nmi_prev"] = nmi(labels[ia][keep], prev[1][ib][keep]) if keep.any() else None
+                else:
+                    record["nmi_prev"] = None
+                if gt is not None:
+                    sel = diag_rows(diag_priority, subset[valid_np], cfg.diag_sample)
+                    y = gt[subset][valid_np][sel]
+                    record["diag_sample"] = int(len(sel))
+                    record["nmi_labels"] = nmi(lab[sel], y)
+                    if torch_engine:
+                        _, nbrs = knn_torch(xw[torch.from_numpy(sel).to(xw.device)], 10, chunk=cfg.cluster_chunk)
+                    else:
+                        _, nbrs = knn(xw[sel], 10, use_gpu=use_faiss_gpu)
+                    record["ratio_edge_intra_class"] = float(np.mean(list(ratio_edge_intra_class(nbrs, y).values())))
+                del xw
+                times["metrics"] = _now(device) - t
+            except _oom_types():
+                hint = {"the diagnostics": f"lower --diag-sample (now {cfg.diag_sample})"}.get(
+                    stage, f"lower --cluster-chunk (now {cfg.cluster_chunk})")
+                raise UserError(f"the GPU ran out of memory during {stage} (epoch {epoch + 1}); {hint}, or "
+                                f"cluster on the CPU (--cluster-engine faiss --no-faiss-gpu); the last "
+                                f"checkpoint {ckpt} is intact") from None
             lab_t = torch.from_numpy(labels)
         else:
             lab_t = None
@@ -476,14 +656,15 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
                                for b in range(steps)])
         loss_sum, loss_n = _train_pass(model, opt, ds, items, targets, mine, per, steps, m, train_tf, cfg,
                                        device, epoch, ckpt, show, ddp_device)
-        times["train"] = time.perf_counter() - t
+        times["train"] = _now(device) - t
         record["loss"] = loss_sum / max(loss_n, 1)
         record["steps"] = steps
         record["log_k"] = math.log(m)
 
         # ---- outputs (rank 0): assignments, log line, checkpoint, snapshot
-        # The loss is read before each step, so the step that diverges is only visible in the weights:
-        # check them (and the momentum) before anything of this epoch is written.
+        # The loss is read only every LOG_EVERY steps and before the last step's update, so a step that
+        # diverges may show only in the weights: check them (and the momentum) before anything of this
+        # epoch is written.
         bad = nonfinite_tensors(model.state_dict()) + [
             f"optimizer.{i}.{k}" for i, st in opt.state_dict()["state"].items() for k, v in st.items()
             if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -533,10 +714,23 @@ def _train_pass(model, opt, ds, items, targets, mine, per, steps, m, tf, cfg, de
     bufs = {id(p): torch.zeros_like(p) for p in top.parameters()} if sgt else {}
     rng_rows = np.random.default_rng(stage_seed(cfg.seed, epoch, 6))
     model.train()
-    loader = _loader(_View(ds, items[mine], targets[mine], tf), per, cfg, stage_seed(cfg.seed, epoch, 7))
-    loss_sum, loss_n = 0.0, 0
-    for step, batch in enumerate(tqdm(loader, total=steps, desc=f"train {epoch + 1}", leave=False,
-                                      disable=not show, file=sys.stderr)):
+    feed = tf if isinstance(tf, Feed) else Feed(ds, tf, cfg, device)
+    loader = feed(items[mine], targets[mine], per, stage_seed(cfg.seed, epoch, 7))
+    # The running loss stays on the device (float64: the same sums as adding Python floats) and is
+    # read every LOG_EVERY steps, not every step: a read waits for the GPU to finish.
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    loss_n = 0
+    bar = tqdm(loader, total=steps, desc=f"train {epoch + 1}", leave=False, disable=not show, file=sys.stderr)
+
+    def check(step: int) -> float:
+        lv = float(loss_sum)
+        if not math.isfinite(lv):
+            raise TrainingDiverged(f"loss is {lv} at epoch {epoch + 1}, by step {step + 1}; lower --lr "
+                                   f"(now {cfg.lr}); {_last_good(ckpt)}")
+        return lv
+
+    step = -1
+    for step, batch in enumerate(bar):
         rows = None
         if sgt:  # rows of the global batch's targets plus random others, sgt in all (thesis §4.7)
             gtargets = np.unique(targets[step * cfg.batch_size:(step + 1) * cfg.batch_size])
@@ -546,15 +740,12 @@ def _train_pass(model, opt, ds, items, targets, mine, per, steps, m, tf, cfg, de
             rows = torch.from_numpy(rows_np).to(device)
         if batch is None:
             continue
-        x, y = batch
-        x, y = x.to(device), y.to(device)
+        x, y = _inputs(batch, cfg, device, centre=False)
+        y = y.to(device, non_blocking=True)
         if rows is not None:
             y = torch.searchsorted(rows, y)
-        loss = F.cross_entropy(net(x, rows), y)
-        lv = float(loss.item())
-        if not math.isfinite(lv):
-            raise TrainingDiverged(f"loss is {lv} at epoch {epoch + 1}, step {step + 1}; lower --lr "
-                                   f"(now {cfg.lr}); {_last_good(ckpt)}")
+        with autocast(cfg.precision, device):
+            loss = F.cross_entropy(net(x, rows), y)
         opt.zero_grad(set_to_none=True)
         if opt_top is not None:
             opt_top.zero_grad(set_to_none=True)
@@ -570,6 +761,10 @@ def _train_pass(model, opt, ds, items, targets, mine, per, steps, m, tf, cfg, de
                     b = bufs[id(p)]
                     b[rows] = cfg.top_momentum * b[rows] + p.grad[rows] + cfg.weight_decay * p[rows]
                     p[rows] = p[rows] - cfg.lr * b[rows]
-        loss_sum += lv * y.shape[0]
+        loss_sum += loss.detach().double() * y.shape[0]
         loss_n += y.shape[0]
-    return loss_sum, loss_n
+        if (step + 1) % LOG_EVERY == 0:
+            lv = check(step)
+            if show:
+                bar.set_postfix(loss=f"{lv / max(loss_n, 1):.4f}")
+    return check(step), loss_n

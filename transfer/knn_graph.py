@@ -40,6 +40,7 @@ from dcbench.transfer.protocol import (
     default_help,
     eval_crops_transform,
     input_size,
+    precision_of,
     resolve_protocol,
     save_and_report,
 )
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace) -> Path:
         feats, labels, hit = training.extract_cached(
             args, key, [args.features], lambda: training.loader(ds, proto["batch_size"], shuffle=False,
                                                               workers=args.workers),
-            forward, device=args.device, desc="features", dtype=np.float32)
+            forward, device=args.device, desc="features", dtype=np.float32, precision=precision_of(args))
     x = feats[args.features][:, 0]
     with timer("graph"):
         if proto["pca_dim"]:

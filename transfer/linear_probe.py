@@ -47,6 +47,7 @@ from dcbench.transfer.protocol import (
     dataset_dir,
     eval_crops_transform,
     input_size,
+    precision_of,
     remap_targets,
     resolve_protocol,
     save_and_report,
@@ -211,25 +212,25 @@ def run(args: argparse.Namespace) -> Path:
             tr, ytr, hit_tr = training.extract_cached(
                 args, {**base, "split": "train", "transform": "center-crop"}, layers,
                 lambda: training.loader(train, bs, shuffle=False, workers=workers), forward,
-                device=args.device, desc="features train")
+                device=args.device, desc="features train", precision=precision_of(args))
             va, yva, hit_va = training.extract_cached(
                 args, {**base, "split": "val", "transform": f"crops{proto['eval_crops']}"}, layers,
                 lambda: training.loader(val, bs, shuffle=False, workers=workers), forward,
-                device=args.device, desc="features val")
+                device=args.device, desc="features val", precision=precision_of(args))
         cache_hit = hit_tr and hit_va
         train_b = training.cached_batches([tr[n] for n in layers], ytr, bs, args.seed, args.device)
         val_b = training.cached_val_batches([va[n] for n in layers], yva, bs, args.device)
         sizes = {"train": int(len(ytr)), "val": int(len(yva))}
     else:
         train_b = training.stream_batches(lambda e: training.loader(train, bs, shuffle=True, workers=workers,
-                                                         seed=args.seed * 1000 + e), forward, args.device)
+                                                         seed=args.seed * 1000 + e), forward, args.device, precision_of(args))
         val_b = training.stream_val_batches(lambda: training.loader(val, max(1, bs // 2), shuffle=False, workers=workers),
-                                   forward, args.device)
+                                   forward, args.device, precision_of(args))
         sizes = {"train": len(train), "val": len(val)}
     with timer("train"):
         hist = training.train_heads(heads, train_b, val_b, epochs=proto["epochs"], lr=proto["lr"],
                            momentum=proto["momentum"], weight_decay=proto["weight_decay"],
-                           device=args.device, desc=task)
+                           device=args.device, desc=task, precision=precision_of(args))
     training.assert_unchanged(model, before, "linear probe: frozen trunk")
     metrics, best_epochs = {}, {}
     for p, h in zip(pools, hist):

@@ -45,6 +45,7 @@ from dcbench.transfer.protocol import (
     dataset_dir,
     eval_crops_transform,
     input_size,
+    precision_of,
     remap_targets,
     resolve_protocol,
     save_and_report,
@@ -102,7 +103,7 @@ def with_new_fc8(net: nn.Module, n_classes: int) -> nn.Module:
 
 
 def finetune(net: nn.Module, loader, *, iterations: int, lr: float, drop_at: float, momentum: float,
-             weight_decay: float, device: str) -> None:
+             weight_decay: float, device: str, precision: str = "fp32") -> None:
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
@@ -111,13 +112,15 @@ def finetune(net: nn.Module, loader, *, iterations: int, lr: float, drop_at: flo
     for it, (x, y) in enumerate(training.steps(loader, iterations)):
         if it == drop:
             training.set_lr(opt, lr * 0.1)
-        loss = loss_fn(net(x.to(device)), y.to(device))
+        with training.amp(precision, device):
+            out = net(x.to(device))
+        loss = loss_fn(out.float(), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
 
-def evaluate(net: nn.Module, make_loader, device: str) -> float:
+def evaluate(net: nn.Module, make_loader, device: str, precision: str = "fp32") -> float:
     net.eval()
     scores, ys = [], []
     with torch.no_grad():
@@ -126,7 +129,9 @@ def evaluate(net: nn.Module, make_loader, device: str) -> float:
                 continue
             x, y = batch
             n = x.shape[1]
-            scores.append(training.average_crops(net(x.flatten(0, 1).to(device)).float().cpu(), n))
+            with training.amp(precision, device):
+                out = net(x.flatten(0, 1).to(device))
+            scores.append(training.average_crops(out.float().cpu(), n))
             ys.append(y)
     return training.top1(torch.cat(scores), torch.cat(ys))
 
@@ -205,9 +210,10 @@ def run(args: argparse.Namespace) -> Path:
                     net = with_new_fc8(net, n_classes).to(args.device)
                     finetune(net, subset_loader(subset, min(bs_cap, len(subset)), run_seed, workers),
                              iterations=proto["iterations"], lr=proto["lr"], drop_at=proto["lr_drop_at"],
-                             momentum=proto["momentum"], weight_decay=proto["weight_decay"], device=args.device)
+                             momentum=proto["momentum"], weight_decay=proto["weight_decay"], device=args.device,
+                             precision=precision_of(args))
                 with timer(f"eval_{init}"):
-                    acc = evaluate(net, val_loader, args.device)
+                    acc = evaluate(net, val_loader, args.device, precision_of(args))
                 runs.append({"n": n, "draw": d, "seed": run_seed, "init": init, "top1": round(acc, 4),
                              "images": str(list_file), "images_sha256": hashlib.sha256(text.encode()).hexdigest()})
                 bar.update()

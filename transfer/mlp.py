@@ -33,6 +33,7 @@ from dcbench.transfer.protocol import (
     dataset_dir,
     eval_crops_transform,
     input_size,
+    precision_of,
     remap_targets,
     resolve_protocol,
     save_and_report,
@@ -100,25 +101,25 @@ def run(args: argparse.Namespace) -> Path:
             tr, ytr, hit_tr = training.extract_cached(
                 args, {**base, "split": "train", "transform": "center-crop"}, ["pool5"],
                 lambda: training.loader(train, bs, shuffle=False, workers=workers), forward,
-                device=args.device, desc="features train", dtype=np.float32)
+                device=args.device, desc="features train", precision=precision_of(args), dtype=np.float32)
             va, yva, hit_va = training.extract_cached(
                 args, {**base, "split": "val", "transform": f"crops{proto['eval_crops']}"}, ["pool5"],
                 lambda: training.loader(val, bs, shuffle=False, workers=workers), forward,
-                device=args.device, desc="features val", dtype=np.float32)
+                device=args.device, desc="features val", precision=precision_of(args), dtype=np.float32)
         cache_hit = hit_tr and hit_va
         train_b = training.cached_batches([tr["pool5"]], ytr, bs, args.seed, args.device)
         val_b = training.cached_val_batches([va["pool5"]], yva, bs, args.device)
         sizes = {"train": int(len(ytr)), "val": int(len(yva))}
     else:
         train_b = training.stream_batches(lambda e: training.loader(train, bs, shuffle=True, workers=workers,
-                                                                seed=args.seed * 1000 + e), forward, args.device)
+                                                                seed=args.seed * 1000 + e), forward, args.device, precision_of(args))
         val_b = training.stream_val_batches(lambda: training.loader(val, max(1, bs // 2), shuffle=False,
-                                                                workers=workers), forward, args.device)
+                                                                workers=workers), forward, args.device, precision_of(args))
         sizes = {"train": len(train), "val": len(val)}
     with timer("train"):
         (hist,) = training.train_heads(nn.ModuleList([head]), train_b, val_b, epochs=proto["epochs"], lr=proto["lr"],
                                      momentum=proto["momentum"], weight_decay=proto["weight_decay"],
-                                     device=args.device, desc="mlp")
+                                     device=args.device, desc="mlp", precision=precision_of(args))
     training.assert_unchanged(model, before, "mlp: frozen trunk")
     best = int(np.argmax(hist))
     result = make_result(

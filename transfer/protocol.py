@@ -22,6 +22,7 @@ from torchvision import transforms as T
 from dcbench import argtypes
 from dcbench.checkpoint import preprocessing
 from dcbench.errors import UserError
+from dcbench.precision import PRECISIONS, resolve_precision
 from dcbench.results import write_result
 
 # --------------------------------------------------------------------------------------------
@@ -43,6 +44,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch device (default: cuda when available, else cpu; here: %(default)s)")
     p.add_argument("--workers", type=argtypes.nonneg_int, default=min(4, os.cpu_count() or 1),
                    help="data-loader workers (default: the CPU count, at most 4; here: %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="fp32, or bf16 autocast for every network forward "
+                        "(default: auto = bf16 on CUDA, fp32 on the CPU)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="feature cache (default: $DCBENCH_CACHE or ~/.cache/dcbench/features)")
     p.add_argument("--no-cache", action="store_true", help="recompute features even if cached")
@@ -263,7 +267,13 @@ class Timer:
         return _Stage()
 
 
+def precision_of(args: argparse.Namespace) -> str:
+    """``--precision`` resolved for ``--device`` (fp32 when a caller's args predate the flag)."""
+    return resolve_precision(getattr(args, "precision", "fp32"), torch.device(args.device))
+
+
 def save_and_report(args: argparse.Namespace, result: dict) -> Path:
+    result["protocol"] = {**result["protocol"], "precision": precision_of(args)}  # every result says it
     path = write_result(result, args.out)
     metrics = ", ".join(f"{k}={v:.2f}" for k, v in result["metrics"].items())
     print(f"{result['task']} [{result['scale']}] {result['checkpoint']['name']}: {metrics}")

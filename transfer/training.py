@@ -31,6 +31,7 @@ from dcbench.atomic import write_file_atomic
 from dcbench.datasets import collate_skip_none
 from dcbench.errors import UserError
 from dcbench.models import DeepClusterNet
+from dcbench.precision import autocast
 
 # --------------------------------------------------------------------------------------------
 # Loaders, steps, learning rates
@@ -196,12 +197,15 @@ def checkpoint_identity(ckpt) -> dict:
 
 def extract_cached(args: argparse.Namespace, base_key: dict, names: Sequence[str],
                    batches: Callable[[], DataLoader], forward: Callable[[torch.Tensor], list[torch.Tensor]],
-                   *, device: str, desc: str, dtype=np.float16) -> tuple[dict[str, np.ndarray], np.ndarray, bool]:
+                   *, device: str, desc: str, dtype=np.float16,
+                   precision: str = "fp32") -> tuple[dict[str, np.ndarray], np.ndarray, bool]:
     """Features of every image for each of ``names`` (one forward per batch gives all of them).
 
     Each name is cached separately under ``base_key + {"layer": name}``; the labels under
     ``"labels"``. Inputs of shape (B, n, C, H, W) (multi-crop) give features (N, n, D).
     Returns (features per name, labels, whether everything came from the cache)."""
+    if precision != "fp32":  # bf16 features are other numbers: another cache entry
+        base_key = {**base_key, "precision": precision}
     keys = {n: {**base_key, "layer": n} for n in names}
     label_key = {**base_key, "layer": "labels"}
     found = {n: cache_get(args, k) for n, k in keys.items()}
@@ -218,7 +222,8 @@ def extract_cached(args: argparse.Namespace, base_key: dict, names: Sequence[str
             crops = x.shape[1] if x.dim() == 5 else 0
             if crops:
                 x = x.flatten(0, 1)
-            outs = forward(x.to(device))
+            with amp(precision, device):
+                outs = forward(x.to(device))
             for n, o in zip(names, outs):
                 o = o.flatten(1).float().cpu().numpy().astype(dtype)
                 feats[n].append(o.reshape(-1, crops, o.shape[1]) if crops else o)
@@ -236,7 +241,7 @@ def extract_cached(args: argparse.Namespace, base_key: dict, names: Sequence[str
 
 
 def train_heads(heads: nn.ModuleList, train_batches, val_batches, *, epochs: int, lr: float, momentum: float,
-                weight_decay: float, device: str, desc: str = "probe") -> list[list[float]]:
+                weight_decay: float, device: str, desc: str = "probe", precision: str = "fp32") -> list[list[float]]:
     """Train every head together; ``train_batches(epoch)`` and ``val_batches()`` yield
     (list of per-head features, labels[, ncrops]). Returns top-1 history[head][epoch]."""
     opt = torch.optim.SGD(heads.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -248,7 +253,9 @@ def train_heads(heads: nn.ModuleList, train_batches, val_batches, *, epochs: int
         for feats, y in train_batches(epoch):
             set_lr(opt, inverse_sqrt_lr(lr, weight_decay, step))
             y = y.to(device)
-            loss = sum(loss_fn(h(f), y) for h, f in zip(heads, feats))
+            with amp(precision, device):
+                out = [h(f) for h, f in zip(heads, feats)]
+            loss = sum(loss_fn(o.float(), y) for o in out)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -259,7 +266,9 @@ def train_heads(heads: nn.ModuleList, train_batches, val_batches, *, epochs: int
         with torch.no_grad():
             for feats, y, ncrops in val_batches():
                 for i, (h, f) in enumerate(zip(heads, feats)):
-                    scores[i].append(average_crops(h(f).float().cpu(), ncrops, softmax=True))
+                    with amp(precision, device):
+                        s = h(f)
+                    scores[i].append(average_crops(s.float().cpu(), ncrops, softmax=True))
                 ys.append(y)
         y = torch.cat(ys)
         for i in range(len(heads)):
@@ -294,32 +303,37 @@ def cached_val_batches(feats: list[np.ndarray], y: np.ndarray, batch_size: int, 
     return batches
 
 
-def stream_batches(make_loader, forward, device: str):
+def stream_batches(make_loader, forward, device: str, precision: str = "fp32"):
     """train_batches that run the trunk: one ``forward`` call per batch for all heads."""
     def batches(epoch: int):
         for batch in make_loader(epoch):
             if batch is None:
                 continue
             x, y = batch
-            with torch.no_grad():
+            with torch.no_grad(), amp(precision, device):
                 feats = forward(x.to(device))
             yield feats, y
 
     return batches
 
 
-def stream_val_batches(make_loader, forward, device: str):
+def stream_val_batches(make_loader, forward, device: str, precision: str = "fp32"):
     def batches():
         for batch in make_loader():
             if batch is None:
                 continue
             x, y = batch
             ncrops = x.shape[1]
-            with torch.no_grad():
+            with torch.no_grad(), amp(precision, device):
                 feats = forward(x.flatten(0, 1).to(device))
             yield feats, y, ncrops
 
     return batches
+
+
+def amp(precision: str, device) -> object:
+    """``--precision``'s forward context on ``device`` (a name or a torch.device)."""
+    return autocast(precision, torch.device(device))
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from dcbench.transfer.protocol import (
     dataset_dir,
     input_size,
     normalize,
+    precision_of,
     resolve_protocol,
     save_and_report,
 )
@@ -102,7 +103,7 @@ def trainable(net: nn.Module, layers: str) -> list[nn.Parameter]:
 
 
 def train(net: nn.Module, params, loader, *, iterations: int, lr: float, stepsize: int, gamma: float,
-          momentum: float, weight_decay: float, clip: float, device: str) -> list[float]:
+          momentum: float, weight_decay: float, clip: float, device: str, precision: str = "fp32") -> list[float]:
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     losses = []
     net.train()
@@ -112,7 +113,9 @@ def train(net: nn.Module, params, loader, *, iterations: int, lr: float, stepsiz
         if it and it % stepsize == 0:
             for g in opt.param_groups:
                 g["lr"] *= gamma
-        loss = masked_bce(net(x.to(device)), y.to(device))
+        with training.amp(precision, device):
+            out = net(x.to(device))
+        loss = masked_bce(out.float(), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, clip)
@@ -121,7 +124,7 @@ def train(net: nn.Module, params, loader, *, iterations: int, lr: float, stepsiz
     return losses
 
 
-def evaluate(net: nn.Module, batches, device: str) -> tuple[np.ndarray, np.ndarray]:
+def evaluate(net: nn.Module, batches, device: str, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """Scores summed over each image's crops (B, n, C, H, W inputs), and the targets."""
     net.eval()
     scores, targets = [], []
@@ -131,7 +134,9 @@ def evaluate(net: nn.Module, batches, device: str) -> tuple[np.ndarray, np.ndarr
                 continue
             x, y = batch
             n = x.shape[1]
-            out = net(x.flatten(0, 1).to(device)).float().cpu()
+            with training.amp(precision, device):
+                out = net(x.flatten(0, 1).to(device))
+            out = out.float().cpu()
             scores.append(out.view(-1, n, out.shape[1]).sum(1).numpy())
             targets.append(y.numpy())
     return np.concatenate(scores), np.concatenate(targets)
@@ -191,13 +196,14 @@ def run(args: argparse.Namespace) -> Path:
     with timer("train"):
         losses = train(net, params, train_loader, iterations=proto["iterations"], lr=proto["lr"],
                        stepsize=proto["stepsize"], gamma=proto["lr_gamma"], momentum=proto["momentum"],
-                       weight_decay=proto["weight_decay"], clip=proto["grad_clip"], device=args.device)
+                       weight_decay=proto["weight_decay"], clip=proto["grad_clip"], device=args.device,
+                       precision=precision_of(args))
     if trunk_before is not None:
         training.assert_unchanged(trunk, trunk_before, "voc-classification fc6-8: frozen trunk")
     with timer("test"):
         torch.manual_seed(args.seed + 1)
         scores, targets = evaluate(net, training.loader(test_ds, max(1, bs // 2), shuffle=False, workers=workers,
-                                                      seed=args.seed + 1), args.device)
+                                                      seed=args.seed + 1), args.device, precision_of(args))
     aps = training.voc_class_aps(scores, targets)
     defined = ~np.isnan(aps)
     result = make_result(

@@ -70,6 +70,7 @@ from dcbench.transfer.protocol import (
     default_help,
     defaults_at,
     override_schedule,
+    precision_of,
     resolve_protocol,
     save_and_report,
 )
@@ -299,7 +300,7 @@ def protocol(args: argparse.Namespace, method: str) -> dict:
     return proto
 
 
-def train_detector(det: FasterRCNN, loader, proto: dict, device, proposals=None) -> list[float]:
+def train_detector(det: FasterRCNN, loader, proto: dict, device, proposals=None, precision: str = "fp32") -> list[float]:
     trainable = [p for n, p in det.named_parameters()
                  if p.requires_grad and not (proposals is not None and n.startswith("rpn."))]
     opt = torch.optim.SGD(trainable, lr=proto["lr"], momentum=proto["momentum"],
@@ -324,8 +325,9 @@ def train_detector(det: FasterRCNN, loader, proto: dict, device, proposals=None)
             targets.append({k: v.to(device) for k, v in t.items()})
             if p is not None:
                 props.append(p.to(device))
-        loss_dict = detector_forward(det, images, targets, props if proposals is not None else None)
-        loss = sum(loss_dict.values())
+        with training.amp(precision, device):
+            loss_dict = detector_forward(det, images, targets, props if proposals is not None else None)
+        loss = sum(v.float() for v in loss_dict.values())
         if not torch.isfinite(loss):
             raise UserError(f"detector training diverged at lr {proto['lr']} (loss is not finite); pass a lower --lr")
         opt.zero_grad(set_to_none=True)
@@ -338,7 +340,8 @@ def train_detector(det: FasterRCNN, loader, proto: dict, device, proposals=None)
 
 
 @torch.no_grad()
-def detect(det: FasterRCNN, dataset: DetectionItems, proto: dict, device, proposals=None) -> dict:
+def detect(det: FasterRCNN, dataset: DetectionItems, proto: dict, device, proposals=None,
+           precision: str = "fp32") -> dict:
     """class name -> [(image_id, score, (x1, y1, x2, y2) 1-based devkit pixels)]."""
     det.eval()
     det.transform.min_size = (proto["test_scale"],)
@@ -349,7 +352,8 @@ def detect(det: FasterRCNN, dataset: DetectionItems, proto: dict, device, propos
             continue
         x, _, image_id = item
         props = [proposals[image_id].to(device)] if proposals is not None else None
-        res = detector_forward(det, [x.to(device)], None, props)[0]
+        with training.amp(precision, device):
+            res = detector_forward(det, [x.to(device)], None, props)[0]
         for box, score, label in zip(res["boxes"].cpu().tolist(), res["scores"].cpu().tolist(),
                                      res["labels"].cpu().tolist()):
             # 0-based continuous [x1, x2] -> devkit 1-based inclusive pixels (inverse of the reader)
@@ -382,11 +386,12 @@ def run(args: argparse.Namespace) -> Path:
                                          batch_size=proto["images_per_batch"], shuffle=True, generator=gen,
                                          num_workers=args.workers, collate_fn=_collate)
     with timer("train"):
-        losses = train_detector(det, loader, proto, device, proposals)
+        losses = train_detector(det, loader, proto, device, proposals, precision_of(args))
     if trunk_before is not None:
         assert_unchanged(det.backbone, trunk_before, "voc-detection fc6-8")
     with timer("test"):
-        dets = detect(det, DetectionItems(test_ds, drop_difficult=False), proto, device, proposals)
+        dets = detect(det, DetectionItems(test_ds, drop_difficult=False), proto, device, proposals,
+                      precision_of(args))
     stamp = time.strftime("%Y%m%dT%H%M%S")
     # the name is meta.json's, i.e. the checkpoint author's: a slug, kept under --out
     det_dir = under(args.out, f"voc-detection-{safe_slug(ckpt.name)}-{method}-{args.layers}-{stamp}")

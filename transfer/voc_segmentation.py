@@ -43,6 +43,7 @@ from dcbench.transfer.protocol import (
     data_root,
     default_help,
     override_schedule,
+    precision_of,
     resolve_protocol,
     save_and_report,
 )
@@ -193,7 +194,8 @@ def protocol(args: argparse.Namespace) -> dict:
     return proto
 
 
-def train_fcn(net: FCN32s, loader, proto: dict, device: torch.device, seed: int) -> list[float]:
+def train_fcn(net: FCN32s, loader, proto: dict, device: torch.device, seed: int,
+              precision: str = "fp32") -> list[float]:
     """SGD on (image, mask) pairs for ``proto['iterations']`` steps; returns the loss per step."""
     params = net.head_parameters() if net.trunk.frozen else [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=proto["lr"], momentum=proto["momentum"],
@@ -205,8 +207,9 @@ def train_fcn(net: FCN32s, loader, proto: dict, device: torch.device, seed: int)
                leave=False, mininterval=2)
     for x, m in bar:
         x, m = x.unsqueeze(0).to(device), m.unsqueeze(0).to(device)
-        logits = net(x)
-        loss = F.cross_entropy(logits, m, ignore_index=IGNORE, reduction=proto["loss_reduction"])
+        with training.amp(precision, device):
+            logits = net(x)
+        loss = F.cross_entropy(logits.float(), m, ignore_index=IGNORE, reduction=proto["loss_reduction"])
         if not torch.isfinite(loss):
             if (m != IGNORE).any():
                 raise UserError(f"FCN training diverged at lr {proto['lr']} (loss is not finite); pass a lower --lr")
@@ -221,7 +224,7 @@ def train_fcn(net: FCN32s, loader, proto: dict, device: torch.device, seed: int)
 
 
 @torch.no_grad()
-def evaluate_fcn(net: FCN32s, dataset, device: torch.device) -> np.ndarray:
+def evaluate_fcn(net: FCN32s, dataset, device: torch.device, precision: str = "fp32") -> np.ndarray:
     net.eval()
     hist = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     for i in tqdm(range(len(dataset)), desc="fcn eval", leave=False, mininterval=2):
@@ -229,7 +232,8 @@ def evaluate_fcn(net: FCN32s, dataset, device: torch.device) -> np.ndarray:
         if item is None:
             continue
         x, m = item
-        pred = net(x.unsqueeze(0).to(device)).argmax(1)[0].cpu().numpy()
+        with training.amp(precision, device):
+            pred = net(x.unsqueeze(0).to(device)).argmax(1)[0].cpu().numpy()
         hist += confusion_matrix(m.numpy(), pred, NUM_CLASSES, IGNORE)
     return hist
 
@@ -257,11 +261,11 @@ def run(args: argparse.Namespace) -> Path:
     loader = torch.utils.data.DataLoader(train_set, batch_size=1, shuffle=True, generator=gen,
                                          num_workers=args.workers, collate_fn=_collate_one)
     with timer("train"):
-        losses = train_fcn(net, loader, proto, device, args.seed)
+        losses = train_fcn(net, loader, proto, device, args.seed, precision_of(args))
     if trunk_before is not None:
         assert_unchanged(net.trunk, trunk_before, "voc-segmentation fc6-8")
     with timer("eval"):
-        hist = evaluate_fcn(net, val_set, device)
+        hist = evaluate_fcn(net, val_set, device, precision_of(args))
     scores = segmentation_scores(hist)
     classes = list(val_set.classes)
     result = make_result(

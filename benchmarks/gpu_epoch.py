@@ -1,0 +1,205 @@
+"""One DeepCluster epoch at ImageNet scale, stage by stage, with the hardware's ceilings (issue 11).
+
+1. Generates N seeded JPEGs of ImageNet's mean size (400 x 350, ~60 KiB; benchmarks/jpeg_data.py),
+   in 1000 classes (so the label diagnostics run too).
+2. Measures, in the same process and on the same device: the model alone (features: eval forward
+   to fc7; training: forward + backward + SGD step with a k-way top layer) on random input, and
+   the training loader alone (decode + crop + flip + normalise, on the device).
+3. Runs dc-train (``--scale full``, ``--epochs 2``) on the JPEGs and reads the per-stage times of
+   its log; the second epoch is the measured one (the first pays warm-up).
+4. Extrapolates the epoch to ImageNet-1k's 1,281,167 images, every stage linearly in N (an upper
+   bound for the diagnostics, which run on a fixed sample), and 500 epochs.
+
+    python benchmarks/gpu_epoch.py --n 100000 --workers 15            # one H200: the issue's target
+    python benchmarks/gpu_epoch.py --n 512 --k 50 --batch-size 64 --workers 2 --device cpu   # CPU check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+IMAGENET = 1_281_167
+GOAL_S = 180.0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def model_ceiling(cfg, device: torch.device, iters: int) -> dict:
+    """img/s of the network alone on random input: feature pass and training step, cfg's precision."""
+    import torch.nn.functional as F
+
+    from dcbench.models import build_model
+    from dcbench.precision import autocast, memory_format
+    from dcbench.train.loop import _Net, reset_top_layer, trunk_parameters
+
+    model = build_model(cfg.arch, sobel=cfg.sobel, batchnorm=True, input_size=cfg.input_size, num_classes=cfg.k,
+                        seed=0).to(device, memory_format=memory_format(cfg.precision))
+    reset_top_layer(model, cfg.k, device)
+    x = torch.randn(cfg.batch_size, 3, cfg.input_size, cfg.input_size, device=device).contiguous(
+        memory_format=memory_format(cfg.precision))
+    y = torch.randint(0, cfg.k, (cfg.batch_size,), device=device)
+    out = {}
+    model.eval()
+    with torch.no_grad():
+        for i in range(iters + 2):
+            if i == 2:
+                _sync(device)
+                t = time.perf_counter()
+            with autocast(cfg.precision, device):
+                model.penultimate(x)
+        _sync(device)
+    out["features_img_per_s"] = iters * cfg.batch_size / (time.perf_counter() - t)
+    net = _Net(model)
+    opt = torch.optim.SGD(trunk_parameters(model) + list(model.top_layer.parameters()), lr=0.001, momentum=0.9)
+    model.train()
+    for i in range(iters + 2):
+        if i == 2:
+            _sync(device)
+            t = time.perf_counter()
+        with autocast(cfg.precision, device):
+            loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync(device)
+    out["train_img_per_s"] = iters * cfg.batch_size / (time.perf_counter() - t)
+    return out
+
+
+def loader_ceiling(cfg, root: Path, device: torch.device, images: int) -> float:
+    """img/s of dc-train's training loader alone (decode, crop, flip, normalise on the device)."""
+    from dcbench.datasets import ImageFolder
+    from dcbench.train.loop import Feed, _inputs, crop_loaders
+
+    ds = ImageFolder(root, verify=False)
+    items = np.random.default_rng(0).choice(len(ds), min(images, len(ds)), replace=False)
+    train_fn, _ = crop_loaders(cfg, cfg.loader)
+    dl = Feed(ds, train_fn, cfg, device)(items, np.zeros(len(items), dtype=np.int64), cfg.batch_size, 0)
+    n = 0
+    t = time.perf_counter()
+    for batch in dl:
+        x, _ = _inputs(batch, cfg, device, centre=False)
+        n += x.shape[0]
+    _sync(device)
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100_000, help="generated images")
+    ap.add_argument("--k", type=int, default=10_000, help="k-means clusters (km-ImNet-Sob: 10,000)")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    ap.add_argument("--loader", default=None, choices=("draft", "torchvision", "nvjpeg"),
+                    help="default: nvjpeg on CUDA, draft on the CPU")
+    ap.add_argument("--cluster-engine", default="auto", choices=("auto", "faiss", "torch"))
+    ap.add_argument("--ceiling-iters", type=int, default=None, help="model-only iterations (default 30 GPU, 2 CPU)")
+    ap.add_argument("--workdir", default=None, help="JPEGs and the run (default: a temporary folder, removed)")
+    ap.add_argument("--out", default=None, help="default: benchmarks/out/gpu_epoch_<device>_<n>.json")
+    args = ap.parse_args()
+
+    from jpeg_data import make_jpegs
+
+    from dcbench.precision import resolve_precision
+    from dcbench.provenance import environment, git_sha, utc_now
+    from dcbench.train.config import make_config
+    from dcbench.train.loop import read_log, train
+
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    loader = args.loader or ("nvjpeg" if device.type == "cuda" else "draft")
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="dcbench-gpu-epoch-"))
+    timings: dict = {}
+    t = time.perf_counter()
+    root = make_jpegs(work / "data", args.n, 400, 350, classes=1000, seed=0)
+    timings["generate_s"] = round(time.perf_counter() - t, 2)
+    kib = float(np.mean([p.stat().st_size for p in list(root.rglob("*.jpg"))[:2000]]) / 1024)
+    print(f"{args.n} JPEGs 400x350 ({kib:.0f} KiB mean) in {timings['generate_s']} s", flush=True)
+
+    run_dir = work / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cfg = make_config("km-ImNet-Sob", "full", data=str(root), out=str(run_dir), epochs=2, k=args.k,
+                      batch_size=args.batch_size, workers=args.workers, device=device.type, loader=loader,
+                      precision=resolve_precision(args.precision, device), cluster_engine=args.cluster_engine,
+                      snapshot_every=0, quiet=True)
+    iters = args.ceiling_iters or (30 if device.type == "cuda" else 2)
+    ceiling = model_ceiling(cfg, device, iters)
+    print(f"model alone ({cfg.precision}): features {ceiling['features_img_per_s']:.0f} img/s, "
+          f"training {ceiling['train_img_per_s']:.0f} img/s", flush=True)
+    ceiling["loader_train_img_per_s"] = loader_ceiling(cfg, root, device, min(args.n, 20 * args.batch_size))
+    print(f"training loader alone ({loader}): {ceiling['loader_train_img_per_s']:.0f} img/s", flush=True)
+
+    t = time.perf_counter()
+    train(cfg)
+    timings["dc_train_s"] = round(time.perf_counter() - t, 2)
+    log = read_log(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())["config"]
+    epoch = log[-1]
+    times = epoch["time"]
+    images = epoch["images"]
+    stage = {
+        "features": {"s": times["features"], "img_per_s": images / times["features"],
+                     "ceiling_img_per_s": ceiling["features_img_per_s"]},
+        "train": {"s": times["train"], "img_per_s": epoch["steps"] * cfg.batch_size / times["train"],
+                  "ceiling_img_per_s": min(ceiling["train_img_per_s"], ceiling["loader_train_img_per_s"])},
+        "pca": {"s": times["pca"]},
+        "clustering": {"s": times["clustering"]},
+        "metrics": {"s": times["metrics"], "diag_sample": epoch.get("diag_sample")},
+        "save": {"s": times.get("save", 0.0)},
+    }
+    scale = IMAGENET / images
+    extra = {k: round(v["s"] * scale, 1) for k, v in stage.items()}
+    total = sum(extra.values())
+    result = {
+        "benchmark": "gpu_epoch",
+        "label": ("CUDA run" if device.type == "cuda" else
+                  "CPU run (no GPU in this session): checks the script and the CPU path; on a shared 2-core "
+                  f"machine its timings and the {iters}-iteration model-only ceiling are noisy. NOT the GPU "
+                  "measurement the issue asks for"),
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cpu_count": os.cpu_count(),
+        "args": vars(args), "images": images, "mean_jpeg_kib": round(kib, 1),
+        "resolved": {k: config[k] for k in ("precision", "cluster_engine", "loader", "workers", "k", "batch_size",
+                                            "diag_sample", "input_size")},
+        "timings": timings, "epochs": [r["time"] for r in log], "measured_epoch": epoch["epoch"],
+        "stages": {k: {kk: (round(vv, 3) if isinstance(vv, float) else vv) for kk, vv in v.items()}
+                   for k, v in stage.items()},
+        "ceiling": {k: round(v, 1) for k, v in ceiling.items()},
+        "extrapolated_imagenet": {"images": IMAGENET, "rule": "every stage linear in N (upper bound for metrics)",
+                                  "stages_s": extra, "epoch_s": round(total, 1), "goal_epoch_s": GOAL_S,
+                                  "meets_goal": total <= GOAL_S, "500_epochs_days": round(total * 500 / 86400, 2)},
+        "git_sha": git_sha(), "environment": environment(), "created": utc_now(),
+    }
+    for k, v in result["stages"].items():
+        rate = f", {v['img_per_s']:.0f} img/s (ceiling {v['ceiling_img_per_s']:.0f})" if "img_per_s" in v else ""
+        print(f"  {k:10s} {v['s']:8.2f} s{rate}  -> {extra[k]:.1f} s at 1.28M")
+    print(f"epoch at 1.28M images: {total:.0f} s (goal {GOAL_S:.0f}); 500 epochs: "
+          f"{result['extrapolated_imagenet']['500_epochs_days']} days", flush=True)
+    out = Path(args.out or f"benchmarks/out/gpu_epoch_{device.type}_{args.n}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Fast image loading for training and full-scale evaluation: path in, uint8 crop out.
+
+Every loader returns ``uint8`` CHW tensors; :func:`normalise` turns a batch into the network's
+input on the device (the same float operations as ``ToTensor`` + ``Normalize``, so the values are
+bit-identical to torchvision's path, and a worker ships 4x fewer bytes).
+
+- ``torchvision``: full decode, then torchvision's ``RandomResizedCrop`` + flip (or resize + centre crop).
+- ``draft``: the same random draws in the same order (torchvision's own ``get_params`` on the
+  image's header size, then the flip's ``torch.rand``), so for one RNG state the crop box is
+  the same; the JPEG is then decoded at the smallest DCT scale (1/2, 1/4, 1/8, PIL ``draft``)
+  that still leaves the box at least as large as the output, and the box is mapped onto the
+  reduced image with sub-pixel precision. When no reduction is possible (the box is less than
+  twice the output size) the result is bit-identical to ``torchvision``.
+- ``nvjpeg``: workers only read the file and draw the same box; :func:`decode_batch` decodes the
+  whole batch at once with ``torchvision.io.decode_jpeg(device=...)`` (nvJPEG on CUDA, libjpeg on
+  the CPU, which is how the tests exercise it) and crops, resizes (bilinear, antialiased) and
+  flips on that device.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dcbench.datasets import open_image, pil_loader
+
+RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's aspect-ratio range (torchvision default, original code)
+LOADERS = ("draft", "torchvision", "nvjpeg")
+
+
+def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 ``(x / 255 - mean) / std``, in ToTensor's and Normalize's op order."""
+    y = x.to(torch.float32).div(255)
+    m = torch.as_tensor(mean, dtype=y.dtype, device=y.device).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=y.dtype, device=y.device).view(-1, 1, 1)
+    return y.sub_(m).div_(s)
+
+
+def _to_uint8(img: Image.Image) -> torch.Tensor:
+    a = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous()
+
+
+def _draw_box(img: Image.Image, scale: tuple[float, float], ratio=RATIO) -> tuple[int, int, int, int, bool]:
+    """(top, left, height, width, flip) with torchvision's draws: RandomResizedCrop then RandomHorizontalFlip."""
+    import torchvision.transforms as T
+
+    i, j, h, w = T.RandomResizedCrop.get_params(img, list(scale), list(ratio))
+    flip = bool(torch.rand(1) < 0.5)
+    return i, j, h, w, flip
+
+
+def _draft_factor(img: Image.Image, need_w: float, need_h: float) -> int:
+    """Decode ``img`` (opened, not loaded) at 1/r of its size, r in {8, 4, 2, 1}, the largest with
+    ``size / r >= need`` in both directions; returns the r PIL actually applied."""
+    w0, h0 = img.size
+    r = 1
+    for cand in (8, 4, 2):
+        if w0 / cand >= need_w and h0 / cand >= need_h:
+            r = cand
+            break
+    if r == 1 or getattr(img, "format", None) != "JPEG":
+        return 1
+    # PIL picks min(W // req_w, H // req_h) rounded down to a power of two; W // (W // r) is in [r, 2r).
+    img.draft(None, (w0 // r, h0 // r))
+    if img.size == ((w0 + r - 1) // r, (h0 + r - 1) // r):
+        return r
+    if img.size == (w0, h0):
+        return 1
+    raise OSError(f"unexpected reduced JPEG size {img.size} for {(w0, h0)} at 1/{r}")
+
+
+class RandomCrop:
+    """``path -> uint8 (3, size, size)``: RandomResizedCrop(size, scale) + horizontal flip."""
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.08, 1.0), draft: bool = True):
+        self.size, self.scale, self.draft = int(size), (float(scale[0]), float(scale[1])), draft
+
+    def __call__(self, path: str) -> torch.Tensor:
+        with open_image(path) as img:
+            i, j, h, w, flip = _draw_box(img, self.scale)
+            r = 1
+            if self.draft:
+                # The box must stay at least output-sized: w / r >= size and h / r >= size.
+                r = _draft_factor(img, self.size * img.size[0] / w, self.size * img.size[1] / h)
+            img.load()
+            im = img if img.mode in ("RGB", "L") else img.convert("RGB")
+            if r == 1:  # torchvision's exact operations: crop, then resize
+                out = im.crop((j, i, j + w, i + h)).resize((self.size, self.size), Image.BILINEAR)
+            else:
+                out = im.resize((self.size, self.size), Image.BILINEAR,
+                                box=(j / r, i / r, (j + w) / r, (i + h) / r))
+            if flip:
+                out = out.transpose(Image.FLIP_LEFT_RIGHT)
+            return _to_uint8(out)
+
+
+def centre_geometry(w0: int, h0: int, resize: int, crop: int) -> tuple[int, int, int, int]:
+    """torchvision's Resize(resize) output size and CenterCrop(crop)'s offset: (new_h, new_w, top, left)."""
+    if w0 <= h0:
+        nw, nh = resize, int(resize * h0 / w0)
+    else:
+        nh, nw = resize, int(resize * w0 / h0)
+    top = int(round((nh - crop) / 2.0))
+    left = int(round((nw - crop) / 2.0))
+    return nh, nw, top, left
+
+
+class CentreCrop:
+    """``path -> uint8 (3, crop, crop)``: Resize(resize) (shorter side) + CenterCrop(crop)."""
+
+    def __init__(self, resize: int, crop: int, draft: bool = True):
+        self.resize, self.crop, self.draft = int(resize), int(crop), draft
+
+    def __call__(self, path: str) -> torch.Tensor:
+        import torchvision.transforms.functional as TF
+
+        with open_image(path) as img:
+            w0, h0 = img.size
+            nh, nw, top, left = centre_geometry(w0, h0, self.resize, self.crop)
+            if self.draft:
+                _draft_factor(img, nw, nh)
+            img.load()
+            im = img if img.mode in ("RGB", "L") else img.convert("RGB")
+            if nh < self.crop or nw < self.crop:  # torchvision pads; rare enough to take its path
+                return _to_uint8(TF.center_crop(TF.resize(im, self.resize), self.crop))
+            out = TF.resize(im, [nh, nw])
+            return _to_uint8(out.crop((left, top, left + self.crop, top + self.crop)))
+
+
+class TorchvisionCrop:
+    """The reference path: full decode, torchvision transforms (``train`` or centre)."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, path: str) -> torch.Tensor:
+        return _to_uint8(self.transform(pil_loader(path)))
+
+
+class JpegBytes:
+    """For :func:`decode_batch`: ``path -> (file bytes, params)``; the box is drawn here, in the worker.
+
+    ``params`` = (top, left, height, width, flip) for a random crop, or (new_h, new_w, top, left, 0)
+    for a centre crop, both in original-image pixels.
+    """
+
+    def __init__(self, size: int, scale: tuple[float, float] | None = (0.08, 1.0), resize: int | None = None):
+        self.size, self.scale, self.resize = int(size), scale, resize
+
+    def __call__(self, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+        with open_image(path) as img:
+            if self.resize is None:
+                p = _draw_box(img, self.scale)
+            else:
+                p = (*centre_geometry(*img.size, self.resize, self.size), False)
+        with open(path, "rb") as f:
+            data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+        return data, torch.tensor([int(v) for v in p], dtype=torch.int64)
+
+
+def collate_bytes(batch: list):
+    """Collate ``((bytes, params), tag)`` items (``None`` = unreadable) into (list, (B, 5), (B,))."""
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return None
+    return ([b[0][0] for b in batch], torch.stack([b[0][1] for b in batch]),
+            torch.tensor([b[1] for b in batch], dtype=torch.int64))
+
+
+def _decode_all(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    try:
+        return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:  # one bad or non-JPEG file fails the batch: decode one by one
+        out: list[torch.Tensor | None] = []
+        for d in datas:
+            try:
+                out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                try:
+                    out.append(decode_image(d, mode=ImageReadMode.RGB).to(device))
+                except RuntimeError:
+                    out.append(None)
+        return out
+
+
+def decode_batch(datas: list[torch.Tensor], params: torch.Tensor, size: int, device: torch.device,
+                 centre: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode, crop, resize and flip a batch on ``device``: (uint8 (B', 3, size, size), kept mask (B,))."""
+    imgs = _decode_all(datas, device)
+    keep = torch.tensor([im is not None for im in imgs], dtype=torch.bool)
+    out = torch.empty((int(keep.sum()), 3, size, size), dtype=torch.uint8, device=device)
+    p = params.tolist()
+    b = 0
+    for im, (a0, a1, a2, a3, flip) in zip(imgs, p):
+        if im is None:
+            continue
+        if centre:
+            nh, nw, top, left = a0, a1, a2, a3
+            y = F.interpolate(im[None].float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+            y = y[:, :, top:top + size, left:left + size]
+        else:
+            i, j, h, w = a0, a1, a2, a3
+            y = F.interpolate(im[None, :, i:i + h, j:j + w].float(), size=(size, size), mode="bilinear",
+                              antialias=True, align_corners=False)
+        if flip:
+            y = y.flip(-1)
+        out[b] = y[0].round_().clamp_(0, 255).to(torch.uint8)
+        b += 1
+    return out, keep
+
+
+def resolve_loader(name: str, device: torch.device, quiet: bool = False) -> str:
+    """``nvjpeg`` needs CUDA: on the CPU it falls back to ``draft`` with one line on stderr."""
+    if name == "nvjpeg" and device.type != "cuda":
+        if not quiet:
+            print("note: --loader nvjpeg needs CUDA; using --loader draft", file=sys.stderr)
+        return "draft"
+    return name
