@@ -395,3 +395,13 @@ def test_transfer_precision_is_applied_and_recorded(task, extra, embedded_root, 
     rc = run_cli(transfer_main, [task, "--checkpoint", str(ckpt), "--precision", "fp16"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--precision" in err[0]
+
+
+@pytest.mark.parametrize("make", [lambda: IL.RandomCrop(32, (0.5, 1.0)), lambda: IL.CentreCrop(37, 32),
+                                  lambda: IL.JpegBytes(32, (0.5, 1.0))])
+def test_every_crop_loader_refuses_a_decompression_bomb(tmp_path, make):
+    # a few KB that decode to 169 megapixels: the loaders must treat it as unreadable, as pil_loader does
+    path = tmp_path / "bomb.png"
+    Image.new("1", (13000, 13000)).save(path, optimize=True)
+    with pytest.raises(Image.DecompressionBombWarning):
+        make()(str(path))
