@@ -20,6 +20,32 @@ def embedded_root(tmp_path_factory):
     return root
 
 
+def _tiny_class_tree(root: Path, per_class: int = 12) -> Path:
+    """An ImageFolder of 4 classes x ``per_class`` 96-px images drawn by the embedded-data generator."""
+    import numpy as np
+
+    from dcbench.synth import CLASSIFICATION_FAMILIES, render_classification
+
+    for ci, fam in enumerate(sorted(CLASSIFICATION_FAMILIES)[:4]):
+        (root / fam).mkdir(parents=True)
+        for i in range(per_class):
+            render_classification(np.random.default_rng([ci, i]), fam, 96).save(root / fam / f"{i:03d}.jpg",
+                                                                                quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """The dc-train tests' small labelled tree (read only: tests copy it before changing it)."""
+    return _tiny_class_tree(tmp_path_factory.mktemp("dctrain") / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_class_tree():
+    """``tiny_class_tree(root, per_class=12)``: write another such tree."""
+    return _tiny_class_tree
+
+
 @pytest.fixture()
 def one_thread():
     """The test machines are shared: one intra-op thread is faster than two fighting."""

@@ -206,19 +206,6 @@ def test_nvjpeg_without_cuda_falls_back_with_one_line(capsys):
 
 # ---------------------------------------------------------------------------------------------
 # dc-train: --precision, engines, loaders, diagnostics, bad input
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    from dcbench.synth import CLASSIFICATION_FAMILIES, render_classification
-
-    root = tmp_path_factory.mktemp("gpuscale") / "data"
-    for ci, fam in enumerate(sorted(CLASSIFICATION_FAMILIES)[:4]):
-        (root / fam).mkdir(parents=True)
-        for i in range(12):
-            render_classification(np.random.default_rng([ci, i]), fam, 96).save(root / fam / f"{i:03d}.jpg",
-                                                                                quality=90)
-    return root
-
-
 def tiny(data, out, **kw):
     base = dict(data=str(data), out=str(out), k=4, pca_dim=8, batch_size=16, steps_per_epoch=2, epochs=1,
                 quiet=True, workers=0, seed=1)

@@ -8,23 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from dcbench.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    from dcbench.synth import CLASSIFICATION_FAMILIES, render_classification
-
-    root = tmp_path_factory.mktemp("dctrain_dist") / "data"
-    for ci, fam in enumerate(sorted(CLASSIFICATION_FAMILIES)[:4]):
-        (root / fam).mkdir(parents=True)
-        for i in range(9):  # 36 images: an odd split over 2 ranks is exercised by the strided shards
-            render_classification(np.random.default_rng([ci, i]), fam, 96).save(root / fam / f"{i:03d}.jpg",
-                                                                                quality=90)
-    return root
+def tiny_data(tmp_path_factory, tiny_class_tree) -> Path:
+    # 36 images: an odd split over 2 ranks is exercised by the strided shards
+    return tiny_class_tree(tmp_path_factory.mktemp("dctrain_dist") / "data", per_class=9)
 
 
 @pytest.mark.slow

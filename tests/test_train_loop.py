@@ -18,20 +18,6 @@ from dcbench.train.config import make_config
 from dcbench.train.loop import load_assignments, read_log, train
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    """4 classes x 12 images of 96 px, drawn by the embedded-data generator."""
-    from dcbench.synth import CLASSIFICATION_FAMILIES, render_classification
-
-    root = tmp_path_factory.mktemp("dctrain") / "data"
-    for ci, fam in enumerate(sorted(CLASSIFICATION_FAMILIES)[:4]):
-        (root / fam).mkdir(parents=True)
-        for i in range(12):
-            render_classification(np.random.default_rng([ci, i]), fam, 96).save(root / fam / f"{i:03d}.jpg",
-                                                                                quality=90)
-    return root
-
-
 def tiny(data, out, **kw):
     base = dict(data=str(data), out=str(out), k=4, pca_dim=8, batch_size=16, steps_per_epoch=3, epochs=2,
                 quiet=True, workers=0, seed=1)
