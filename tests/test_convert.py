@@ -27,8 +27,8 @@ def _release_file(tmp_path, arch="alexnet", sobel=True, legacy=False, old_bn=Fal
     return path, model.eval()
 
 
-@pytest.mark.parametrize("legacy,old_bn,module_prefix",
-                         [(False, False, False), pytest.param(True, True, True, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("legacy,old_bn,module_prefix", [(False, False, False), (True, True, True)])
 def test_release_checkpoint_converts_with_bit_identical_conv5_and_fc7(tmp_path, capsys, legacy, old_bn,
                                                                       module_prefix):
     src, ref = _release_file(tmp_path, legacy=legacy, old_bn=old_bn, module_prefix=module_prefix)
@@ -64,6 +64,7 @@ def test_torchvision_vgg16bn_maps_classifier6_to_top_layer(tmp_path, capsys):
         assert torch.equal(ckpt.model.eval()(x), tv.eval()(x))
 
 
+@pytest.mark.slow
 def test_random_init_is_seeded(tmp_path):
     for name in ("a", "b"):
         assert run_cli(convert_main, ["--from", "random", "--out", str(tmp_path / name), "--input-size", "64",

@@ -12,6 +12,7 @@ from dcbench.errors import run_cli
 from dcbench.models import build_model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["alexnet", "vgg16"])
 def test_export_keys_and_safe_loading(arch, tmp_path, capsys):
     model = build_model(arch, sobel=arch == "alexnet", batchnorm=True, input_size=64, num_classes=7, seed=0)

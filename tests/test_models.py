@@ -12,7 +12,8 @@ ALEXNET_CONVS = [0, 4, 8, 11, 14]
 VGG16_CONVS = [0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40]
 
 
-@pytest.mark.parametrize("arch,convs,fcs", [("alexnet", ALEXNET_CONVS, (1, 4)), ("vgg16", VGG16_CONVS, (0, 3))])
+@pytest.mark.parametrize("arch,convs,fcs", [("alexnet", ALEXNET_CONVS, (1, 4)),
+                                            pytest.param("vgg16", VGG16_CONVS, (0, 3), marks=pytest.mark.slow)])
 def test_state_dict_keys_follow_deepcluster_layout(arch, convs, fcs):
     sd = build_model(arch, sobel=True, input_size=224, num_classes=10).state_dict()
     for i in convs:
@@ -24,7 +25,7 @@ def test_state_dict_keys_follow_deepcluster_layout(arch, convs, fcs):
     assert sd["features.0.weight"].shape[1] == 2  # Sobel feeds two gradient channels
 
 
-@pytest.mark.parametrize("arch,size,fc6_in", [("alexnet", 224, 256 * 6 * 6), ("vgg16", 224, 512 * 7 * 7),
+@pytest.mark.parametrize("arch,size,fc6_in", [("alexnet", 224, 256 * 6 * 6), pytest.param("vgg16", 224, 512 * 7 * 7, marks=pytest.mark.slow),
                                                ("alexnet", 64, 256), ("alexnet", 96, 256 * 4),
                                                ("vgg16", 64, 512 * 4)])
 def test_fc6_input_is_derived_from_the_input_size(arch, size, fc6_in):

@@ -29,6 +29,7 @@ def weights(out) -> dict:
     return load_file(str(Path(out) / "checkpoint" / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_outputs_and_log(tiny_data, tmp_path):
     out = tmp_path / "run"
     train(tiny(tiny_data, out, snapshot_every=1))
@@ -83,6 +84,7 @@ def test_resume_is_exact(tiny_data, tmp_path, monkeypatch):
     assert [r["loss"] for r in read_log(killed)] == [r["loss"] for r in read_log(full)]
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_is_refused(tiny_data, tmp_path):
     out = tmp_path / "r"
     train(tiny(tiny_data, out, epochs=1))
@@ -170,6 +172,7 @@ def test_pic_and_sgt_and_algorithm2_run(tiny_data, tmp_path):
     assert not np.array_equal(i1, i2)  # a fresh X~ each epoch
 
 
+@pytest.mark.slow
 def test_sgt_updates_only_selected_rows(tiny_data, tmp_path, monkeypatch):
     """With --sgt, top-layer rows that are neither targets nor drawn stay at their initial values."""
     import dcbench.train.loop as L
