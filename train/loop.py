@@ -403,6 +403,12 @@ def _check_train_state(ts, ckpt: Path) -> None:
          "assignment_index / assignment are not two integer vectors of one length")
 
 
+def _nonfinite_optimizer_state(opt) -> list[str]:
+    """Names (``optimizer.<param>.<buffer>``) of the optimizer's non-finite state tensors (momentum)."""
+    return nonfinite_tensors({f"optimizer.{i}.{k}": v for i, st in opt.state_dict()["state"].items()
+                              for k, v in st.items() if isinstance(v, torch.Tensor)})
+
+
 def _load_optimizer(opt, state: dict, ckpt: Path) -> None:
     try:
         opt.load_state_dict(state)
@@ -410,8 +416,7 @@ def _load_optimizer(opt, state: dict, ckpt: Path) -> None:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise CheckpointError(f"{ckpt / 'train_state.pt'}: the optimizer state does not fit this model "
                               f"({first}); delete {ckpt} (or use another --out) to start afresh") from None
-    bad = [f"{i}.{k}" for i, st in opt.state_dict()["state"].items() for k, v in st.items()
-           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = _nonfinite_optimizer_state(opt)
     if bad:
         raise CheckpointError(f"{ckpt / 'train_state.pt'}: non-finite optimizer state ({bad[0]}); "
                               f"delete {ckpt} (or use another --out) to start afresh")
@@ -665,9 +670,7 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
         # The loss is read only every LOG_EVERY steps and before the last step's update, so a step that
         # diverges may show only in the weights: check them (and the momentum) before anything of this
         # epoch is written.
-        bad = nonfinite_tensors(model.state_dict()) + [
-            f"optimizer.{i}.{k}" for i, st in opt.state_dict()["state"].items() for k, v in st.items()
-            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        bad = nonfinite_tensors(model.state_dict()) + _nonfinite_optimizer_state(opt)
         if bad:
             raise TrainingDiverged(f"non-finite weights after epoch {epoch + 1} ({len(bad)} tensor(s), first: "
                                    f"{bad[0]}); lower --lr (now {cfg.lr}); nothing of this epoch was saved; "
