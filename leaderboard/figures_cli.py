@@ -54,9 +54,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-
-
-
 def cli() -> int:
     return run_cli(main)
 
