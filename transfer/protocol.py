@@ -205,7 +205,6 @@ def train_transform(meta: dict, size: int, kind: str) -> T.Compose:
     raise ValueError(f"unknown augmentation {kind!r}")
 
 
-
 def center_crop_transform(meta: dict, size: int) -> T.Compose:
     return T.Compose([T.Resize(resize_for(size)), T.CenterCrop(size), T.ToTensor(), normalize(meta)])
 
