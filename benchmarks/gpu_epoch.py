@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -110,6 +111,9 @@ def main() -> None:
     ap.add_argument("--loader", default=None, choices=("draft", "torchvision", "nvjpeg"),
                     help="default: nvjpeg on CUDA, draft on the CPU")
     ap.add_argument("--cluster-engine", default="auto", choices=("auto", "faiss", "torch"))
+    ap.add_argument("--diag-sample", type=int, default=None, help="dc-train's --diag-sample (default: its own; 0 = all)")
+    ap.add_argument("--compare-loaders", action="store_true",
+                    help="also time every loader alone, side by side (alternating rounds, median of 3)")
     ap.add_argument("--ceiling-iters", type=int, default=None, help="model-only iterations (default 30 GPU, 2 CPU)")
     ap.add_argument("--workdir", default=None, help="JPEGs and the run (default: a temporary folder, removed)")
     ap.add_argument("--out", default=None, help="default: benchmarks/out/gpu_epoch_<device>_<n>.json")
@@ -119,6 +123,7 @@ def main() -> None:
 
     from dcbench.precision import resolve_precision
     from dcbench.provenance import environment, git_sha, utc_now
+    from dcbench.train.clustering import _faiss_gpu_available
     from dcbench.train.config import make_config
     from dcbench.train.loop import read_log, train
 
@@ -135,16 +140,29 @@ def main() -> None:
 
     run_dir = work / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
+    extra = {} if args.diag_sample is None else {"diag_sample": args.diag_sample}
+    # faiss on CUDA without faiss-gpu: the CPU index, as dc-train's --no-faiss-gpu (the landed path).
+    faiss_gpu = not (args.cluster_engine == "faiss" and not _faiss_gpu_available())
     cfg = make_config("km-ImNet-Sob", "full", data=str(root), out=str(run_dir), epochs=2, k=args.k,
                       batch_size=args.batch_size, workers=args.workers, device=device.type, loader=loader,
                       precision=resolve_precision(args.precision, device), cluster_engine=args.cluster_engine,
-                      snapshot_every=0, quiet=True)
+                      faiss_gpu=faiss_gpu, snapshot_every=0, quiet=True, **extra)
     iters = args.ceiling_iters or (30 if device.type == "cuda" else 2)
     ceiling = model_ceiling(cfg, device, iters)
     print(f"model alone ({cfg.precision}): features {ceiling['features_img_per_s']:.0f} img/s, "
           f"training {ceiling['train_img_per_s']:.0f} img/s", flush=True)
     ceiling["loader_train_img_per_s"] = loader_ceiling(cfg, root, device, min(args.n, 20 * args.batch_size))
     print(f"training loader alone ({loader}): {ceiling['loader_train_img_per_s']:.0f} img/s", flush=True)
+    if args.compare_loaders:
+        names = ["torchvision", "draft"] + (["nvjpeg"] if device.type == "cuda" else [])
+        rounds: dict = {name: [] for name in names}
+        for _ in range(3):
+            for name in names:
+                rounds[name].append(loader_ceiling(dataclasses.replace(cfg, loader=name), root, device,
+                                                   min(args.n, 20 * args.batch_size)))
+        ceiling["loaders_train_img_per_s"] = {name: float(np.median(v)) for name, v in rounds.items()}
+        print("loaders alone, side by side (median of 3 rounds): " + ", ".join(
+            f"{name} {v:.0f} img/s" for name, v in ceiling["loaders_train_img_per_s"].items()), flush=True)
 
     t = time.perf_counter()
     train(cfg)
@@ -182,7 +200,8 @@ def main() -> None:
         "timings": timings, "epochs": [r["time"] for r in log], "measured_epoch": epoch["epoch"],
         "stages": {k: {kk: (round(vv, 3) if isinstance(vv, float) else vv) for kk, vv in v.items()}
                    for k, v in stage.items()},
-        "ceiling": {k: round(v, 1) for k, v in ceiling.items()},
+        "ceiling": {k: (round(v, 1) if isinstance(v, float) else {kk: round(vv, 1) for kk, vv in v.items()})
+                    for k, v in ceiling.items()},
         "extrapolated_imagenet": {"images": IMAGENET, "rule": "every stage linear in N (upper bound for metrics)",
                                   "stages_s": extra, "epoch_s": round(total, 1), "goal_epoch_s": GOAL_S,
                                   "meets_goal": total <= GOAL_S, "500_epochs_days": round(total * 500 / 86400, 2)},

@@ -48,12 +48,12 @@ def conv_features(model, ds, tf, batch=100) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in feats.items()} | {"y": np.concatenate(labels)}
 
 
-def probe(train: dict, val: dict) -> dict[str, float]:
+def probe(train: dict, val: dict, layers=None) -> dict[str, float]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     out = {}
-    for layer in (k for k in train if k != "y"):
+    for layer in (k for k in train if k != "y" and (layers is None or k in layers)):
         sc = StandardScaler().fit(train[layer])
         clf = LogisticRegression(C=0.1, max_iter=300)
         clf.fit(sc.transform(train[layer]), train["y"])
@@ -73,6 +73,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--pca-dim", type=int, default=32)
     ap.add_argument("--probe-train-per-class", type=int, default=200)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where dc-train runs (probes: CPU)")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="dc-train's --precision")
+    ap.add_argument("--workers", type=int, default=0, help="dc-train's DataLoader workers")
+    ap.add_argument("--layers", nargs="+", default=None, help="probe only these (default conv1..conv5)")
     ap.add_argument("--workdir", default="benchmarks/out/train_learns_runs")
     ap.add_argument("--out", default="benchmarks/out/train_learns.json")
     args = ap.parse_args()
@@ -107,7 +111,8 @@ def main() -> None:
         cfg = make_config("km-ImNet-Sob", "smoke", data=str(root / "train"), out=f"{args.workdir}/seed{seed}",
                           seed=seed, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                           subset_size=args.subset_size, k=args.k, lr=args.lr, batch_size=args.batch_size,
-                          pca_dim=args.pca_dim, quiet=True, workers=0)
+                          pca_dim=args.pca_dim, quiet=True, workers=args.workers, device=args.device,
+                          precision=args.precision)
         train(cfg)
         t_train = time.perf_counter() - t0
         from dcbench.checkpoint import load_checkpoint
@@ -118,7 +123,7 @@ def main() -> None:
         _, centre = crop_loaders(cfg, "torchvision")
         accs = {}
         for name, net in (("trained", trained), ("random", random_init)):
-            accs[name] = probe(conv_features(net, probe_ds, centre), conv_features(net, val_ds, centre))
+            accs[name] = probe(conv_features(net, probe_ds, centre), conv_features(net, val_ds, centre), args.layers)
         n = len(val_ds)
         se = {k: {layer: math.sqrt(a * (1 - a) / n) for layer, a in v.items()} for k, v in accs.items()}
         gap = accs["trained"][PRIMARY] - accs["random"][PRIMARY]

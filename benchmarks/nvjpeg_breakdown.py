@@ -1,0 +1,87 @@
+"""Where the time of ``--loader nvjpeg`` goes, in the main process, on batches already in memory.
+
+For batches of 256 ImageNet-size JPEGs (file bytes read beforehand, boxes drawn as the workers
+draw them): (a) torchvision's batched ``decode_jpeg`` alone, (b) ``decode_batch`` (decode + per-image
+crop/resize/flip, what dc-train runs), (c) the crop/resize of (b) alone on already decoded images.
+Rounds alternate (a), (b), (c); medians are reported, in images per second.
+
+    python benchmarks/nvjpeg_breakdown.py --root JPEG_TREE            # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", required=True, help="an ImageFolder tree of JPEGs (benchmarks/jpeg_data.py)")
+    ap.add_argument("--batches", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--out", default="benchmarks/out/nvjpeg_breakdown.json")
+    args = ap.parse_args()
+
+    from dcbench.imageload import JpegBytes, _decode_all, decode_batch
+
+    device = torch.device(args.device)
+    files = sorted(Path(args.root).rglob("*.jpg"))[: args.batches * args.batch_size]
+    torch.manual_seed(0)
+    fn = JpegBytes(args.size, (0.08, 1.0))
+    items = [fn(str(p)) for p in files]
+    batches = [items[s:s + args.batch_size] for s in range(0, len(items), args.batch_size)]
+    batches = [([d for d, _ in b], torch.stack([p for _, p in b])) for b in batches]
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def decode_only() -> None:
+        for datas, _ in batches:
+            _decode_all(datas, device)
+
+    def full() -> None:
+        for datas, params in batches:
+            decode_batch(datas, params, args.size, device)
+
+    decoded = [(_decode_all(datas, device), params) for datas, params in batches]
+
+    def crop_only() -> None:
+        for imgs, params in decoded:
+            for im, (i, j, h, w, flip) in zip(imgs, params.tolist()):
+                y = torch.nn.functional.interpolate(im[None, :, i:i + h, j:j + w].float(), size=(args.size, args.size),
+                                                    mode="bilinear", antialias=True, align_corners=False)
+                if flip:
+                    y = y.flip(-1)
+                y[0].round_().clamp_(0, 255).to(torch.uint8)
+
+    runs = {"decode_jpeg_batched": decode_only, "decode_batch_full": full, "crop_resize_only": crop_only}
+    full()  # warm-up: nvJPEG handles, kernels
+    sync()
+    times: dict = {k: [] for k in runs}
+    for _ in range(args.rounds):
+        for name, f in runs.items():
+            sync()
+            t = time.perf_counter()
+            f()
+            sync()
+            times[name].append(time.perf_counter() - t)
+    n = len(items)
+    res = {"benchmark": "nvjpeg_breakdown", "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+           else "cpu", "images": n, "batch_size": args.batch_size,
+           "img_per_s": {k: round(n / statistics.median(v), 1) for k, v in times.items()}}
+    print(json.dumps(res))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
