@@ -152,6 +152,10 @@ class _SkippingDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
+        if getattr(self.transform, "reads_path", False):
+            # The transform decodes itself (dcbench.imageload: at reduced size when its crop allows).
+            img = _load_or_skip(self, path, self.transform)
+            return None if img is None else (img, label)
         img = _load_or_skip(self, path)
         if img is None:
             return None

@@ -392,3 +392,61 @@ def test_every_crop_loader_refuses_a_decompression_bomb(tmp_path, make):
     Image.new("1", (13000, 13000)).save(path, optimize=True)
     with pytest.raises(Image.DecompressionBombWarning):
         make()(str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# dc-transfer's loader (--loader draft): the torchvision transforms' pixels, read from the path
+META = {"preprocessing": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "colour_order": "RGB"}}
+
+
+@pytest.mark.parametrize("kind", ["rrc-flip", "crop-flip", "none"])
+def test_transfer_draft_transform_equals_torchvision_transform_bit_for_bit(tmp_path, kind):
+    from dcbench.datasets import ImageFolder
+    from dcbench.transfer.protocol import train_transform
+
+    (tmp_path / "c0").mkdir()
+    for i in range(3):
+        _jpeg(tmp_path / "c0" / f"{i}.jpg", 90 + 10 * i, 80, seed=i)  # no reduced decode at 64 px
+    ours = ImageFolder(tmp_path, train_transform(META, 64, kind, "draft"))
+    theirs = ImageFolder(tmp_path, train_transform(META, 64, kind, "torchvision"))
+    for seed in range(8):
+        for i in range(len(ours)):
+            torch.manual_seed(seed)
+            a, ya = ours[i]
+            torch.manual_seed(seed)
+            b, yb = theirs[i]
+            assert a.dtype == torch.float32 and a.shape == (3, 64, 64) and ya == yb
+            assert torch.equal(a, b), (kind, seed, i)
+
+
+def test_transfer_eval_crop_reads_large_jpegs_at_reduced_size(tmp_path, monkeypatch):
+    from dcbench.datasets import ImageFolder
+    from dcbench.transfer.protocol import eval_crops_transform
+
+    (tmp_path / "c0").mkdir()
+    _jpeg(tmp_path / "c0" / "big.jpg", 800, 600)
+    factors = []
+    real = IL._draft_factor
+    monkeypatch.setattr(IL, "_draft_factor", lambda *a: factors.append(real(*a)) or factors[-1])
+    (a, _), (b, _) = (ImageFolder(tmp_path, eval_crops_transform(META, 64, 1, loader))[0]
+                      for loader in ("draft", "torchvision"))
+    assert factors == [8] and a.shape == b.shape == (1, 3, 64, 64)
+    assert (a - b).abs().mean() < 0.1  # a few grey levels, normalised (see the centre-crop test above)
+
+
+def test_transfer_loader_is_recorded_and_an_unknown_one_is_one_line(embedded_root, tmp_path, capsys):
+    from dcbench.checkpoint import save_checkpoint
+    from dcbench.models import build_model
+    from dcbench.transfer.cli import main as transfer_main
+
+    ckpt = tmp_path / "rand64"
+    save_checkpoint(ckpt, build_model("alexnet", sobel=True, input_size=64, seed=0), origin="random")
+    argv = ["knn-graph", "--checkpoint", ckpt, "--data", embedded_root, "--out", tmp_path / "res", "--scale",
+            "smoke", "--device", "cpu", "--workers", "0", "--no-cache"]
+    assert run_cli(transfer_main, [str(a) for a in argv]) == 0
+    (path,) = (tmp_path / "res").rglob("*.json")
+    assert json.loads(path.read_text())["protocol"]["loader"] == "draft"
+    capsys.readouterr()
+    rc = run_cli(transfer_main, ["knn-graph", "--checkpoint", str(ckpt), "--loader", "nvjpeg"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--loader" in err[0]

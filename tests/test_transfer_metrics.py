@@ -254,3 +254,33 @@ def test_assert_unchanged_catches_a_moved_batchnorm_buffer():
     net.train()(torch.randn(2, 3, 8, 8))  # updates running_mean/var only
     with pytest.raises(RuntimeError, match="running_mean"):
         training.assert_unchanged(net, snap, "trunk")
+
+
+def test_device_losses_read_back_in_blocks_and_raise_on_a_non_finite_one(monkeypatch):
+    import torch
+
+    from dcbench.errors import UserError
+    from dcbench.transfer.training import DeviceLosses
+
+    reads = []
+    real_stack = torch.stack
+    monkeypatch.setattr(torch, "stack", lambda xs, *a, **k: reads.append(len(xs)) or real_stack(xs, *a, **k))
+    log = DeviceLosses(every=4)
+    for v in range(10):
+        log.append(torch.tensor(float(v), requires_grad=True) * 1)
+    assert reads == [4, 4]  # one host read per 4 steps, not one per step
+    assert log.flush() == [float(v) for v in range(10)] and reads == [4, 4, 2]
+    bad = DeviceLosses(every=3, diverged="training diverged; pass a lower --lr")
+    bad.append(torch.tensor(1.0))
+    bad.append(torch.tensor(float("nan")))
+    with pytest.raises(UserError, match="lower --lr"):
+        bad.flush()
+
+
+def test_place_puts_conv_weights_channels_last_under_bf16_only():
+    net = build_model("alexnet", sobel=False, input_size=64, seed=0)
+    conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+    training.place(net, "cpu", "fp32")
+    assert conv.weight.is_contiguous()
+    training.place(net, "cpu", "bf16")
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()

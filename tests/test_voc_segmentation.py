@@ -158,3 +158,14 @@ def test_voc_segmentation_end_to_end(ckpt64, tmp_path, embedded_root, one_thread
     assert r["scale"] == "smoke" and r["protocol"]["iterations"] == 15 and r["protocol"]["model"] == "FCN-32s"
     assert r["data"]["sizes"]["train"] > 0 and r["data"]["sizes"]["val"] > 0
     assert len(r["details"]["confusion_matrix"]) == 21
+
+
+def test_diverging_fcn_training_is_one_line_exit_2_and_writes_nothing(ckpt64, tmp_path, embedded_root, capsys,
+                                                                     one_thread):
+    out = tmp_path / "r"
+    code, err = _run(["voc-segmentation", "--checkpoint", str(ckpt64), "--data", str(embedded_root),
+                      "--scale", "smoke", "--iterations", "4", "--lr", "1e30", "--layers", "fc6-8",
+                      "--workers", "0", "--out", str(out)], capsys)
+    errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error")]  # not the bar
+    assert code == 2 and len(errors) == 1 and "diverged" in errors[0] and "--lr" in errors[0]
+    assert not list(out.rglob("*.json"))

@@ -40,6 +40,7 @@ from dcbench.transfer.protocol import (
     default_help,
     eval_crops_transform,
     input_size,
+    loader_of,
     precision_of,
     resolve_protocol,
     save_and_report,
@@ -175,9 +176,9 @@ def run(args: argparse.Namespace) -> Path:
         ckpt = load_checkpoint(args.checkpoint)
         size = input_size(args, ckpt.meta)
         root = dataset_dir(args, "classification", (args.split,))
-        ds = ImageFolder(root / args.split, eval_crops_transform(ckpt.meta, size, 1))
+        ds = ImageFolder(root / args.split, eval_crops_transform(ckpt.meta, size, 1, loader_of(args)))
         data_fp = fingerprint(root / args.split)
-    model = training.frozen(ckpt.model.to(args.device))
+    model = training.frozen(training.place(ckpt.model, args.device, precision_of(args)))
 
     def forward(x):
         return [model.penultimate(x) if args.features == "penultimate" else model.trunk(x).flatten(1)]

@@ -47,6 +47,7 @@ from dcbench.transfer.protocol import (
     dataset_dir,
     eval_crops_transform,
     input_size,
+    loader_of,
     precision_of,
     remap_targets,
     resolve_protocol,
@@ -169,8 +170,8 @@ def parse_layers(spec: str) -> tuple[str, ...]:
 
 def load_data(args: argparse.Namespace, task: str, meta: dict, size: int, proto: dict):
     """(train dataset, val dataset, number of classes, dataset folder, name)."""
-    train_tf = train_transform(meta, size, proto["train_aug"])
-    val_tf = eval_crops_transform(meta, size, proto["eval_crops"])
+    train_tf = train_transform(meta, size, proto["train_aug"], loader_of(args))
+    val_tf = eval_crops_transform(meta, size, proto["eval_crops"], loader_of(args))
     if task == "linear-imagenet":
         root = dataset_dir(args, "classification", ("train", "val"))
         train = ImageFolder(root / "train", train_tf)
@@ -199,7 +200,7 @@ def run(args: argparse.Namespace) -> Path:
         train, val, n_classes, root, name = load_data(args, task, ckpt.meta, size, proto)
         data_fp = fingerprint(root)
     seed_everything(args.seed)
-    model = training.frozen(ckpt.model.to(args.device))
+    model = training.frozen(training.place(ckpt.model, args.device, precision_of(args)))
     before = training.parameter_snapshot(model)
     forward = make_forward(model, pools, layers)
     heads = nn.ModuleList([nn.Linear(p.dim, n_classes) for p in pools]).to(args.device)

@@ -45,6 +45,7 @@ from dcbench.transfer.protocol import (
     dataset_dir,
     eval_crops_transform,
     input_size,
+    loader_of,
     precision_of,
     remap_targets,
     resolve_protocol,
@@ -173,8 +174,8 @@ def run(args: argparse.Namespace) -> Path:
         ckpt = load_checkpoint(args.checkpoint)
         size = input_size(args, ckpt.meta)
         root = dataset_dir(args, "classification", ("train", "val"))
-        train = ImageFolder(root / "train", train_transform(ckpt.meta, size, proto["train_aug"]))
-        val = ImageFolder(root / "val", eval_crops_transform(ckpt.meta, size, proto["eval_crops"]))
+        train = ImageFolder(root / "train", train_transform(ckpt.meta, size, proto["train_aug"], loader_of(args)))
+        val = ImageFolder(root / "val", eval_crops_transform(ckpt.meta, size, proto["eval_crops"], loader_of(args)))
         remap_targets(val, align_classes(train.classes, val.classes, str(root / "val")))
         data_fp = fingerprint(root)
     n_classes = len(train.classes)
@@ -207,7 +208,7 @@ def run(args: argparse.Namespace) -> Path:
                         net = build_model(spec.arch, sobel=spec.sobel, batchnorm=spec.batchnorm,
                                           input_size=spec.input_size, seed=run_seed)
                     torch.manual_seed(run_seed)
-                    net = with_new_fc8(net, n_classes).to(args.device)
+                    net = training.place(with_new_fc8(net, n_classes), args.device, precision_of(args))
                     finetune(net, subset_loader(subset, min(bs_cap, len(subset)), run_seed, workers),
                              iterations=proto["iterations"], lr=proto["lr"], drop_at=proto["lr_drop_at"],
                              momentum=proto["momentum"], weight_decay=proto["weight_decay"], device=args.device,

@@ -33,6 +33,7 @@ from dcbench.transfer.protocol import (
     dataset_dir,
     eval_crops_transform,
     input_size,
+    loader_of,
     precision_of,
     remap_targets,
     resolve_protocol,
@@ -80,12 +81,12 @@ def run(args: argparse.Namespace) -> Path:
         ckpt = load_checkpoint(args.checkpoint)
         size = input_size(args, ckpt.meta)
         root = dataset_dir(args, "classification", ("train", "val"))
-        train = ImageFolder(root / "train", train_transform(ckpt.meta, size, proto["train_aug"]))
-        val = ImageFolder(root / "val", eval_crops_transform(ckpt.meta, size, proto["eval_crops"]))
+        train = ImageFolder(root / "train", train_transform(ckpt.meta, size, proto["train_aug"], loader_of(args)))
+        val = ImageFolder(root / "val", eval_crops_transform(ckpt.meta, size, proto["eval_crops"], loader_of(args)))
         remap_targets(val, align_classes(train.classes, val.classes, str(root / "val")))
         data_fp = fingerprint(root)
     seed_everything(args.seed)
-    model = training.frozen(ckpt.model.to(args.device))
+    model = training.frozen(training.place(ckpt.model, args.device, precision_of(args)))
     before = training.parameter_snapshot(model)
     head = build_head(model, len(train.classes)).to(args.device)
 

@@ -20,6 +20,7 @@ import torch
 from torchvision import transforms as T
 
 from dcbench import argtypes
+from dcbench import imageload as IL
 from dcbench.checkpoint import preprocessing
 from dcbench.errors import UserError
 from dcbench.precision import PRECISIONS, resolve_precision
@@ -27,6 +28,8 @@ from dcbench.results import write_result
 
 # --------------------------------------------------------------------------------------------
 # Flags and defaults tables
+
+TRANSFER_LOADERS = ("draft", "torchvision")  # nvjpeg is dc-train's: its crops run in the training loop
 
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,6 +50,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="fp32, or bf16 autocast for every network forward "
                         "(default: auto = bf16 on CUDA, fp32 on the CPU)")
+    p.add_argument("--loader", choices=TRANSFER_LOADERS, default="draft",
+                   help="image decoding: draft = at reduced size when the crop allows (pixels otherwise "
+                        "identical to torchvision's), torchvision = PIL full decode (default: draft)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="feature cache (default: $DCBENCH_CACHE or ~/.cache/dcbench/features)")
     p.add_argument("--no-cache", action="store_true", help="recompute features even if cached")
@@ -183,29 +189,68 @@ def resize_for(size: int) -> int:
     return round(size * 256 / 224)
 
 
-def train_transform(meta: dict, size: int, kind: str) -> T.Compose:
+class PathCrop:
+    """``path -> normalised float (C, H, W)`` through a :mod:`dcbench.imageload` crop (``--loader
+    draft``): the JPEG is decoded at reduced size when the crop allows, and otherwise the pixels are
+    bit-identical to the torchvision transform it replaces (same random draws, same arithmetic).
+    ``then`` runs on the uint8 crop (crop-flip's RandomCrop and flip); ``batch_dim`` adds the
+    one-crop axis of ``--eval-crops 1``."""
+
+    reads_path = True  # dcbench.datasets hands it the file path instead of a decoded image
+
+    def __init__(self, crop: Callable, meta: dict, then: Callable | None = None, batch_dim: bool = False):
+        pre = preprocessing(meta)
+        self.crop, self.then, self.batch_dim = crop, then, batch_dim
+        self.mean, self.std = tuple(pre.mean), tuple(pre.std)
+
+    def __call__(self, path: str) -> torch.Tensor:
+        x = self.crop(path)
+        if self.then is not None:
+            x = self.then(x)
+        x = IL.normalise(x[None], self.mean, self.std)
+        return x if self.batch_dim else x[0]
+
+
+def train_transform(meta: dict, size: int, kind: str, loader: str = "draft") -> Callable:
     """Training augmentation by name.
 
     ``crop-flip``: Resize(256) CenterCrop(256) RandomCrop(224) flip  (eval_linear.py)
     ``rrc-flip``:  RandomResizedCrop(224) flip                      (torchvision ImageNet recipe)
     ``voc``:       flip, RandomResizedCrop(224, scale 0.1-0.5, ratio 1)  (eval_voc_classif.py)
     ``none``:      the evaluation centre crop (deterministic, so features can be cached)
+
+    ``loader="draft"`` (default) reads paths through :class:`PathCrop`; ``torchvision`` is the PIL
+    path. ``voc`` is always the PIL path: it draws the flip before the box, and at 10-50% of a VOC
+    image no reduced-size decode is possible anyway.
     """
+    check_loader(loader)
     norm = [T.ToTensor(), normalize(meta)]
     if kind == "crop-flip":
         big = resize_for(size)
+        if loader == "draft":
+            return PathCrop(IL.CentreCrop(big, big), meta, then=T.Compose([T.RandomCrop(size), T.RandomHorizontalFlip()]))
         return T.Compose([T.Resize(big), T.CenterCrop(big), T.RandomCrop(size), T.RandomHorizontalFlip(), *norm])
     if kind == "rrc-flip":
+        if loader == "draft":
+            return PathCrop(IL.RandomCrop(size, (0.08, 1.0)), meta)  # RandomResizedCrop's default scale
         return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *norm])
     if kind == "voc":
         return T.Compose([T.RandomHorizontalFlip(), T.RandomResizedCrop(size, scale=(0.1, 0.5), ratio=(1.0, 1.0)),
                           *norm])
     if kind == "none":
-        return center_crop_transform(meta, size)
+        return center_crop_transform(meta, size, loader)
     raise ValueError(f"unknown augmentation {kind!r}")
 
 
-def center_crop_transform(meta: dict, size: int) -> T.Compose:
+def check_loader(loader: str) -> None:
+    if loader not in TRANSFER_LOADERS:
+        raise UserError(f"--loader must be one of {', '.join(TRANSFER_LOADERS)}, not {loader!r}")
+
+
+def center_crop_transform(meta: dict, size: int, loader: str = "draft") -> Callable:
+    check_loader(loader)
+    if loader == "draft":
+        return PathCrop(IL.CentreCrop(resize_for(size), size), meta)
     return T.Compose([T.Resize(resize_for(size)), T.CenterCrop(size), T.ToTensor(), normalize(meta)])
 
 
@@ -233,12 +278,16 @@ class RepeatedCrops:
         return torch.stack([self.transform(img) for _ in range(self.n)])
 
 
-def eval_crops_transform(meta: dict, size: int, crops: int) -> Callable:
-    """1 = centre crop (a (1, C, H, W) tensor); 10 = ten-crop."""
+def eval_crops_transform(meta: dict, size: int, crops: int, loader: str = "draft") -> Callable:
+    """1 = centre crop (a (1, C, H, W) tensor); 10 = ten-crop (always the PIL path: the full resized
+    image is needed for its corners)."""
+    check_loader(loader)
     if crops == 10:
         return ten_crop_transform(meta, size)
     if crops == 1:
-        center = center_crop_transform(meta, size)
+        if loader == "draft":
+            return PathCrop(IL.CentreCrop(resize_for(size), size), meta, batch_dim=True)
+        center = center_crop_transform(meta, size, loader)
         return lambda img: center(img).unsqueeze(0)
     raise UserError(f"--eval-crops {crops}: choose 1 (centre) or 10 (ten-crop)")
 
@@ -271,8 +320,14 @@ def precision_of(args: argparse.Namespace) -> str:
     return resolve_precision(getattr(args, "precision", "fp32"), torch.device(args.device))
 
 
+def loader_of(args: argparse.Namespace) -> str:
+    """``--loader`` (torchvision when a caller's args predate the flag)."""
+    return getattr(args, "loader", "torchvision")
+
+
 def save_and_report(args: argparse.Namespace, result: dict) -> Path:
-    result["protocol"] = {**result["protocol"], "precision": precision_of(args)}  # every result says it
+    # every result says how it computed and decoded
+    result["protocol"] = {**result["protocol"], "precision": precision_of(args), "loader": loader_of(args)}
     path = write_result(result, args.out)
     metrics = ", ".join(f"{k}={v:.2f}" for k, v in result["metrics"].items())
     print(f"{result['task']} [{result['scale']}] {result['checkpoint']['name']}: {metrics}")

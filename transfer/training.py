@@ -31,7 +31,7 @@ from dcbench.atomic import write_file_atomic
 from dcbench.datasets import collate_skip_none
 from dcbench.errors import UserError
 from dcbench.models import DeepClusterNet
-from dcbench.precision import autocast
+from dcbench.precision import autocast, memory_format
 
 # --------------------------------------------------------------------------------------------
 # Loaders, steps, learning rates
@@ -52,6 +52,36 @@ def loader(ds: Dataset, batch_size: int, *, shuffle: bool, workers: int, seed: i
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, drop_last=drop_last,
                       collate_fn=collate_skip_none, generator=gen, persistent_workers=False)
+
+class DeviceLosses:
+    """Per-step training losses kept on the device and read back every ``every`` steps and at the
+    end: a host sync per step (``loss.item()``) would stall the GPU's queue each step.
+
+    ``diverged`` (a message) raises :class:`UserError` when a read finds a non-finite loss: at most
+    ``every`` steps after the divergence, and before anything is written.
+    """
+
+    def __init__(self, every: int = 50, diverged: str | None = None, bar=None):
+        self.every, self.diverged, self.bar = every, diverged, bar
+        self.values: list[float] = []
+        self._pending: list[torch.Tensor] = []
+
+    def append(self, loss: torch.Tensor) -> None:
+        self._pending.append(loss.detach().float().reshape(()))
+        if len(self._pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> list[float]:
+        if self._pending:
+            values = torch.stack(self._pending).cpu().tolist()
+            self._pending.clear()
+            self.values.extend(values)
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{values[-1]:.3f}", refresh=False)
+            if self.diverged and not all(np.isfinite(values)):
+                raise UserError(self.diverged)
+        return self.values
+
 
 def steps(loader: Iterable, n: int) -> Iterator:
     """``n`` batches from ``loader``, starting it again whenever it runs out; a batch that is None
@@ -329,6 +359,12 @@ def stream_val_batches(make_loader, forward, device: str, precision: str = "fp32
             yield feats, y, ncrops
 
     return batches
+
+
+def place(module: nn.Module, device, precision: str = "fp32") -> nn.Module:
+    """``module`` on ``device`` in ``--precision``'s layout: channels_last under bf16, which the GPU's
+    convolution kernels want (their outputs then stay channels_last through the trunk)."""
+    return module.to(device=torch.device(device), memory_format=memory_format(precision))
 
 
 def amp(precision: str, device) -> object:

@@ -105,7 +105,7 @@ def trainable(net: nn.Module, layers: str) -> list[nn.Parameter]:
 def train(net: nn.Module, params, loader, *, iterations: int, lr: float, stepsize: int, gamma: float,
           momentum: float, weight_decay: float, clip: float, device: str, precision: str = "fp32") -> list[float]:
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    losses = []
+    losses = training.DeviceLosses()
     net.train()
     net.features.eval()  # eval_voc_classif.py: "in the batch norms always use global statistics"
     for it, (x, y) in enumerate(tqdm(training.steps(loader, iterations), total=iterations,
@@ -120,8 +120,8 @@ def train(net: nn.Module, params, loader, *, iterations: int, lr: float, stepsiz
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
-        losses.append(loss.item())
-    return losses
+        losses.append(loss)
+    return losses.flush()
 
 
 def evaluate(net: nn.Module, batches, device: str, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> Path:
         test_ds = VOCClassification(devkit, "2007", args.test_split, RepeatedCrops(aug, proto["test_crops"]))
         data_fp = fingerprint(devkit / "VOC2007")
     seed_everything(args.seed)
-    net = build_model(ckpt.model, args.fc_init).to(args.device)
+    net = training.place(build_model(ckpt.model, args.fc_init), args.device, precision_of(args))
     params = trainable(net, args.layers)
     trunk = nn.ModuleList([m for m in (net.sobel, net.features) if m is not None])
     trunk_before = training.parameter_snapshot(trunk) if args.layers == "fc6-8" else None

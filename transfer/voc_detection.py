@@ -308,10 +308,13 @@ def train_detector(det: FasterRCNN, loader, proto: dict, device, proposals=None,
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=proto["lr_steps"], gamma=proto["lr_gamma"])
     det.transform.min_size = tuple(proto["train_scales"])  # drawn per image: multi-scale training
     det.train()
-    losses: list[float] = []
     gen = torch.Generator().manual_seed(int(torch.initial_seed()) % (2 ** 31))
     bar = tqdm(training.steps(loader, proto["iterations"]), total=proto["iterations"], desc="detector train",
                leave=False, mininterval=2)
+    # Read every step: torchvision's samplers sync the host each step anyway, and NaN boxes would fail
+    # inside them before a later read could name the cause.
+    losses = training.DeviceLosses(
+        every=1, diverged=f"detector training diverged at lr {proto['lr']} (loss is not finite); pass a lower --lr", bar=bar)
     for batch in bar:
         images, targets, props = [], [], []
         for x, t, image_id in batch:
@@ -328,15 +331,12 @@ def train_detector(det: FasterRCNN, loader, proto: dict, device, proposals=None,
         with training.amp(precision, device):
             loss_dict = detector_forward(det, images, targets, props if proposals is not None else None)
         loss = sum(v.float() for v in loss_dict.values())
-        if not torch.isfinite(loss):
-            raise UserError(f"detector training diverged at lr {proto['lr']} (loss is not finite); pass a lower --lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-    return losses
+        losses.append(loss)
+    return losses.flush()
 
 
 @torch.no_grad()
@@ -379,7 +379,8 @@ def run(args: argparse.Namespace) -> Path:
     pre = preprocessing(ckpt.meta, str(args.checkpoint / "meta.json"))
     mean, std = pre.mean, pre.std
     det = build_detector(ckpt.model, args.checkpoint, proto, frozen_trunk=args.layers == "fc6-8",
-                         mean=mean, std=std).to(device)
+                         mean=mean, std=std)
+    det = training.place(det, device, precision_of(args))
     trunk_before = parameter_snapshot(det.backbone) if args.layers == "fc6-8" else None
     gen = torch.Generator().manual_seed(args.seed)
     loader = torch.utils.data.DataLoader(DetectionItems(train_ds, drop_difficult=True),

@@ -202,25 +202,25 @@ def train_fcn(net: FCN32s, loader, proto: dict, device: torch.device, seed: int,
                           weight_decay=proto["weight_decay"])
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=proto["lr_steps"], gamma=0.1)
     net.train()
-    losses: list[float] = []
     bar = tqdm(training.steps(loader, proto["iterations"]), total=proto["iterations"], desc="fcn train",
                leave=False, mininterval=2)
+    losses = training.DeviceLosses(
+        diverged=f"FCN training diverged at lr {proto['lr']} (loss is not finite); pass a lower --lr", bar=bar)
     for x, m in bar:
+        # An all-void image's mean loss is 0/0: no loss to follow (checked on the host copy, no sync).
+        no_loss = proto["loss_reduction"] == "mean" and not bool((m != IGNORE).any())
         x, m = x.unsqueeze(0).to(device), m.unsqueeze(0).to(device)
         with training.amp(precision, device):
             logits = net(x)
+        if no_loss:
+            continue
         loss = F.cross_entropy(logits.float(), m, ignore_index=IGNORE, reduction=proto["loss_reduction"])
-        if not torch.isfinite(loss):
-            if (m != IGNORE).any():
-                raise UserError(f"FCN training diverged at lr {proto['lr']} (loss is not finite); pass a lower --lr")
-            continue  # an all-void image has no loss to follow
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-    return losses
+        losses.append(loss)
+    return losses.flush()
 
 
 @torch.no_grad()
@@ -255,7 +255,7 @@ def run(args: argparse.Namespace) -> Path:
     if overlap:
         raise DataError(f"{train_set.base / 'ImageSets' / 'Segmentation' / (args.train_split + '.txt')}: "
                         f"{len(overlap)} images are also in {args.val_split} (first: {overlap[0]}); remove them")
-    net.to(device)
+    training.place(net, device, precision_of(args))
     trunk_before = parameter_snapshot(net.trunk) if net.trunk.frozen else None
     gen = torch.Generator().manual_seed(args.seed)
     loader = torch.utils.data.DataLoader(train_set, batch_size=1, shuffle=True, generator=gen,
