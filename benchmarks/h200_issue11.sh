@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 11's GPU measurements in one call on a lent H200 (16 cores), every stage time-boxed so that
-# one failure does not cost the others. Expects, beside the working tree (see the issue's note):
+# one failure does not cost the others. Expects, beside the working tree (benchmarks/h200_prepare.sh
+# makes them and says how to call the device tool):
 #   .whl/      faiss-cpu, jsonschema and its needs as cp312 wheels (the machine has neither)
 #   .before/   `git archive ee62095` (the code the issue measured), for the side-by-side "before"
 #   .gpudata/  a copy of the embedded demo data's classification split (train_learns.py)
