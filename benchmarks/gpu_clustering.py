@@ -70,7 +70,10 @@ def main() -> None:
                           else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     rank = min(512, args.d)
-    res: dict = {"benchmark": "gpu_clustering", "args": vars(args), "device": device.type,
+    res: dict = {"benchmark": "gpu_clustering",
+                 "label": "CUDA run" if device.type == "cuda" else
+                 "CPU run: checks the script and the agreement at toy size; NOT the GPU measurement the issue asks for",
+                 "args": vars(args), "device": device.type,
                  "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                  "cpu_count": os.cpu_count(), "feature_dtype": str(dtype).replace("torch.", "")}
 
