@@ -337,3 +337,11 @@ def test_suite_can_read_a_v2_checkpoint(r50_ckpt):
     from dcbench.suite.plan import read_checkpoint
 
     assert read_checkpoint(r50_ckpt).sha256 == read_meta(r50_ckpt)["model_sha256"]
+
+
+def test_the_torch_free_family_map_matches_the_registry():
+    from dcbench.families import FAMILIES, family_of
+    from dcbench.models import ARCHITECTURES
+
+    assert FAMILIES == {name: a.family for name, a in ARCHITECTURES.items()}
+    assert family_of("resnet50") == "resnet" and family_of("lenet") == family_of(None) == "convfc"
