@@ -29,7 +29,7 @@ def footprint(spec) -> Footprint:
     from dcbench.models import make_network
 
     with torch.device("meta"):
-        model = make_network(spec)
+        model = make_network(spec).eval()  # eval: BatchNorm on a 1-image batch of 1x1 maps is fine then
         counts: list[int] = []
         hooks = [m.register_forward_hook(lambda _m, _i, o: counts.append(o.numel()))
                  for m in model.modules() if not list(m.children())]
