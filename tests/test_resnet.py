@@ -345,3 +345,47 @@ def test_the_torch_free_family_map_matches_the_registry():
 
     assert FAMILIES == {name: a.family for name, a in ARCHITECTURES.items()}
     assert family_of("resnet50") == "resnet" and family_of("lenet") == family_of(None) == "convfc"
+
+
+# ---------------------------------------------------------------------------------- dc-train, dc-bench
+
+
+def test_dc_bench_leaves_mlp_out_for_a_resnet_and_says_so(r50_ckpt, tmp_path, capsys):
+    from dcbench.suite.cli import get_args_parser, make_jobs
+
+    args = get_args_parser().parse_args(["run", str(r50_ckpt), "--tasks", "mlp,knn-graph",
+                                         "--results", str(tmp_path / "res")])
+    jobs = make_jobs(args)
+    assert [j.task for j in jobs] == ["knn-graph"]
+    assert "note: mlp left out" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_dc_train_resnet50_checkpoint_runs_through_dc_bench(tiny_data, tmp_path, capsys, monkeypatch):
+    import math
+
+    from dcbench.suite.cli import main as bench_main
+    from dcbench.train.config import make_config
+    from dcbench.train.loop import read_log, train
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("DCBENCH_CACHE", str(tmp_path / "features"))
+    out = tmp_path / "run"
+    train(make_config("km-ImNet-Sob", "smoke", data=str(tiny_data), out=str(out), arch="resnet50", k=4, pca_dim=8,
+                      batch_size=16, steps_per_epoch=3, epochs=2, quiet=True, workers=0, seed=1, lr=0.002))
+    ck = load_checkpoint(out / "checkpoint")
+    assert ck.meta["arch"] == "resnet50" and ck.meta["format_version"] == 2 and ck.meta["sobel"]
+    assert ck.model.top_layer.weight.shape == (4, 2048)
+    for r in read_log(out):
+        assert r["num_clusters"] == 4 and r["empty"] == 0 and r["size_min"] >= 1 and math.isfinite(r["loss"])
+    res = tmp_path / "results"
+    code = run_cli(bench_main, ["run", str(out / "checkpoint"), "--tasks", "linear-imagenet,knn-graph,mlp",
+                                "--results", str(res), "--task-args", "linear-imagenet=--epochs 2"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    assert "note: mlp left out" in captured.err
+    tasks = sorted(json.loads(p.read_text())["task"] for p in res.glob("*.json"))
+    assert tasks == ["knn-graph", "linear-imagenet"]
+    board = (tmp_path / "LEADERBOARD.md").read_text()
+    assert "ResNets: ImageNet, linear classifiers on conv1, res2-res5 and pooled res5" in board
+    assert "ImageNet, linear classifiers on conv1-conv5 (Table 5.3)" not in board.split("## Smoke scale")[1]
