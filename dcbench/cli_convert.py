@@ -1,4 +1,4 @@
-"""dc-convert: turn foreign weights into a format-v1 checkpoint (and export to other formats)."""
+"""dc-convert: turn foreign weights into a checkpoint (format v1; v2 for ResNets) (and export to other formats)."""
 
 from __future__ import annotations
 

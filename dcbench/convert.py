@@ -1,4 +1,4 @@
-"""Import foreign weights into checkpoint format v1 by renaming keys alone.
+"""Import foreign weights as checkpoints (format v1; v2 for ResNets) by renaming keys alone.
 
 Sources: the original DeepCluster release (``checkpoint.pth.tar``), a torchvision ``vgg16_bn``
 state dict, torchvision-layout ResNet-50/101 state dicts as today's self-supervised releases ship

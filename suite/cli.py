@@ -30,7 +30,7 @@ DEFAULT_IMAGE = "dc-transfer"   # the tag docker/ builds (docker build --target 
 
 
 def add_run_arguments(p: ArgumentParser) -> None:
-    p.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT", help="checkpoint directories (format v1)")
+    p.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT", help="checkpoint directories (format v1 or v2)")
     p.add_argument("--tasks", default="all", help="'all' (the eight tasks) or a comma list, e.g. linear-imagenet,knn-graph")
     p.add_argument("--scale", choices=("smoke", "full"), default=None,
                    help="default: smoke on the embedded data, full with --data-root")

@@ -243,7 +243,8 @@ def run(args: argparse.Namespace) -> Path:
     result = make_result(
         task="voc-classification", variant={"dataset": "voc2007", "layers": args.layers},
         checkpoint=checkpoint_block(ckpt), metrics={"map": float(np.mean(aps[defined]) * 100)},
-        protocol={**proto, "layers": args.layers, "fc_init": args.fc_init, "optimizer": "SGD",
+        protocol={**proto, "layers": args.layers, "optimizer": "SGD",
+                  "fc_init": args.fc_init if ckpt.model.arch.family == "convfc" else None,  # no fc6/fc7 to init
                   "lr_schedule": "step: lr *= lr_gamma every stepsize iterations",
                   "loss": "BCE with logits, difficult-only labels masked, summed over classes, mean over batch",
                   "batchnorm": "running statistics (features in eval mode)",
