@@ -67,6 +67,7 @@ def main() -> None:
     from dcbench.provenance import environment, git_sha, utc_now
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="dcbench-r50-"))
+    work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DCBENCH_CACHE": str(work / "features")}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
