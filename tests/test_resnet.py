@@ -178,7 +178,8 @@ def convert(argv, capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.mark.parametrize("prefix", [PREFIXES[0], *(pytest.param(p, marks=pytest.mark.slow) for p in PREFIXES[1:])])
+@pytest.mark.slow
+@pytest.mark.parametrize("prefix", PREFIXES)
 def test_each_release_prefix_converts_by_renaming_alone(tv50, tmp_path, capsys, prefix, one_thread):
     torch.save({prefix + k: v for k, v in trunk_state(tv50).items()}, tmp_path / "w.pth")
     code, out, err = convert(["--from", "torchvision-resnet50", tmp_path / "w.pth", "--out", tmp_path / "ck",
@@ -240,6 +241,7 @@ def test_convert_refuses_a_non_resnet_file_and_a_wrong_arch_in_one_line(tmp_path
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_random_resnet_and_its_detectron2_export_refusal(tmp_path, capsys):
     code, out, err = convert(["--from", "random", "--arch", "resnet50", "--no-sobel", "--input-size", "64",
                               "--out", tmp_path / "r"], capsys)
@@ -280,9 +282,9 @@ def test_linear_probe_forward_is_the_pooled_taps_and_gap_is_the_descriptor(one_t
 
 @pytest.mark.parametrize("task,extra,expect", [
     ("mlp", [], "needs fc6/fc7"),
-    ("voc-classification", ["--layers", "fc6-8"], "--layers res5"),
-    ("voc-detection", ["--layers", "fc6-8"], "use --layers all"),
-    ("voc-segmentation", ["--layers", "fc6-8"], "use --layers all"),
+    pytest.param("voc-classification", ["--layers", "fc6-8"], "--layers res5", marks=pytest.mark.slow),
+    pytest.param("voc-detection", ["--layers", "fc6-8"], "use --layers all", marks=pytest.mark.slow),
+    pytest.param("voc-segmentation", ["--layers", "fc6-8"], "use --layers all", marks=pytest.mark.slow),
 ])
 def test_a_task_that_cannot_use_a_resnet_says_so_in_one_line(r50_ckpt, tmp_path, capsys, task, extra, expect,
                                                               embedded_root):
