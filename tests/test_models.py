@@ -71,7 +71,8 @@ def test_too_small_input_is_a_user_error():
 # ---------------------------------------------------------------------------- architecture registry
 
 
-@pytest.mark.parametrize("name", list(ARCHITECTURES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "resnet101" else n
+                                  for n in ARCHITECTURES])  # ResNet-101 is ResNet-50 with a longer res4
 @pytest.mark.parametrize("size", [64, 96])
 def test_every_architecture_meets_the_registry_contract(name, size):
     arch = ARCHITECTURES[name]
