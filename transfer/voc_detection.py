@@ -162,7 +162,8 @@ class BoxHead(nn.Module):
 
 FPN_ANCHORS = ([32, 64, 128, 256, 512], [16, 32, 64, 128, 256])  # (full: torchvision/Detectron FPN, smoke)
 # (full, smoke) lr of the ResNet-FPN detector, our choice: torchvision's detection reference (0.02 for 16
-# images) scaled to 2 images; smoke 0.001 (a random-init ResNet-50 diverged at 0.01 and 0.0025 there).
+# images) scaled to 2 images; smoke 0.001 (a random-init ResNet-50 diverged there at 0.01, and its loss rose to 24
+# in 6 iterations at 0.0025, against 5.3 at 0.001).
 FPN_LR = (0.0025, 0.001)
 
 
