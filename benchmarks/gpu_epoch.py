@@ -12,6 +12,7 @@
 
     python benchmarks/gpu_epoch.py --n 100000 --workers 15            # one H200: the issue's target
     python benchmarks/gpu_epoch.py --n 512 --k 50 --batch-size 64 --workers 2 --device cpu   # CPU check
+    python benchmarks/gpu_epoch.py --n 100000 --workers 15 --arch resnet50                 # a ResNet-50 line
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def loader_ceiling(cfg, root: Path, device: torch.device, images: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000, help="generated images")
+    ap.add_argument("--arch", default="alexnet", choices=("alexnet", "vgg16", "resnet50", "resnet101"),
+                    help="network (default alexnet, km-ImNet-Sob's)")
     ap.add_argument("--k", type=int, default=10_000, help="k-means clusters (km-ImNet-Sob: 10,000)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
@@ -143,7 +146,7 @@ def main() -> None:
     extra = {} if args.diag_sample is None else {"diag_sample": args.diag_sample}
     # faiss on CUDA without faiss-gpu: the CPU index, as dc-train's --no-faiss-gpu (the landed path).
     faiss_gpu = not (args.cluster_engine == "faiss" and not _faiss_gpu_available())
-    cfg = make_config("km-ImNet-Sob", "full", data=str(root), out=str(run_dir), epochs=2, k=args.k,
+    cfg = make_config("km-ImNet-Sob", "full", data=str(root), out=str(run_dir), epochs=2, k=args.k, arch=args.arch,
                       batch_size=args.batch_size, workers=args.workers, device=device.type, loader=loader,
                       precision=resolve_precision(args.precision, device), cluster_engine=args.cluster_engine,
                       faiss_gpu=faiss_gpu, snapshot_every=0, quiet=True, **extra)
@@ -195,7 +198,7 @@ def main() -> None:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "cpu_count": os.cpu_count(),
         "args": vars(args), "images": images, "mean_jpeg_kib": round(kib, 1),
-        "resolved": {k: config[k] for k in ("precision", "cluster_engine", "loader", "workers", "k", "batch_size",
+        "resolved": {k: config[k] for k in ("arch", "precision", "cluster_engine", "loader", "workers", "k", "batch_size",
                                             "diag_sample", "input_size")},
         "timings": timings, "epochs": [r["time"] for r in log], "measured_epoch": epoch["epoch"],
         "stages": {k: {kk: (round(vv, 3) if isinstance(vv, float) else vv) for kk, vv in v.items()}
@@ -212,7 +215,8 @@ def main() -> None:
         print(f"  {k:10s} {v['s']:8.2f} s{rate}  -> {extra[k]:.1f} s at 1.28M")
     print(f"epoch at 1.28M images: {total:.0f} s (goal {GOAL_S:.0f}); 500 epochs: "
           f"{result['extrapolated_imagenet']['500_epochs_days']} days", flush=True)
-    out = Path(args.out or f"benchmarks/out/gpu_epoch_{device.type}_{args.n}.json")
+    arch = "" if args.arch == "alexnet" else f"_{args.arch}"
+    out = Path(args.out or f"benchmarks/out/gpu_epoch_{device.type}_{args.n}{arch}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

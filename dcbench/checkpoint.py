@@ -1,8 +1,8 @@
-"""Checkpoint format v1: the one contract between dc-train, converters and every transfer task.
+"""Checkpoint formats v1 and v2: the one contract between dc-train, converters and every transfer task.
 
 A checkpoint is a directory::
 
-    model.safetensors   weights only (no pickle), DeepCluster key layout
+    model.safetensors   weights only (no pickle), DeepCluster key layout (ResNets: torchvision's)
     meta.json           architecture, preprocessing, provenance, sha256 of model.safetensors
     train_state.pt      optional, trainer only: optimizer / RNG / assignments for an exact resume
 
@@ -11,6 +11,14 @@ Checkpoints from strangers are untrusted: weights are parsed by safetensors, and
 author's data: every value is type- and range-checked before use (:func:`validate_meta`), and the
 model it describes must fit in the (sha256-verified) weights file before any memory is allocated.
 No checkpoint with a non-finite weight is ever written, and none is loaded.
+
+Version 2 (written for ResNets) adds what version 1 assumed from the AlexNet/VGG shape: ``family``,
+``taps`` (each probe point's name and output shape at the input size) and ``descriptor`` (what
+dc-train clusters, and its width). AlexNet and VGG16 checkpoints are still written as version 1,
+which every reader accepts unchanged. A version-2 ``taps``/``descriptor`` block is the author's
+data: it must equal, name for name and shape for shape, what the architecture registry derives
+for the checkpoint's arch and input size, or the checkpoint is refused; so none of its values
+reaches a path, a table or an allocation.
 """
 
 from __future__ import annotations
@@ -33,11 +41,22 @@ from safetensors.torch import save as safetensors_bytes
 import dcbench
 from dcbench.atomic import replace_dir_atomic
 from dcbench.errors import CheckpointError
-from dcbench.models import ARCHS, IMAGENET_MEAN, IMAGENET_STD, DeepClusterNet, ModelSpec
+from dcbench.models import (
+    ARCHS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DeepClusterNet,
+    ModelSpec,
+    conv_shapes,
+    get_architecture,
+    make_network,
+)
 from dcbench.provenance import git_sha, utc_now
 
 FORMAT_NAME = "dcbench-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # what AlexNet/VGG16 checkpoints are written as (minimal churn; examples stay valid)
+FORMAT_VERSION_RESNET = 2  # ResNets: the meta names taps and descriptor (no fc6/fc7 to assume)
+READ_VERSIONS = (1, 2)
 WEIGHTS = "model.safetensors"
 META = "meta.json"
 TRAIN_STATE = "train_state.pt"
@@ -45,6 +64,28 @@ ORIGINS = ("dcbench-train", "deepcluster-release", "torchvision", "random")
 MAX_META_BYTES = 1 << 20  # a real meta.json is a few KB
 MAX_NAME = 200  # characters of a checkpoint name
 MAX_CLASSES = 1_000_000  # top-layer rows (the thesis: 10,000 clusters)
+
+
+def format_version_for(arch: str) -> int:
+    return FORMAT_VERSION_RESNET if get_architecture(arch).family == "resnet" else FORMAT_VERSION
+
+
+def tap_points(arch: str, input_size: int) -> dict[str, list[int]]:
+    """The probe points of ``arch`` at ``input_size`` and their output shapes, from the registry
+    (a dry run): conv1..conv5, fc6, fc7 for AlexNet/VGG16; conv1, res2..res5 for ResNets."""
+    a = get_architecture(arch)
+    shapes = conv_shapes(arch, input_size)
+    taps = {name: list(shapes[i]) for name, i in zip(a.taps, a.probe_taps)}
+    if a.family == "convfc":
+        taps.update(fc6=[a.fc_width], fc7=[a.fc_width])
+    return taps
+
+
+def descriptor_block(arch: str) -> dict:
+    a = get_architecture(arch)
+    how = {"fc7-prerelu": "fc7 output before its ReLU",
+           "gap-res5": "res5 (layer4) output, global average pooled"}[a.descriptor]
+    return {"name": a.descriptor, "dim": a.descriptor_dim, "what": how}
 
 
 @dataclass
@@ -76,7 +117,8 @@ def save_checkpoint(path: str | os.PathLike, model: DeepClusterNet, *, origin: s
                     train_config: dict | None = None, data_fingerprint: str | None = None,
                     train_state: dict | None = None, source: str | None = None,
                     mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD) -> Path:
-    """Write ``model`` (and optionally ``train_state``) as a format-v1 checkpoint, atomically."""
+    """Write ``model`` (and optionally ``train_state``) as a checkpoint, atomically: format v1 for
+    AlexNet/VGG16, v2 for ResNets (:func:`format_version_for`)."""
     if origin not in ORIGINS:
         raise ValueError(f"origin must be one of {ORIGINS}, got {origin!r}")
     path = Path(path)
@@ -91,12 +133,15 @@ def save_checkpoint(path: str | os.PathLike, model: DeepClusterNet, *, origin: s
         # Serialised in memory, written by Python: a full disk is then an OSError (one line), where
         # safetensors' and torch's own writers raise their own exception types.
         (tmp / WEIGHTS).write_bytes(safetensors_bytes(tensors, metadata={"format": FORMAT_NAME}))
+        version = format_version_for(spec.arch)
         meta = {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": version,
             "name": name or path.name,
             **asdict(spec),
             "feature_shape": list(model.feature_shape),
+            **({"family": get_architecture(spec.arch).family, "taps": tap_points(spec.arch, spec.input_size),
+                "descriptor": descriptor_block(spec.arch)} if version >= 2 else {}),
             "preprocessing": {"mean": list(mean), "std": list(std), "colour_order": "RGB",
                               "value_range": "[0, 1] then normalised", "input_size": spec.input_size},
             "num_clusters": num_clusters,
@@ -155,9 +200,11 @@ def read_meta(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{meta_path} does not describe a {FORMAT_NAME}; "
                               "import foreign weights with dc-convert")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path} has format version {version!r}, this dcbench "
-                              f"({dcbench.__version__}) reads version {FORMAT_VERSION}; use a matching dcbench")
+    if not _is_int(version) or version not in READ_VERSIONS:
+        shown = repr(version) if len(repr(version)) <= 20 else repr(version)[:20] + "..."
+        raise CheckpointError(f"{meta_path} has format version {shown}, this dcbench "
+                              f"({dcbench.__version__}) reads versions {', '.join(map(str, READ_VERSIONS))}; "
+                              "use a matching dcbench")
     missing = [k for k in ("arch", "sobel", "batchnorm", "input_size", "num_classes", "model_sha256")
                if k not in meta]
     if missing:
@@ -191,7 +238,7 @@ def load_checkpoint(path: str | os.PathLike, *, with_train_state: bool = False,
         raise CheckpointError(f"non-finite weights in {path / WEIGHTS}: {len(bad)} tensor(s) hold NaN or inf "
                               f"(first: {bad[0]}); the training diverged or the file was made so; "
                               "use an earlier checkpoint")
-    model = DeepClusterNet(spec)
+    model = make_network(spec)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
@@ -214,7 +261,7 @@ def _check_against_header(spec: ModelSpec, weights: Path) -> None:
     file's header lists, checked before either is allocated: a stranger's meta.json cannot make
     us build a model larger than the (sha256-verified) file."""
     with torch.device("meta"):  # shapes only, no memory
-        expected = {k: tuple(v.shape) for k, v in DeepClusterNet(spec).state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in make_network(spec).state_dict().items()}
     try:
         with safe_open(str(weights), framework="pt") as f:
             found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
@@ -274,6 +321,7 @@ def validate_meta(meta: dict, meta_path: Path) -> None:
     check("feature_shape", fs is None or (isinstance(fs, list) and len(fs) == 3
                                           and all(_is_int(d) and 0 < d <= 10**6 for d in fs)),
           "three positive integers")
+    _validate_v2(meta, meta_path)
     pre = meta.get("preprocessing")
     check("preprocessing", pre is None or isinstance(pre, dict), "an object")
     for key in ("mean", "std"):
@@ -284,6 +332,34 @@ def validate_meta(meta: dict, meta_path: Path) -> None:
         if not ok:
             raise _bad(meta_path, f"preprocessing.{key}", v,
                        "three finite numbers" + (" above 0" if key == "std" else ""))
+
+
+def _validate_v2(meta: dict, meta_path: Path) -> None:
+    """Version 2's ``family``/``taps``/``descriptor`` must be exactly the registry's for the arch and
+    input size (checked after those two are); version 1 cannot describe a trunk without fc6/fc7."""
+    arch, version = meta["arch"], meta["format_version"]
+    family = get_architecture(arch).family
+    if version == 1:
+        if family != "convfc":
+            raise _bad(meta_path, "format_version", 1, f"2 for a {arch} (format v1 holds AlexNet/VGG16 only)")
+        return
+    for key in ("family", "taps", "descriptor"):
+        if key not in meta:
+            raise CheckpointError(f"{meta_path} lacks {key} (required by format version 2); the checkpoint is corrupt")
+    if meta["family"] != family:
+        raise _bad(meta_path, "family", meta["family"], f"{family!r} for {arch}")
+    taps = meta["taps"]
+    expected = tap_points(arch, meta["input_size"])
+    if not isinstance(taps, dict) or list(taps) != list(expected):
+        shown = list(taps)[:8] if isinstance(taps, dict) else taps
+        raise _bad(meta_path, "taps", shown, f"the tap points of {arch}: {', '.join(expected)}")
+    wrong = [k for k in expected if taps[k] != expected[k]]
+    if wrong:
+        raise _bad(meta_path, f"taps.{wrong[0]}", taps[wrong[0]],
+                   f"{expected[wrong[0]]} ({arch} at input {meta['input_size']})")
+    want = descriptor_block(arch)
+    if meta["descriptor"] != want:
+        raise _bad(meta_path, "descriptor", meta["descriptor"], f"{want} for {arch}")
 
 
 def recover_interrupted_write(path: str | os.PathLike) -> str | None:
@@ -360,7 +436,8 @@ def describe(meta: dict, path: Path) -> str:
         f"format       {meta['format']} v{meta['format_version']}",
         f"name         {meta.get('name')}",
         f"arch         {meta['arch']}  batchnorm={meta['batchnorm']}  sobel={meta['sobel']}",
-        f"input        {meta['input_size']}px  conv5 output {meta.get('feature_shape')}",
+        f"input        {meta['input_size']}px  {'res5' if meta.get('family') == 'resnet' else 'conv5'} output "
+        f"{meta.get('feature_shape')}",
         f"top layer    {meta['num_classes'] or 'none'}  clusters={meta.get('num_clusters')}",
         f"origin       {meta.get('origin')}  {meta.get('source') or ''}".rstrip(),
         f"epoch        {meta.get('epoch')}",
@@ -369,6 +446,10 @@ def describe(meta: dict, path: Path) -> str:
         f"code         dcbench {meta.get('code_version')}  git {meta.get('git_sha')}",
         f"created      {meta.get('created')}",
     ]
+    if meta.get("taps"):
+        lines.append("taps         " + "  ".join(f"{k} {'x'.join(map(str, v))}" for k, v in meta["taps"].items()))
+        lines.append(f"descriptor   {meta['descriptor']['name']} ({meta['descriptor']['dim']}-d: "
+                     f"{meta['descriptor']['what']})")
     pre = meta.get("preprocessing") or {}
     if pre:
         lines.append(f"preprocess   mean={pre.get('mean')} std={pre.get('std')} {pre.get('colour_order')}")

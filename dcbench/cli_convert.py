@@ -1,4 +1,4 @@
-"""dc-convert: turn foreign weights into a format-v1 checkpoint (and export to other formats)."""
+"""dc-convert: turn foreign weights into a checkpoint (format v1; v2 for ResNets) (and export to other formats)."""
 
 from __future__ import annotations
 
@@ -15,19 +15,22 @@ from dcbench.models import ARCHS
 
 EXPORTS = ("detectron2",)
 ORIGIN = {"deepcluster-release": "deepcluster-release", "torchvision-vgg16bn": "torchvision",
-          "random": "random"}
+          "torchvision-resnet50": "torchvision", "torchvision-resnet101": "torchvision", "random": "random"}
 
 
 def get_args_parser(add_help: bool = True) -> ArgumentParser:
     p = ArgumentParser("dc-convert", add_help=add_help,
-                       description="Import DeepCluster-release / torchvision vgg16_bn weights or a random "
+                       description="Import DeepCluster-release / torchvision vgg16_bn / torchvision-layout "
+                                   "ResNet-50/101 weights (.pth read with weights_only, or .safetensors; "
+                                   "prefixes module., module.encoder_q., backbone., model. stripped) or a random "
                                    "initialisation as a dcbench checkpoint.")
     p.add_argument("--from", dest="source", choices=convert.SOURCES, default=None,
                    help="what SRC is (random needs no SRC); one of --from / --to is required")
     p.add_argument("--to", dest="target", choices=EXPORTS, default=None,
                    help="export: dc-convert --to detectron2 CKPT OUT.pth writes a detectron2 checkpoint "
                         "(key mapping: dcbench/convert.py, detectron2_key_map)")
-    p.add_argument("src", nargs="?", type=Path, help="file to import (checkpoint.pth.tar, vgg16_bn .pth); "
+    p.add_argument("src", nargs="?", type=Path, help="file to import (checkpoint.pth.tar, vgg16_bn .pth, "
+                   "resnet50 .pth/.safetensors); "
                    "with --to: the checkpoint directory to export")
     p.add_argument("dst", nargs="?", type=Path, help="with --to: the file to write (or pass --out)")
     p.add_argument("--out", type=Path, default=None, help="checkpoint directory to write (with --to: the file)")
@@ -35,7 +38,8 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
                    "alexnet for random)")
     p.add_argument("--sobel", action=__import__("argparse").BooleanOptionalAction, default=None,
                    help="Sobel input layer (default: from the file; on for random, as the thesis's models)")
-    p.add_argument("--input-size", type=argtypes.input_size, default=224, help="input size for random init (224: thesis)")
+    p.add_argument("--input-size", type=argtypes.input_size, default=224,
+                   help="input size for random init and ResNet imports (224: thesis)")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="seed for random init")
     p.add_argument("--name", help="checkpoint name shown in results (default: the --out folder name)")
     p.add_argument("--quiet", action="store_true", help="do not list renamed keys")
@@ -81,6 +85,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"dc-convert --from {args.source} needs a SRC file")
         if args.source == "deepcluster-release":
             conv = convert.from_deepcluster_release(args.src, args.arch, args.sobel)
+        elif args.source.startswith("torchvision-resnet"):
+            arch = args.source[len("torchvision-"):]
+            if args.arch not in (None, arch):
+                raise UserError(f"--from {args.source} imports a {arch}; drop --arch {args.arch}")
+            conv = convert.from_torchvision_resnet(args.src, arch, args.input_size)
+            if args.sobel is not None and args.sobel != conv.spec.sobel:
+                raise UserError(f"{args.src} is {'a Sobel' if conv.spec.sobel else 'an RGB'} {arch} (conv1 reads "
+                                f"{2 if conv.spec.sobel else 3} channels); drop --{'' if args.sobel else 'no-'}sobel")
         else:
             if args.arch not in (None, "vgg16") or args.sobel:
                 raise UserError("torchvision vgg16_bn is vgg16 without Sobel; drop --arch/--sobel")

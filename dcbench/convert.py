@@ -1,8 +1,10 @@
-"""Import foreign weights into checkpoint format v1 by renaming keys alone.
+"""Import foreign weights as checkpoints (format v1; v2 for ResNets) by renaming keys alone.
 
 Sources: the original DeepCluster release (``checkpoint.pth.tar``), a torchvision ``vgg16_bn``
-state dict, and random initialisation (the "Random" baselines). Every renamed key and every
-key left out is reported, as detectron2's converters do.
+state dict, torchvision-layout ResNet-50/101 state dicts as today's self-supervised releases ship
+them (behind ``module.``, ``module.encoder_q.``, ``backbone.`` or ``model.``), and random
+initialisation (the "Random" baselines). Every renamed key and every key left out is reported,
+as detectron2's converters do.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ from pathlib import Path
 import torch
 
 from dcbench.checkpoint import preprocessing
-from dcbench.errors import CheckpointError
-from dcbench.models import ARCHS, DeepClusterNet, ModelSpec
+from dcbench.errors import CheckpointError, UserError
+from dcbench.models import ARCHS, DeepClusterNet, ModelSpec, get_architecture, make_network
 
-SOURCES = ("deepcluster-release", "torchvision-vgg16bn", "random")
+SOURCES = ("deepcluster-release", "torchvision-vgg16bn", "torchvision-resnet50", "torchvision-resnet101", "random")
+# Where real releases put a torchvision ResNet's keys: DDP (``module.``), MoCo v1-v3's query encoder
+# (``module.encoder_q.``), SwAV/DINO/solo-learn style wrappers (``backbone.``), and ``model.``.
+# The one under which most of the trunk's keys are found is stripped; the rest is dropped and listed.
+RESNET_PREFIXES = ("module.encoder_q.", "module.", "backbone.", "model.")
 
 
 @dataclass
@@ -45,9 +51,24 @@ def load_torch_file(path: Path) -> dict:
     return obj
 
 
+def load_weights_file(path: Path) -> dict:
+    """A ``.safetensors`` file (tensors only by construction) or a torch file (:func:`load_torch_file`)."""
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise CheckpointError(f"{path} does not exist or is not a file; pass the weights file to convert")
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({str(e)[:160]})") from None
+    return load_torch_file(path)
+
+
 def _finish(sd: dict, spec: ModelSpec, conv: Conversion, src: Path) -> Conversion:
     """Check the renamed dict against the architecture; fill BN counters old PyTorch lacked."""
-    expected = DeepClusterNet(spec).state_dict()
+    expected = make_network(spec).state_dict()
     for k in sorted(set(expected) - set(sd)):
         if k.endswith("num_batches_tracked"):
             sd[k] = torch.zeros((), dtype=torch.long)
@@ -114,15 +135,71 @@ def from_torchvision_vgg16bn(src: Path) -> Conversion:
     return _finish(renamed, spec, conv, src)
 
 
+def from_torchvision_resnet(src: Path, arch: str, input_size: int = 224) -> Conversion:
+    """A torchvision-layout ResNet state dict, optionally wrapped (``{"state_dict": ...}`` or
+    ``{"model": ...}``) and prefixed (:data:`RESNET_PREFIXES`). A ResNet ``fc`` (one Linear on the
+    2,048-d pooled res5) becomes ``top_layer``; any other head (projection MLPs, prototypes, a
+    momentum encoder, queues) is dropped and listed."""
+    if get_architecture(arch).family != "resnet":
+        raise CheckpointError(f"--arch {arch} is not a ResNet; --from torchvision-resnet* imports resnet50/resnet101")
+    obj = load_weights_file(src)
+    conv = Conversion(state_dict={}, spec=ModelSpec(arch=arch, input_size=input_size))
+    sd = obj
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj.get(wrapper), dict):
+            sd = obj[wrapper]
+            conv.dropped.extend(f"(file entry) {k}" for k in obj if k != wrapper)
+            break
+    tensors = {}
+    for k, v in sd.items():
+        if isinstance(k, str) and isinstance(v, torch.Tensor):
+            tensors[k] = v
+        else:
+            conv.dropped.append(f"(not a tensor) {str(k)[:80]}")
+    trunk = {k for k in make_network(ModelSpec(arch=arch, input_size=input_size)).state_dict()}
+    counts = {p: sum(1 for k in tensors if k.startswith(p) and k[len(p):] in trunk) for p in ("", *RESNET_PREFIXES)}
+    prefix = max(counts, key=counts.get)  # ties: the order above (no prefix first)
+    if counts[prefix] == 0:
+        raise CheckpointError(f"{src}: no {arch} trunk key (conv1.weight, layer1.0.conv1.weight, ...) found, with "
+                              f"or without a prefix {', '.join(RESNET_PREFIXES)}; is it a torchvision-layout {arch}?")
+    renamed: dict = {}
+    for old, t in tensors.items():
+        if not old.startswith(prefix):
+            conv.dropped.append(old)
+            continue
+        new = old[len(prefix):]
+        if new in ("fc.weight", "fc.bias"):
+            new = "top_layer." + new[len("fc."):]
+        if new != old:
+            conv.renamed.append((old, new))
+        renamed[new] = t
+    top = renamed.get("top_layer.weight")
+    if top is not None and not (top.dim() == 2 and top.shape[1] == get_architecture(arch).descriptor_dim
+                                and "top_layer.bias" in renamed):
+        top = None
+    if top is None:  # not a ResNet fc: left out, like any other head
+        for k in ("top_layer.weight", "top_layer.bias"):
+            if k in renamed:
+                renamed.pop(k)
+                conv.renamed = [(o, n) for o, n in conv.renamed if n != k]
+                conv.dropped.append(prefix + "fc." + k.split(".")[-1])
+    conv1 = renamed.get("conv1.weight")
+    sobel = "sobel.0.weight" in renamed and conv1 is not None and conv1.dim() == 4 and conv1.shape[1] == 2
+    conv.spec = ModelSpec(arch=arch, sobel=sobel, batchnorm=True, input_size=input_size,
+                          num_classes=int(top.shape[0]) if top is not None else 0)
+    conv.source_info = {"prefix": prefix or None, "layout": "torchvision"}
+    return _finish(renamed, conv.spec, conv, src)
+
+
 def random_init(arch: str, sobel: bool, input_size: int, seed: int) -> Conversion:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = DeepClusterNet(ModelSpec(arch=arch, sobel=sobel, input_size=input_size))
+        model = make_network(ModelSpec(arch=arch, sobel=sobel, input_size=input_size))
     return Conversion(state_dict=model.state_dict(), spec=model.spec, source_info={"seed": seed})
 
 
 def build(conv: Conversion) -> DeepClusterNet:
-    model = DeepClusterNet(conv.spec)
+    model = make_network(conv.spec)
     model.load_state_dict(conv.state_dict, strict=True)
     return model
 
@@ -142,6 +219,9 @@ def build(conv: Conversion) -> DeepClusterNet:
 #   top_layer.*                  -> left out (the clustering head is not a detector layer)
 def detectron2_key_map(model: DeepClusterNet) -> dict[str, str]:
     """Our module prefixes -> detectron2 names (see the table above)."""
+    if model.arch.family != "convfc":
+        raise UserError(f"dc-convert --to detectron2 exports AlexNet/VGG16 checkpoints; a {model.spec.arch} is "
+                        "in torchvision's layout already: use detectron2's tools/convert-torchvision-to-d2.py")
     mapping = {}
     if model.sobel is not None:
         mapping["sobel.0."] = "backbone.sobel.grayscale."

@@ -1,9 +1,15 @@
-"""AlexNet-BN and VGG16-BN in the module layout of the original DeepCluster code.
+"""AlexNet-BN and VGG16-BN in the module layout of the original DeepCluster code, and
+torchvision's Bottleneck ResNet-50/101 in torchvision's own layout.
 
 Keeping that layout (``sobel.0/1``, ``features.<i>``, ``classifier.<i>``, ``top_layer``) means
 the released DeepCluster checkpoints load by renaming keys alone, with no surgery on shapes.
 Only the input size is new: the fc6 input width is derived from it instead of the fixed
 256*6*6 / 512*7*7 of the 224-pixel originals, so the embedded small images can be used too.
+
+The ResNets (:class:`ResNetNet`) are torchvision's modules themselves, so a torchvision-layout
+state dict (``conv1``, ``bn1``, ``layer1``..``layer4``) loads once its release's prefix is
+stripped; they have no fc6/fc7: the clustering descriptor is the global-average-pooled res5
+(``layer4``) output, 2,048-d, and the probes tap conv1 and res2..res5.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torchvision
 from torch import nn
 
 from dcbench.errors import UserError
@@ -114,15 +121,34 @@ class Architecture:
     :meth:`DeepClusterNet.conv_outputs`; ``conv_naming`` is ``flat`` (conv1, conv2, ...) or
     ``block`` (conv1_1, conv1_2, ..., a new block after each max-pool) for exported key names.
     Shapes are never written down: :func:`conv_shapes` gets them from a dry run.
+
+    ``family`` is ``convfc`` (the above: a conv Sequential, then fc6/fc7; checkpoint format v1)
+    or ``resnet`` (``resnet`` is torchvision's builder; no ``features``/``classifier``; checkpoint
+    format v2). ``taps`` names the probe points in order (their shapes: :func:`conv_shapes`),
+    ``descriptor`` the clustering features and ``descriptor_dim`` their width, which is the top
+    layer's input width.
     """
 
     name: str
-    features: Callable[[int, bool], nn.Sequential]
-    classifier: Callable[[int, int], nn.Sequential]
-    fc_indices: tuple[int, int]
-    probe_taps: tuple[int, int, int, int, int]
+    features: Callable[[int, bool], nn.Sequential] | None = None
+    classifier: Callable[[int, int], nn.Sequential] | None = None
+    fc_indices: tuple[int, int] | None = None
+    probe_taps: tuple[int, int, int, int, int] = (0, 1, 2, 3, 4)
     conv_naming: str = "flat"
     fc_width: int = 4096
+    family: str = "convfc"
+    taps: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5")
+    descriptor: str = "fc7-prerelu"
+    descriptor_dim: int = 4096
+    resnet: Callable[..., nn.Module] | None = None
+
+
+RESNET_TAPS = ("conv1", "res2", "res3", "res4", "res5")  # after bn1+ReLU (before the max-pool), layer1..layer4
+
+
+def _resnet_entry(name: str, builder: Callable[..., nn.Module]) -> Architecture:
+    return Architecture(name, family="resnet", taps=RESNET_TAPS, descriptor="gap-res5", descriptor_dim=2048,
+                        fc_width=0, resnet=builder)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -131,6 +157,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     # conv1..conv5 of VGG16 = the last conv of each block (conv1_2, conv2_2, conv3_3, conv4_3, conv5_3)
     "vgg16": Architecture("vgg16", _vgg16_features, _vgg16_classifier, fc_indices=(0, 3),
                           probe_taps=(1, 3, 6, 9, 12), conv_naming="block"),
+    # torchvision's Bottleneck ResNets (He et al. 2016); the thesis's §4.5 trains ResNet-101
+    "resnet50": _resnet_entry("resnet50", torchvision.models.resnet50),
+    "resnet101": _resnet_entry("resnet101", torchvision.models.resnet101),
 }
 ARCHS = tuple(ARCHITECTURES)
 
@@ -145,7 +174,10 @@ def get_architecture(name: str) -> Architecture:
 
 def conv_shapes(arch: str, input_size: int, batchnorm: bool = True) -> list[tuple[int, int, int]]:
     """(channels, height, width) after the ReLU of every conv of ``arch`` at ``input_size``, and
-    the trunk output last: a dry run on the meta device (shapes only, no arithmetic, no RNG)."""
+    the trunk output last: a dry run on the meta device (shapes only, no arithmetic, no RNG).
+    For a ResNet: its five taps (conv1, res2..res5), then the trunk output (res5 again)."""
+    if get_architecture(arch).family == "resnet":
+        return _resnet_shapes(arch, input_size)
     with torch.device("meta"):
         features = get_architecture(arch).features(3, batchnorm).eval()
         x = torch.zeros(1, 3, input_size, input_size)
@@ -160,6 +192,25 @@ def conv_shapes(arch: str, input_size: int, batchnorm: bool = True) -> list[tupl
     if min(shapes[-1][1:]) < 1:
         raise UserError(f"input size {input_size} is too small for {arch}")
     return shapes
+
+
+def _resnet_shapes(arch: str, input_size: int) -> list[tuple[int, int, int]]:
+    with torch.device("meta"):
+        tv = get_architecture(arch).resnet(weights=None).eval()
+        x = torch.zeros(1, 3, input_size, input_size)
+    shapes = []
+    try:
+        x = tv.relu(tv.bn1(tv.conv1(x)))
+        shapes.append(tuple(int(v) for v in x.shape[1:]))
+        x = tv.maxpool(x)
+        for layer in (tv.layer1, tv.layer2, tv.layer3, tv.layer4):
+            x = layer(x)
+            shapes.append(tuple(int(v) for v in x.shape[1:]))
+    except RuntimeError:
+        raise UserError(f"input size {input_size} is too small for {arch}") from None
+    if min(shapes[-1][1:]) < 1:
+        raise UserError(f"input size {input_size} is too small for {arch}")
+    return [*shapes, shapes[-1]]
 
 
 class DeepClusterNet(nn.Module):
@@ -203,6 +254,10 @@ class DeepClusterNet(nn.Module):
         """Indices of fc6 and fc7 inside ``classifier``."""
         return self.arch.fc_indices
 
+    def head_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the top layer reads: fc7 after its ReLU (and dropout, in train mode)."""
+        return self.classifier(torch.flatten(self.trunk(x), 1))
+
     @property
     def conv_relu_indices(self) -> list[int]:
         """Indices in ``features`` of the ReLU following each conv (conv1.. for probes)."""
@@ -238,13 +293,93 @@ class DeepClusterNet(nn.Module):
         return outs
 
 
+class ResNetNet(nn.Module):
+    """Sobel (optional) -> torchvision's ResNet stem and ``layer1``..``layer4`` -> global average
+    pool -> ``top_layer``: the modules are torchvision's own (built with ``weights=None``, i.e. its
+    initialisation), so the state dict keys are torchvision's minus ``fc``, plus ``sobel.*`` and
+    ``top_layer.*``, and the res5 output is bit-identical to torchvision's forward on the same
+    weights. With Sobel, conv1 reads the two gradient maps (2 input channels) instead of RGB.
+
+    ``penultimate`` is the clustering descriptor: res5 globally average-pooled (2,048-d; res5 ends
+    in a ReLU, so unlike AlexNet's fc7 it is non-negative). ``dilate_res5`` builds res5 with
+    dilation 2 instead of stride 2 (the same weights; output stride 16), for segmentation.
+    """
+
+    classifier = None  # no fc6/fc7: the tasks that need them refuse this network in one line
+
+    def __init__(self, spec: ModelSpec, *, dilate_res5: bool = False):
+        super().__init__()
+        self.spec = spec
+        self.arch = get_architecture(spec.arch)
+        if not spec.batchnorm:
+            raise UserError(f"{spec.arch} has BatchNorm in every block; it cannot be built without it")
+        tv = self.arch.resnet(weights=None, replace_stride_with_dilation=[False, False, dilate_res5])
+        self.sobel = _sobel() if spec.sobel else None
+        if spec.sobel:
+            tv.conv1 = nn.Conv2d(2, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            nn.init.kaiming_normal_(tv.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision
+        self.conv1, self.bn1, self.relu, self.maxpool = tv.conv1, tv.bn1, tv.relu, tv.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = tv.layer1, tv.layer2, tv.layer3, tv.layer4
+        self.avgpool = tv.avgpool
+        self.feature_shape = tuple(conv_shapes(spec.arch, spec.input_size)[-1])
+        self.top_layer = None
+        if spec.num_classes:
+            self.top_layer = nn.Linear(self.arch.descriptor_dim, spec.num_classes)
+            self.top_layer.weight.data.normal_(0, 0.01)  # DeepCluster's linear init
+            self.top_layer.bias.data.zero_()
+
+    @property
+    def stages(self) -> list[nn.Module]:
+        """res2..res5 (torchvision's layer1..layer4)."""
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def tap_outputs(self, x: torch.Tensor, upto: int = 4) -> list[torch.Tensor]:
+        """conv1 (after bn1 and ReLU), res2, ..., the tap of index ``upto``; nothing deeper is run."""
+        if self.sobel is not None:
+            x = self.sobel(x)
+        x = self.relu(self.bn1(self.conv1(x)))
+        outs = [x]
+        x = self.maxpool(x)
+        for stage in self.stages[:upto]:
+            x = stage(x)
+            outs.append(x)
+        return outs
+
+    def conv_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.tap_outputs(x)
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """The res5 feature map."""
+        return self.tap_outputs(x)[-1]
+
+    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
+        """The clustering descriptor: res5, globally average-pooled (torchvision's ``avgpool``)."""
+        return torch.flatten(self.avgpool(self.trunk(x)), 1)
+
+    def head_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self.penultimate(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.penultimate(x)
+        if self.top_layer is not None:
+            x = self.top_layer(x)
+        return x
+
+
+def make_network(spec: ModelSpec, **kwargs) -> nn.Module:
+    """The network ``spec`` describes: :class:`DeepClusterNet` or :class:`ResNetNet` by its family."""
+    if get_architecture(spec.arch).family == "resnet":
+        return ResNetNet(spec, **kwargs)
+    return DeepClusterNet(spec)
+
+
 def build_model(arch: str = "alexnet", sobel: bool = False, batchnorm: bool = True,
-                input_size: int = 224, num_classes: int = 0, seed: int | None = None) -> DeepClusterNet:
+                input_size: int = 224, num_classes: int = 0, seed: int | None = None) -> nn.Module:
     """Build a network; with ``seed`` the initialisation is reproducible on CPU."""
     spec = ModelSpec(arch=arch, sobel=sobel, batchnorm=batchnorm, input_size=input_size,
                      num_classes=num_classes)
     if seed is None:
-        return DeepClusterNet(spec)
+        return make_network(spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return DeepClusterNet(spec)
+        return make_network(spec)

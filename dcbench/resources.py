@@ -25,11 +25,11 @@ class Footprint:
 
 
 def footprint(spec) -> Footprint:
-    """Parameter count and per-image activation count of ``DeepClusterNet(spec)``, without memory."""
-    from dcbench.models import DeepClusterNet
+    """Parameter count and per-image activation count of the network ``spec`` describes, without memory."""
+    from dcbench.models import make_network
 
     with torch.device("meta"):
-        model = DeepClusterNet(spec)
+        model = make_network(spec).eval()  # eval: BatchNorm on a 1-image batch of 1x1 maps is fine then
         counts: list[int] = []
         hooks = [m.register_forward_hook(lambda _m, _i, o: counts.append(o.numel()))
                  for m in model.modules() if not list(m.children())]

@@ -25,3 +25,7 @@ TASKS: dict[str, str] = {
     "lowshot": "dcbench.transfer.lowshot",
     "knn-graph": "dcbench.transfer.knn_graph",
 }
+
+# Tasks defined on fc6/fc7 alone (the mlp task retrains AlexNet/VGG's fc6-fc8): a checkpoint of
+# another family (ResNets) cannot run them, and dc-bench run leaves them out for it.
+NEEDS_FC6_FC7 = frozenset({"mlp"})

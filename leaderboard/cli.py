@@ -25,7 +25,7 @@ from dcbench.leaderboard import plots
 from dcbench.leaderboard.collect import find_result_files, load_results, newest_runs, to_frame
 from dcbench.leaderboard.literature import load_literature
 from dcbench.leaderboard.render import md_text, render
-from dcbench.leaderboard.tables import Table, build_tables
+from dcbench.leaderboard.tables import Table, build_tables, of_family
 
 
 def get_args_parser(add_help: bool = True) -> ArgumentParser:
@@ -116,8 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder = plots_dir(out)
     for scale, scale_tables in tables.items():
         for table in scale_tables:
-            if table.spec.key == "knn-graph":
-                table.images = _knn_images(table, newest, out)
+            if table.spec.key.endswith("knn-graph"):
+                table.images = _knn_images(table, of_family(newest, table.spec.family), out)
             if args.no_plots:
                 continue
             png = plots.draw(table, folder)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from dcbench.errors import ResultError, UserError
+from dcbench.families import family_of
 from dcbench.results import SCHEMA_NAME, SCHEMA_VERSION, validate_result
 
 # Columns of the frame that :func:`newest_runs` returns (one row per result group).
@@ -121,6 +122,7 @@ def to_frame(results: list[dict]) -> pd.DataFrame:
             "scale": r["scale"], "task": r["task"],
             "ckpt_name": r["checkpoint"]["name"], "ckpt_sha": r["checkpoint"]["sha256"],
             "ckpt_origin": str(r["checkpoint"].get("origin") or "unknown"),
+            "family": family_of(r["checkpoint"].get("arch")),
             "variant_key": variant_key(r["variant"]), "variant": r["variant"],
             "created": _created(r["created"]), "created_raw": r["created"],
             "metrics": r["metrics"], "selection": r["selection"],
@@ -130,7 +132,7 @@ def to_frame(results: list[dict]) -> pd.DataFrame:
             "git_sha": str(r["environment"].get("git_sha") or "unknown"),
             "data_name": r["data"]["name"], "details": details, "path": r["_path"],
         })
-    cols = ["scale", "task", "ckpt_name", "ckpt_sha", "ckpt_origin", "variant_key", "variant", "created", "created_raw",
+    cols = ["scale", "task", "ckpt_name", "ckpt_sha", "ckpt_origin", "family", "variant_key", "variant", "created", "created_raw",
             "metrics", "selection", "protocol", "protocol_defaults", "git_sha", "data_name", "details", "path"]
     return pd.DataFrame(rows, columns=cols)
 
@@ -148,7 +150,7 @@ def newest_runs(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def protocol_differences(newest: pd.DataFrame) -> list[dict]:
-    """Per row: the protocol values that differ from the default of its (task, scale).
+    """Per row: the protocol values that differ from the default of its (task, scale, family).
 
     The default is the result's own ``details.protocol_defaults`` when it has one (written by a
     task that knows its defaults; keys it does not name are not compared). Otherwise it is the most common value of each key among the
@@ -163,7 +165,8 @@ def protocol_differences(newest: pd.DataFrame) -> list[dict]:
             diffs.append({k: v for k, v in row["protocol"].items()
                           if k in own_defaults and own_defaults[k] != v})
             continue
-        peers = newest[(newest["task"] == row["task"]) & (newest["scale"] == row["scale"])]
+        peers = newest[(newest["task"] == row["task"]) & (newest["scale"] == row["scale"])
+                       & (newest["family"] == row["family"])]  # a ResNet's protocol differs by design
         diff = {}
         for k, v in row["protocol"].items():
             values = [json.dumps(p.get(k), sort_keys=True) for p in peers["protocol"]]

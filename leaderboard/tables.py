@@ -15,6 +15,9 @@ literature into plain :class:`Table` objects; :mod:`render` writes them as markd
   epoch, or best over epochs). Never bold: reported rows (transcribed, not re-measured),
   baselines (random-init rows, checkpoints of origin ``random``) and baseline columns (the
   k-NN graph's ``random_*`` metrics).
+- Architecture families have separate tables: AlexNet/VGG16 results fill the thesis's tables, ResNet
+  results (``dcbench.families``) their own "ResNets:" tables, which have no reported rows (no
+  published ResNet number with a named source is in literature.csv).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class TableSpec:
     kinds: tuple[RowKind, ...] = (LAST, BEST)
     plot: str | None = None   # "conv" or "lowshot"
     caption: str = ""
+    family: str = "convfc"    # which results fill it (dcbench.families)
 
 
 def _conv(task: str, prefix: str) -> tuple[Column, ...]:
@@ -113,23 +117,55 @@ CHAPTER4_TABLES = (
                       "(not a percentage). Measured rows need the SGT speed benchmark (not built yet)."),
 )
 
+def _resnet_taps(task: str) -> tuple[Column, ...]:
+    taps = ("conv1", "res2", "res3", "res4", "res5")
+    return (*(Column(t, task, t) for t in taps), Column("res5 pooled", task, "res5_gap"))
+
+
+RESNET_TABLES = (
+    TableSpec("resnet-linear-imagenet", "ResNets: ImageNet, linear classifiers on conv1, res2-res5 and pooled res5",
+              "Table 5.3's protocol", None, _resnet_taps("linear-imagenet"), family="resnet",
+              caption="Logistic regression on each frozen tap, average-pooled to at most 10k dims, and on res5 "
+                      "globally average-pooled (2,048-d); top-1 %."),
+    TableSpec("resnet-linear-places", "ResNets: Places, linear classifiers on conv1, res2-res5 and pooled res5",
+              "Table 5.4's protocol", None, _resnet_taps("linear-places"), family="resnet",
+              caption="Logistic regression on each frozen tap, average-pooled to at most 10k dims, and on res5 "
+                      "globally average-pooled (2,048-d); top-1 %."),
+    TableSpec("resnet-voc", "ResNets: PASCAL VOC classification, detection, segmentation", "Table 5.5's protocol",
+              None, (
+                  Column("Cls. res5", "voc-classification", "map", (("layers", "res5"),)),
+                  Column("Cls. all", "voc-classification", "map", (("layers", "all"),)),
+                  Column("Det. all", "voc-detection", "map", (("layers", "all"),)),
+                  Column("Seg. all", "voc-segmentation", "miou", (("layers", "all"),)),
+              ), family="resnet",
+              caption="VOC2007 classification (mAP; res5 = linear on the frozen, pooled res5), detection with "
+                      "a ResNet-FPN Faster R-CNN (mAP@0.5), VOC2012 segmentation with an FCN head on dilated "
+                      "res5 (mIoU); all = every layer fine-tuned."),
+)
+
 LOWSHOT_METRIC = re.compile(r"^(random_)?n(\d+)_(mean|std)$")
 
 
-def lowshot_spec(metric_names: set[str]) -> TableSpec:
+def _family_prefix(family: str) -> tuple[str, str]:
+    return ("resnet-", "ResNets: ") if family == "resnet" else ("", "")
+
+
+def lowshot_spec(metric_names: set[str], family: str = "convfc") -> TableSpec:
     ns = sorted({int(m.group(2)) for m in map(LOWSHOT_METRIC.match, metric_names) if m})
     cols = tuple(Column(f"n={n}", "lowshot", f"n{n}_mean", std_metric=f"n{n}_std") for n in ns)
-    return TableSpec("lowshot", "Low-shot ImageNet classification", "Figure 5.1", None, cols,
-                     kinds=(LAST, RANDOM), plot="lowshot",
+    key, title = _family_prefix(family)
+    return TableSpec(f"{key}lowshot", f"{title}Low-shot ImageNet classification", "Figure 5.1", None, cols,
+                     kinds=(LAST, RANDOM), plot="lowshot", family=family,
                      caption="Whole network fine-tuned with n images per class; top-1 %, mean ± std "
                              "over the draws. Random init rows: the same protocol from random weights.")
 
 
-def knn_spec(metric_names: set[str]) -> TableSpec:
+def knn_spec(metric_names: set[str], family: str = "convfc") -> TableSpec:
     names = sorted((m for m in metric_names if not m.endswith("_best")),
                    key=lambda m: (m != "ratio_intra", m))
     cols = tuple(Column(m, "knn-graph", m, baseline=m.startswith("random_")) for m in names)
-    return TableSpec("knn-graph", "k-NN graph diagnostics", "§4.1", None, cols,
+    key, title = _family_prefix(family)
+    return TableSpec(f"{key}knn-graph", f"{title}k-NN graph diagnostics", "§4.1", None, cols, family=family,
                      caption="ratio_intra: mean share of a node's k-NN edges that stay within its class, %.")
 
 
@@ -338,22 +374,35 @@ def build_table(spec: TableSpec, newest: pd.DataFrame, literature: pd.DataFrame,
     return Table(spec, scale, columns, lit + measured, notes=class_notes(spec, newest, scale))
 
 
-def specs_for(newest: pd.DataFrame) -> list[TableSpec]:
-    """The static thesis tables, the data-driven low-shot and k-NN-graph ones, then chapter 4's."""
+def specs_for(newest: pd.DataFrame, family: str = "convfc") -> list[TableSpec]:
+    """The static thesis tables, the data-driven low-shot and k-NN-graph ones, then chapter 4's;
+    for ResNets, their own tables (``newest``: that family's results)."""
     def names(task: str) -> set[str]:
         sub = newest[newest["task"] == task] if not newest.empty else newest
         return set().union(*sub["metrics"].map(set)) if len(sub) else set()
 
-    return [*STATIC_TABLES, lowshot_spec(names("lowshot")), knn_spec(names("knn-graph")), *CHAPTER4_TABLES]
+    dynamic = [lowshot_spec(names("lowshot"), family), knn_spec(names("knn-graph"), family)]
+    if family == "resnet":
+        return [*RESNET_TABLES, *dynamic]
+    return [*STATIC_TABLES, *dynamic, *CHAPTER4_TABLES]
+
+
+def of_family(newest: pd.DataFrame, family: str) -> pd.DataFrame:
+    if newest.empty or "family" not in newest:
+        return newest if family == "convfc" else newest.iloc[0:0]
+    return newest[newest["family"] == family]
 
 
 def build_tables(newest: pd.DataFrame, literature: pd.DataFrame) -> dict[str, list[Table]]:
     """``{"full": [...], "smoke": [...]}``. Full tables with literature are always present; a table
-    with neither literature nor measured rows is left out."""
+    with neither literature nor measured rows is left out. AlexNet/VGG16 tables first, then the
+    ResNet ones: a result fills only the tables of its checkpoint's family."""
     out: dict[str, list[Table]] = {"full": [], "smoke": []}
     for scale in out:
-        for spec in specs_for(newest):
-            table = build_table(spec, newest, literature, scale)
-            if table.rows and table.columns:
-                out[scale].append(table)
+        for family in ("convfc", "resnet"):
+            sub = of_family(newest, family)
+            for spec in specs_for(sub, family):
+                table = build_table(spec, sub, literature, scale)
+                if table.rows and table.columns:
+                    out[scale].append(table)
     return out

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dcbench.errors import ArgumentParser, UserError, run_cli
 from dcbench.provenance import utc_now
+from dcbench.tasks import NEEDS_FC6_FC7
 
 from . import manifest as mf
 from .plan import Job, parse_task_args, read_checkpoint
@@ -29,7 +30,7 @@ DEFAULT_IMAGE = "dc-transfer"   # the tag docker/ builds (docker build --target 
 
 
 def add_run_arguments(p: ArgumentParser) -> None:
-    p.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT", help="checkpoint directories (format v1)")
+    p.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT", help="checkpoint directories (format v1 or v2)")
     p.add_argument("--tasks", default="all", help="'all' (the eight tasks) or a comma list, e.g. linear-imagenet,knn-graph")
     p.add_argument("--scale", choices=("smoke", "full"), default=None,
                    help="default: smoke on the embedded data, full with --data-root")
@@ -87,8 +88,18 @@ def make_jobs(args) -> list[Job]:
         # The embedded data: each task (or container) finds it itself, generated once and cached.
         folders = dict.fromkeys(tasks)
         scale = args.scale or "smoke"
-    return [Job(t, c, scale, folders[t], "embedded" if folders[t] is None else str(folders[t]),
-                extra.get(t, [])) for c in checkpoints for t in tasks]
+    jobs = []
+    for c in checkpoints:
+        for t in tasks:
+            if t in NEEDS_FC6_FC7 and c.family != "convfc":
+                print(f"note: {t} left out for {c.label}: it retrains fc6-fc8, and a {c.family} has none",
+                      file=sys.stderr)
+                continue
+            jobs.append(Job(t, c, scale, folders[t], "embedded" if folders[t] is None else str(folders[t]),
+                            extra.get(t, [])))
+    if not jobs:
+        raise UserError(f"--tasks {args.tasks}: no task applies to these checkpoints; choose others")
+    return jobs
 
 
 def make_engine(args, run_id: str):

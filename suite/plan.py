@@ -23,6 +23,7 @@ from pathlib import Path
 
 from dcbench.checkpoint import read_meta
 from dcbench.errors import ResultError, UserError
+from dcbench.families import family_of
 from dcbench.results import read_result
 
 from .tasks import SPECS
@@ -37,6 +38,7 @@ def slug(text: str, limit: int = 40) -> str:
 class Checkpoint:
     path: Path
     sha256: str
+    family: str = "convfc"  # dcbench.families: a ResNet has no fc6/fc7 for the tasks that need them
 
     @property
     def label(self) -> str:
@@ -47,7 +49,7 @@ class Checkpoint:
 def read_checkpoint(path: Path) -> Checkpoint:
     """Verify a checkpoint (format, sha256 of the weights) before anything starts."""
     meta = read_meta(path)
-    return Checkpoint(path.resolve(), meta["model_sha256"])
+    return Checkpoint(path.resolve(), meta["model_sha256"], family_of(meta["arch"]))
 
 
 def parse_task_args(items: list[str], tasks: list[str]) -> dict[str, list[str]]:

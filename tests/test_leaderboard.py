@@ -628,3 +628,35 @@ def test_chapter4_tables_show_the_thesis_rows_at_full_scale_and_nothing_at_smoke
     t43 = tables[f"{FULL} / Time per mini-batch with and without SGT (Table 4.3)"]
     assert [row_by_method(t43, m)["ms per mini-batch"][0] for m in ("no approx", "SGT 4096")] == ["154.0", "713.0"]
     assert not [k for k in tables if k.startswith(SMOKE) and "Table 4." in k]  # no literature at smoke scale
+
+
+def test_resnet_rows_get_their_own_tables_never_the_alexnet_ones(tmp_path):
+    res = tmp_path / "res"
+    alex = result("linear-imagenet", {f"conv{i}": 20.0 + i for i in range(1, 6)}, ckpt="alex", scale="smoke")
+    r50 = result("linear-imagenet", {"conv1": 11.0, "res2": 12.0, "res3": 13.0, "res4": 14.0, "res5": 15.0,
+                                     "res5_gap": 16.0}, ckpt="r50", scale="smoke")
+    r50["checkpoint"]["arch"] = "resnet50"
+    r50_voc = result("voc-classification", {"map": 30.0}, ckpt="r50", scale="smoke",
+                     variant={"dataset": "voc2007", "layers": "res5"})
+    r50_voc["checkpoint"]["arch"] = "resnet50"
+    for i, r in enumerate((alex, r50, r50_voc)):
+        write(res, f"{i}.json", r)
+    rc, md, tables = run(tmp_path, res)
+    assert rc == 0
+    t53 = tables[f"{SMOKE} / {T53}"]
+    assert [r[0][0] for r in t53["rows"]] == ["alex"]
+    r_lin = tables[f"{SMOKE} / ResNets: ImageNet, linear classifiers on conv1, res2-res5 and pooled res5 "
+                   "(Table 5.3's protocol)"]
+    assert r_lin["header"][2:8] == ["conv1", "res2", "res3", "res4", "res5", "res5 pooled"]
+    assert [r[0][0] for r in r_lin["rows"]] == ["r50"] and row_by_method(r_lin, "r50")["res5 pooled"][0] == "16.0"
+    r_voc = tables[f"{SMOKE} / ResNets: PASCAL VOC classification, detection, segmentation (Table 5.5's protocol)"]
+    assert row_by_method(r_voc, "r50")["Cls. res5"][0] == "30.0"
+    assert f"{SMOKE} / {T55}" not in tables  # the only VOC result is a ResNet's
+    # no literature row in a ResNet table, also at full scale: none has a named source in literature.csv
+    r50_full = copy.deepcopy(r50)
+    r50_full["scale"] = "full"
+    write(res, "3.json", r50_full)
+    _, _, tables = run(tmp_path, res)
+    full = tables[f"{FULL} / ResNets: ImageNet, linear classifiers on conv1, res2-res5 and pooled res5 "
+                  "(Table 5.3's protocol)"]
+    assert [r[1][0] for r in full["rows"]] == ["measured (full)"]

@@ -71,12 +71,24 @@ def test_too_small_input_is_a_user_error():
 # ---------------------------------------------------------------------------- architecture registry
 
 
-@pytest.mark.parametrize("name", list(ARCHITECTURES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "resnet101" else n
+                                  for n in ARCHITECTURES])  # ResNet-101 is ResNet-50 with a longer res4
 @pytest.mark.parametrize("size", [64, 96])
 def test_every_architecture_meets_the_registry_contract(name, size):
     arch = ARCHITECTURES[name]
     model = build_model(name, sobel=False, input_size=size, num_classes=5, seed=0).eval()
     assert model.arch is arch and arch.name == name and arch.conv_naming in ("flat", "block")
+    assert model.top_layer.in_features == arch.descriptor_dim
+    x = torch.randn(1, 3, size, size)
+    assert model.penultimate(x).shape == (1, arch.descriptor_dim)
+    if arch.family == "resnet":  # no fc6/fc7: five named taps, the descriptor is the pooled res5
+        assert model.classifier is None and arch.fc_indices is None and len(arch.taps) == 5
+        shapes = conv_shapes(name, size)
+        assert shapes[:-1] == [tuple(o.shape[1:]) for o in model.conv_outputs(x)]
+        assert shapes[-1] == tuple(model.trunk(x).shape[1:]) == model.feature_shape
+        assert shapes[-1][0] == arch.descriptor_dim
+        return
+    assert arch.family == "convfc" and arch.descriptor_dim == arch.fc_width
     fc6, fc7 = (model.classifier[i] for i in arch.fc_indices)
     assert isinstance(fc6, nn.Linear) and isinstance(fc7, nn.Linear)
     assert fc6.out_features == fc7.in_features == fc7.out_features == arch.fc_width
@@ -102,7 +114,7 @@ def test_both_clis_and_the_converter_offer_exactly_the_registered_architectures(
 
 
 def test_unknown_architecture_is_one_user_error_naming_the_choices():
-    with pytest.raises(UserError, match="resnet50.*alexnet, vgg16"):
-        get_architecture("resnet50")
-    with pytest.raises(UserError, match="resnet50"):
-        build_model("resnet50")
+    with pytest.raises(UserError, match="resnet18.*alexnet, vgg16, resnet50, resnet101"):
+        get_architecture("resnet18")
+    with pytest.raises(UserError, match="resnet18"):
+        build_model("resnet18")

@@ -148,6 +148,11 @@ PRESETS: dict[str, dict] = {
                         steps_per_epoch=YFCC_STEPS_PER_EPOCH, pool_size=1_000_000, subset_size=None),
     "km-fl2M-Sob": dict(clustering="kmeans", k=10_000, sobel=True, lr=0.02, weight_decay=1e-5, epochs=YFCC_EPOCHS,
                         steps_per_epoch=YFCC_STEPS_PER_EPOCH, pool_size=2_000_000, subset_size=1_200_000),
+    # Thesis §4.5, Figure 4.6 (a) Sobel / (b) RGB: ResNet-101, PIC, ImageNet, 50 epochs. The thesis gives
+    # no lr / weight decay for these runs: PIC-ImNet-Sob's (our choice).
+    "PIC-ImNet-Sob-R101": dict(arch="resnet101", clustering="pic", sobel=True, lr=0.05, weight_decay=1e-5, epochs=50),
+    "PIC-ImNet-RGB-R101": dict(arch="resnet101", clustering="pic", sobel=False, lr=0.05, weight_decay=1e-5,
+                               epochs=50),
 }
 
 # Smoke scale: the embedded classification set (~600 images of 96 px, 10 classes at `smoke`).

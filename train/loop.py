@@ -241,7 +241,7 @@ class _Net(nn.Module):
 
     def forward(self, x, rows: torch.Tensor | None = None):
         m = self.model
-        h = m.classifier(torch.flatten(m.trunk(x), 1))
+        h = m.head_input(x)  # fc7 after its ReLU; a ResNet's pooled res5
         if rows is None:
             return m.top_layer(h)
         return F.linear(h, m.top_layer.weight[rows], m.top_layer.bias[rows])
@@ -249,7 +249,7 @@ class _Net(nn.Module):
 
 def reset_top_layer(model, num_clusters: int, device) -> None:
     """A fresh classifier for the new pseudo-labels, initialised as the original code does."""
-    top = nn.Linear(model.arch.fc_width, num_clusters)
+    top = nn.Linear(model.arch.descriptor_dim, num_clusters)
     top.weight.data.normal_(0, 0.01)
     top.bias.data.zero_()
     model.top_layer = top.to(device)
@@ -264,7 +264,8 @@ def trunk_parameters(model) -> list[nn.Parameter]:
 def compute_features(model, ds, items: np.ndarray, positions: np.ndarray, fn, cfg: TrainConfig, device,
                      seed: int, show: bool, buffer_device=None,
                      buffer_dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """fc7 pre-ReLU features of ``ds[items]`` in eval mode; returns (features, positions read).
+    """The clustering descriptor (fc7 pre-ReLU; ResNets: pooled res5) of ``ds[items]`` in eval mode;
+    returns (features, positions read).
 
     The features land in one preallocated buffer (``buffer_dtype`` on ``buffer_device``, default the
     CPU), in reading order; unreadable images leave no row, so the result is a view of its first rows.
@@ -272,7 +273,7 @@ def compute_features(model, ds, items: np.ndarray, positions: np.ndarray, fn, cf
     model.eval()
     feed = fn if isinstance(fn, Feed) else Feed(ds, fn, cfg, device)
     loader = feed(items, positions, cfg.batch_size, seed)
-    buf = torch.empty(len(items), model.arch.fc_width, dtype=buffer_dtype, device=buffer_device or "cpu")
+    buf = torch.empty(len(items), model.arch.descriptor_dim, dtype=buffer_dtype, device=buffer_device or "cpu")
     pos = torch.empty(len(items), dtype=torch.int64)
     m = 0
     for batch in tqdm(loader, desc="features", leave=False, disable=not show, file=sys.stderr):

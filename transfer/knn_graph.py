@@ -1,7 +1,7 @@
 """knn-graph: the k-NN-graph diagnostics of thesis §4.1, and the pictures of Figures 5.2-5.3.
 
-Descriptors: by default the clustering features of DESIGN §5 — fc7 before its ReLU, centre
-crop, PCA-whitened to 256 dims, L2-normalised (``--features pool5`` uses the flattened trunk
+Descriptors: by default the clustering features of DESIGN §5 — fc7 before its ReLU (ResNets:
+res5 globally average-pooled, the descriptor dc-train clusters them on), centre crop, PCA-whitened to 256 dims, L2-normalised (``--features pool5`` uses the flattened trunk
 output instead). A 10-NN graph (exact L2 search, faiss) is built over one labelled split. For
 each class C, "ratio edge intra-class" = #edges (i, j) with i and j in C / #edges leaving C,
 in percent. A random graph's expected ratio for C is (|C| - 1) / (N - 1).
@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from dcbench import argtypes
 from dcbench.atomic import write_file_atomic
-from dcbench.checkpoint import load_checkpoint
+from dcbench.checkpoint import descriptor_block, load_checkpoint
 from dcbench.datasets import ImageFolder, fingerprint, pil_loader
 from dcbench.knn_graph import knn, random_graph_ratio, ratio_edge_intra_class
 from dcbench.results import checkpoint_block, make_result
@@ -69,7 +69,8 @@ def first_layer_filters(model) -> tuple[np.ndarray, bool]:
 
     With Sobel, conv1 sees the two gradient maps of the grey image; the filter on the grey image
     is the sum over the two Sobel channels of (conv1 filter) full-convolved with (Sobel kernel)."""
-    conv1 = next(m for m in model.features if isinstance(m, torch.nn.Conv2d))
+    conv1 = model.conv1 if model.arch.family == "resnet" else next(
+        m for m in model.features if isinstance(m, torch.nn.Conv2d))
     w = conv1.weight.detach().float().cpu()
     if model.sobel is None:
         return w.permute(0, 2, 3, 1).numpy(), False
@@ -159,7 +160,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_input_size_argument(p)
     p.add_argument("--split", choices=("train", "val"), default="val", help="labelled split to build the graph on")
     p.add_argument("--features", choices=("penultimate", "pool5"), default="penultimate",
-                   help="penultimate: fc7 before ReLU (the clustering features); pool5: trunk output")
+                   help="penultimate: the clustering features (fc7 before ReLU; ResNets: pooled res5); "
+                        "pool5: the flattened trunk output (ResNets: the res5 map)")
     p.add_argument("--k", type=argtypes.positive_int, default=None, help="neighbours per node (default: 10)")
     p.add_argument("--pca-dim", type=argtypes.nonneg_int, default=None, help="PCA-whitening dims, 0 = none; " + default_help(*DEFAULTS["pca_dim"]))
     p.add_argument("--neighbours", type=argtypes.positive_int, default=None, help="neighbours shown per query (default: 3)")
@@ -226,7 +228,8 @@ def run(args: argparse.Namespace) -> Path:
         task="knn-graph", variant={"dataset": "imagenet", "split": args.split, "features": args.features},
         checkpoint=checkpoint_block(ckpt), metrics=metrics,
         protocol={**proto, "k_used": k, "pca_dim_used": used_dim, "features": args.features,
-                  "descriptor": ("fc7 before ReLU" if args.features == "penultimate" else "flattened trunk output")
+                  "descriptor": (descriptor_block(ckpt.meta["arch"])["what"] if args.features == "penultimate"
+                                 else "flattened trunk output")
                   + (", PCA-whitened, L2-normalised" if proto["pca_dim"] else ""),
                   "whitening": "dcbench.whitening.pca_whiten, the one dc-train clusters with (eigenvalues^-0.5, then L2)",
                   "search": "exact L2 (faiss IndexFlatL2), self excluded", "transform": "centre crop",

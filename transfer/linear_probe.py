@@ -6,7 +6,9 @@ All five classifiers train together: one trunk forward per batch feeds all five 
 original scripts ran one job per layer, each repeating the trunk forward).
 
 Probed layers: AlexNet conv1..conv5; VGG16 the last conv of each block (conv1_2, conv2_2,
-conv3_3, conv4_3, conv5_3), named conv1..conv5.
+conv3_3, conv4_3, conv5_3), named conv1..conv5. ResNets: conv1 (after bn1 and ReLU), res2..res5
+(torchvision's layer1..layer4), each pooled by the same rule, plus ``res5_gap``: res5 globally
+average-pooled (2,048-d), the standard linear probe of today's ResNet papers.
 
 Pooling rule (:func:`pooling_for`): for a layer with C channels and an S x S map, the output
 side is the largest o with C * o^2 <= 10,000 that AvgPool2d(k, stride=k, padding=p) can give
@@ -64,6 +66,7 @@ DESCRIPTIONS = {
                      "<=10k dims (Table 5.4)",
 }
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+GAP = "res5_gap"
 MAX_DIM = 10_000  # thesis §5.1: "a dimensionality between 9000 and 10000"
 
 # Protocol defaults: (full, smoke). Full = the original scripts; smoke = seconds on a CPU.
@@ -107,21 +110,33 @@ def choose_pool(channels: int, side: int, max_dim: int = MAX_DIM) -> tuple[int, 
     return side, 0, 1
 
 
+def layer_names(arch: str) -> tuple[str, ...]:
+    """The probed layers of ``arch``: conv1..conv5; for a ResNet conv1, res2..res5 and res5_gap."""
+    a = get_architecture(arch)
+    return (*a.taps, GAP) if a.family == "resnet" else LAYERS
+
+
 def pooling_for(arch: str, input_size: int) -> list[Pool]:
-    """The average pooling of each probed layer (conv1..conv5) for ``arch`` at ``input_size``."""
+    """The average pooling of each probed layer (:func:`layer_names`) for ``arch`` at ``input_size``."""
     convs = conv_shapes(arch, input_size)[:-1]  # the last entry is the trunk output
+    a = get_architecture(arch)
     pools = []
-    for name, idx in zip(LAYERS, get_architecture(arch).probe_taps):
+    for name, idx in zip(layer_names(arch), a.probe_taps):
         c, side, _ = convs[idx]
         if side < 1:
             raise UserError(f"input size {input_size} is too small for {arch} {name}")
         k, p, o = choose_pool(c, side)
         pools.append(Pool(name, c, side, k, p, o))
+    if a.family == "resnet":  # global average pool of res5: one window over the whole map
+        c, side, _ = convs[a.probe_taps[-1]]
+        pools.append(Pool(GAP, c, side, side, 0, 1))
     return pools
 
 
 def make_forward(model, pools: list[Pool], layers: tuple[str, ...]):
     """x -> pooled, flattened features of ``layers``: ONE trunk forward, stopped after the deepest."""
+    if model.arch.family == "resnet":
+        return _resnet_forward(model, pools, layers)
     wanted = {model.arch.probe_taps[LAYERS.index(n)]: n for n in layers}
     relus = model.conv_relu_indices
     last_module = relus[max(wanted)]
@@ -145,14 +160,27 @@ def make_forward(model, pools: list[Pool], layers: tuple[str, ...]):
     return forward
 
 
+def _resnet_forward(model, pools: list[Pool], layers: tuple[str, ...]):
+    taps = model.arch.taps
+    index = {n: taps.index(n) if n != GAP else len(taps) - 1 for n in layers}
+    avg = {p.layer: nn.AvgPool2d(p.kernel, stride=p.stride, padding=p.padding) for p in pools}
+
+    def forward(x: torch.Tensor) -> list[torch.Tensor]:
+        outs = model.tap_outputs(x, upto=max(index.values()))
+        return [avg[n](outs[index[n]]).flatten(1) for n in layers]
+
+    return forward
+
+
 # --------------------------------------------------------------------------------------------
 
 
 def add_arguments(p: argparse.ArgumentParser, task: str) -> None:
     add_input_size_argument(p)
     add_sgd_arguments(p, DEFAULTS)
-    p.add_argument("--layers", default=",".join(LAYERS),
-                   help="comma-separated subset of conv1..conv5 (default: all five)")
+    p.add_argument("--layers", default=None,
+                   help="comma-separated subset of conv1..conv5 (ResNets: conv1,res2,res3,res4,res5,res5_gap) "
+                        "(default: all of the checkpoint's)")
     if task == "linear-places":
         p.add_argument("--images", type=Path, default=None,
                        help="Places205 image root (default: DATA/images); list files in "
@@ -160,12 +188,14 @@ def add_arguments(p: argparse.ArgumentParser, task: str) -> None:
     p.set_defaults(task_name=task)
 
 
-def parse_layers(spec: str) -> tuple[str, ...]:
+def parse_layers(spec: str | None, names: tuple[str, ...] = LAYERS) -> tuple[str, ...]:
+    if spec is None:
+        return names
     layers = tuple(s.strip() for s in spec.split(",") if s.strip())
-    bad = [s for s in layers if s not in LAYERS]
+    bad = [s for s in layers if s not in names]
     if bad or not layers:
-        raise UserError(f"--layers {spec}: choose a comma-separated subset of {','.join(LAYERS)}")
-    return tuple(n for n in LAYERS if n in layers)
+        raise UserError(f"--layers {spec}: choose a comma-separated subset of {','.join(names)} (this checkpoint's)")
+    return tuple(n for n in names if n in layers)
 
 
 def load_data(args: argparse.Namespace, task: str, meta: dict, size: int, proto: dict):
@@ -191,11 +221,11 @@ def run(args: argparse.Namespace) -> Path:
     task = args.task_name
     timer = Timer()
     proto = resolve_protocol(args, DEFAULTS)
-    layers = parse_layers(args.layers)
     with timer("load"):
         ckpt = load_checkpoint(args.checkpoint)
         size = input_size(args, ckpt.meta)
         arch = ckpt.meta["arch"]
+        layers = parse_layers(args.layers, layer_names(arch))
         pools = [p for p in pooling_for(arch, size) if p.layer in layers]
         train, val, n_classes, root, name = load_data(args, task, ckpt.meta, size, proto)
         data_fp = fingerprint(root)

@@ -93,7 +93,7 @@ def draw_subset(targets: list[int], n: int, seed: int, shots: int, draw: int) ->
 
 
 def with_new_fc8(net: nn.Module, n_classes: int) -> nn.Module:
-    net.top_layer = nn.Linear(net.classifier[net.fc_indices[1]].out_features, n_classes)
+    net.top_layer = nn.Linear(net.arch.descriptor_dim, n_classes)  # on fc7; a ResNet's pooled res5
     training.init_linear(net.top_layer)
     for p in net.parameters():
         p.requires_grad = True

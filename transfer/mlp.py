@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> Path:
     proto = resolve_protocol(args, DEFAULTS)
     with timer("load"):
         ckpt = load_checkpoint(args.checkpoint)
+        training.fc_layers(ckpt.model, args.checkpoint)  # retrains fc6-fc8: a trunk without them is refused
         size = input_size(args, ckpt.meta)
         root = dataset_dir(args, "classification", ("train", "val"))
         train = ImageFolder(root / "train", train_transform(ckpt.meta, size, proto["train_aug"], loader_of(args)))

@@ -172,10 +172,11 @@ def fc_layers(model: DeepClusterNet, path: Path) -> tuple[nn.Linear, nn.Linear]:
     classifier = getattr(model, "classifier", None)
     try:
         fc6, fc7 = (classifier[i] for i in model.fc_indices)
-    except (TypeError, IndexError):
+    except (TypeError, IndexError, AttributeError):
         fc6 = fc7 = None
     if not isinstance(fc6, nn.Linear) or not isinstance(fc7, nn.Linear):
-        raise UserError(f"{path}: this task needs fc6/fc7 (classifier.*) and the checkpoint has none")
+        arch = getattr(getattr(model, "spec", None), "arch", "this")
+        raise UserError(f"{path}: this task needs fc6/fc7 (classifier.*) and the checkpoint ({arch}) has none")
     return fc6, fc7
 
 

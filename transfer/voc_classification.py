@@ -1,6 +1,8 @@
 """voc-classification: PASCAL VOC2007 multi-label classification, trainval -> test (thesis Table 5.5).
 
 ``--layers fc6-8``: the conv trunk is frozen; fc6, fc7 and a new 20-way fc8 are trained.
+``--layers res5`` (ResNets, which have no fc6/fc7): the trunk is frozen and a new 20-way linear
+layer is trained on res5, globally average-pooled (2,048-d), with fc6-8's schedule (our choice).
 ``--layers all``: the whole network is fine-tuned (Sobel excepted). In both, fc6-fc8 start
 from a fresh initialisation (``--fc-init random``, as DeepCluster's scripts do; ``checkpoint``
 keeps the checkpoint's fc6/fc7) and BatchNorm uses its running statistics throughout.
@@ -31,6 +33,7 @@ from tqdm import tqdm
 from dcbench import argtypes
 from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import VOC_CLASSES, VOCClassification, collate_skip_none, fingerprint
+from dcbench.errors import UserError
 from dcbench.results import checkpoint_block, make_result
 from dcbench.seeding import seed_everything
 from dcbench.transfer import training
@@ -46,7 +49,8 @@ from dcbench.transfer.protocol import (
     save_and_report,
 )
 
-DESCRIPTION = "VOC07 multi-label classification, trainval->test, --layers fc6-8|all; mAP (Table 5.5)"
+DESCRIPTION = "VOC07 multi-label classification, trainval->test, --layers fc6-8|all (ResNets: res5|all); mAP (Table 5.5)"
+LAYERS = ("fc6-8", "res5", "all")
 
 # Protocol defaults per --layers: (full, smoke).
 DEFAULTS = {
@@ -55,6 +59,12 @@ DEFAULTS = {
         "batch_size": (16, 16),      # eval_voc_classif_fc6_8.sh BSZ=16
         "lr": (0.003, 0.003),        # eval_voc_classif_fc6_8.sh LR=0.003 (= eval_voc_classif.py default)
         "stepsize": (5000, 20),      # eval_voc_classif_fc6_8.sh stepsize=5000
+    },
+    "res5": {  # a linear layer on frozen features, like fc6-8's: its schedule (our choice)
+        "iterations": (150000, 40),
+        "batch_size": (16, 16),
+        "lr": (0.003, 0.003),
+        "stepsize": (5000, 20),
     },
     "all": {
         "iterations": (150000, 40),  # eval_voc_classif_all.sh -nit 150000
@@ -74,9 +84,26 @@ DEFAULTS = {
 }
 
 
+def resolve_layers(layers: str | None, family: str, path) -> str:
+    """``--layers`` for this checkpoint: fc6-8 needs fc6/fc7, res5 a ResNet; default fc6-8 / res5."""
+    resnet = family == "resnet"
+    if layers is None:
+        return "res5" if resnet else "fc6-8"
+    if layers == "fc6-8" and resnet:
+        raise UserError(f"--layers fc6-8: {path} is a ResNet, which has no fc6/fc7; use --layers res5 "
+                        "(linear on pooled res5) or all")
+    if layers == "res5" and not resnet:
+        raise UserError(f"--layers res5 is for ResNet checkpoints; {path} has fc6/fc7: use --layers fc6-8 or all")
+    return layers
+
+
 def build_model(model, fc_init: str) -> nn.Module:
-    """A copy of the checkpoint's network with a new 20-way top layer (fc8)."""
+    """A copy of the checkpoint's network with a new 20-way top layer (fc8; ResNets: on pooled res5)."""
     net = copy.deepcopy(model)
+    if net.arch.family == "resnet":
+        net.top_layer = nn.Linear(net.arch.descriptor_dim, len(VOC_CLASSES))
+        net.top_layer.bias.data.fill_(0.1)
+        return net
     if fc_init == "random":
         for m in net.classifier.modules():
             if isinstance(m, nn.Linear):
@@ -95,8 +122,11 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def trainable(net: nn.Module, layers: str) -> list[nn.Parameter]:
     for p in net.parameters():
         p.requires_grad = False
-    mods = [net.classifier, net.top_layer] + ([net.features] if layers == "all" else [])
-    params = [p for m in mods for p in m.parameters()]
+    if layers == "all":
+        params = [p for n, p in net.named_parameters() if not n.startswith("sobel.")]
+    else:
+        mods = [net.top_layer] + ([net.classifier] if layers == "fc6-8" else [])
+        params = [p for m in mods for p in m.parameters()]
     for p in params:
         p.requires_grad = True
     return params
@@ -107,7 +137,9 @@ def train(net: nn.Module, params, loader, *, iterations: int, lr: float, stepsiz
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     losses = training.DeviceLosses()
     net.train()
-    net.features.eval()  # eval_voc_classif.py: "in the batch norms always use global statistics"
+    for m in net.modules():  # eval_voc_classif.py: "in the batch norms always use global statistics"
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
     for it, (x, y) in enumerate(tqdm(training.steps(loader, iterations), total=iterations,
                                      desc="voc train", leave=False, disable=None)):
         if it and it % stepsize == 0:
@@ -144,8 +176,9 @@ def evaluate(net: nn.Module, batches, device: str, precision: str = "fp32") -> t
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_input_size_argument(p)
-    p.add_argument("--layers", choices=("fc6-8", "all"), default="fc6-8",
-                   help="fc6-8: frozen convs; all: fine-tune everything")
+    p.add_argument("--layers", choices=LAYERS, default=None,
+                   help="fc6-8: frozen convs (default); res5: ResNets' frozen trunk, linear on pooled res5 "
+                        "(their default); all: fine-tune everything")
     p.add_argument("--fc-init", choices=("random", "checkpoint"), default="random",
                    help="fc6/fc7 start: random (DeepCluster's scripts) or the checkpoint's weights")
     p.add_argument("--iterations", type=argtypes.positive_int, default=None, help="default: 150000 (full), 40 (smoke)")
@@ -170,9 +203,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> Path:
     timer = Timer()
-    proto = resolve_protocol(args, {**DEFAULTS[args.layers], **DEFAULTS["common"]})
     with timer("load"):
         ckpt = load_checkpoint(args.checkpoint)
+        args.layers = resolve_layers(args.layers, ckpt.model.arch.family, args.checkpoint)
+        proto = resolve_protocol(args, {**DEFAULTS[args.layers], **DEFAULTS["common"]})
         size = input_size(args, ckpt.meta)
         devkit = dataset_dir(args, "VOCdevkit", ("VOC2007",))
         norm = [T.ToTensor(), normalize(ckpt.meta)]
@@ -185,8 +219,8 @@ def run(args: argparse.Namespace) -> Path:
     seed_everything(args.seed)
     net = training.place(build_model(ckpt.model, args.fc_init), args.device, precision_of(args))
     params = trainable(net, args.layers)
-    trunk = nn.ModuleList([m for m in (net.sobel, net.features) if m is not None])
-    trunk_before = training.parameter_snapshot(trunk) if args.layers == "fc6-8" else None
+    trunk = nn.ModuleList([m for n, m in net.named_children() if n not in ("classifier", "top_layer")])
+    trunk_before = training.parameter_snapshot(trunk) if args.layers != "all" else None
     bs, workers = proto["batch_size"], args.workers
     # One loader for the whole run: successive permutations of trainval, iterations * batch samples.
     gen = torch.Generator().manual_seed(args.seed)
@@ -199,7 +233,7 @@ def run(args: argparse.Namespace) -> Path:
                        weight_decay=proto["weight_decay"], clip=proto["grad_clip"], device=args.device,
                        precision=precision_of(args))
     if trunk_before is not None:
-        training.assert_unchanged(trunk, trunk_before, "voc-classification fc6-8: frozen trunk")
+        training.assert_unchanged(trunk, trunk_before, f"voc-classification {args.layers}: frozen trunk")
     with timer("test"):
         torch.manual_seed(args.seed + 1)
         scores, targets = evaluate(net, training.loader(test_ds, max(1, bs // 2), shuffle=False, workers=workers,
@@ -209,7 +243,8 @@ def run(args: argparse.Namespace) -> Path:
     result = make_result(
         task="voc-classification", variant={"dataset": "voc2007", "layers": args.layers},
         checkpoint=checkpoint_block(ckpt), metrics={"map": float(np.mean(aps[defined]) * 100)},
-        protocol={**proto, "layers": args.layers, "fc_init": args.fc_init, "optimizer": "SGD",
+        protocol={**proto, "layers": args.layers, "optimizer": "SGD",
+                  "fc_init": args.fc_init if ckpt.model.arch.family == "convfc" else None,  # no fc6/fc7 to init
                   "lr_schedule": "step: lr *= lr_gamma every stepsize iterations",
                   "loss": "BCE with logits, difficult-only labels masked, summed over classes, mean over batch",
                   "batchnorm": "running statistics (features in eval mode)",

@@ -21,6 +21,14 @@ give meaningless batch statistics). Training: multi-scale (shorter side drawn pe
 horizontal flips, as Fast R-CNN; difficult objects are left out of training, as in Fast R-CNN.
 Test: one scale.
 
+ResNet checkpoints (no fc6/fc7) get torchvision's ResNet-FPN Faster R-CNN instead (our choice
+of FPN over C4: the C4 box head runs res5 on every RoI, too slow for CPU smoke runs):
+    image -> [sobel] -> the checkpoint's ResNet (res2..res5) -> torchvision FeaturePyramidNetwork
+          (256 channels, P2-P6) -> RPN (one anchor size per level) -> MultiScaleRoIAlign 7x7
+          -> TwoMLPHead (2 x 1024, new) -> 21-way classification + box regression (new)
+as torchvision's ``fasterrcnn_resnet50_fpn``; only ``--layers all`` (BatchNorm on stored
+statistics, as above). Fast R-CNN with ``--proposals`` runs through the same RoI heads.
+
 Output: ``comp4_det_test_<class>.txt`` per class (VOC devkit results format, 1-based pixel boxes)
 in ``<out>/voc-detection-<checkpoint>-<variant>-<time>/``, and mAP by the VOC2007 rules computed
 from those files (:mod:`dcbench.transfer.voc_eval`).
@@ -53,6 +61,7 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.rpn import AnchorGenerator
 from torchvision.models.detection.transform import resize_boxes
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from tqdm import tqdm
 
 from dcbench import argtypes
@@ -151,8 +160,64 @@ class BoxHead(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
+FPN_ANCHORS = ([32, 64, 128, 256, 512], [16, 32, 64, 128, 256])  # (full: torchvision/Detectron FPN, smoke)
+# (full, smoke) lr of the ResNet-FPN detector, our choice: torchvision's detection reference (0.02 for 16
+# images) scaled to 2 images; smoke 0.001 (a random-init ResNet-50 diverged there at 0.01, and its loss rose to 24
+# in 6 iterations at 0.0025, against 5.3 at 0.001).
+FPN_LR = (0.0025, 0.001)
+
+
+class ResNetFPN(nn.Module):
+    """The checkpoint's ResNet (res2..res5; BatchNorm on stored statistics) under torchvision's FPN."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.body = copy.deepcopy(model)
+        self.body.top_layer = None
+        if self.body.sobel is not None:
+            for p in self.body.sobel.parameters():
+                p.requires_grad = False
+        chans = [int(m[-1].conv3.out_channels) for m in self.body.stages]
+        self.fpn = FeaturePyramidNetwork(chans, 256, extra_blocks=LastLevelMaxPool())
+        self.out_channels = 256
+        self.train(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.body.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> OrderedDict:
+        outs = self.body.tap_outputs(x)[1:]
+        return self.fpn(OrderedDict((str(i), o) for i, o in enumerate(outs)))
+
+
+def build_resnet_detector(model: nn.Module, proto: dict, *, mean, std,
+                          num_classes: int = len(VOC_CLASSES) + 1) -> FasterRCNN:
+    backbone = ResNetFPN(model)
+    anchors = AnchorGenerator(sizes=tuple((int(s),) for s in proto["anchor_sizes"]),
+                              aspect_ratios=(tuple(proto["anchor_ratios"]),) * len(proto["anchor_sizes"]))
+    return FasterRCNN(
+        backbone, num_classes=num_classes, min_size=tuple(proto["train_scales"]), max_size=proto["max_size"],
+        image_mean=list(mean), image_std=list(std), rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=proto["rpn_pre_nms_train"], rpn_post_nms_top_n_train=proto["rpn_post_nms_train"],
+        rpn_pre_nms_top_n_test=proto["rpn_pre_nms_test"], rpn_post_nms_top_n_test=proto["rpn_post_nms_test"],
+        rpn_nms_thresh=proto["rpn_nms"], rpn_batch_size_per_image=proto["rpn_batch_per_image"],
+        box_score_thresh=proto["score_thresh"], box_nms_thresh=proto["test_nms"],
+        box_detections_per_img=proto["detections_per_image"], box_fg_iou_thresh=proto["fg_iou"],
+        box_bg_iou_thresh=proto["bg_iou"], box_batch_size_per_image=proto["rois_per_image"],
+        box_positive_fraction=proto["fg_fraction"],
+    )
+
+
 def build_detector(model: DeepClusterNet, path: Path, proto: dict, *, frozen_trunk: bool,
                    mean, std, num_classes: int = len(VOC_CLASSES) + 1) -> FasterRCNN:
+    if model.arch.family == "resnet":
+        if frozen_trunk:
+            raise UserError(f"--layers fc6-8: {path} is a ResNet, which has no fc6/fc7; use --layers all")
+        return build_resnet_detector(model, proto, mean=mean, std=std, num_classes=num_classes)
     fc_layers(model, path)  # one-line error if fc6/fc7 are missing
     trunk = ConvTrunk(model, drop_last_pool=True, frozen=frozen_trunk)
     _, kh, kw = (int(v) for v in model.feature_shape)
@@ -190,7 +255,9 @@ def detector_forward(det: FasterRCNN, images: list[torch.Tensor], targets=None, 
     original_sizes = [tuple(img.shape[-2:]) for img in images]
     image_list, targets = det.transform(images, targets)
     props = [resize_boxes(p, osz, nsz) for p, osz, nsz in zip(proposals, original_sizes, image_list.image_sizes)]
-    features = OrderedDict([("0", det.backbone(image_list.tensors))])
+    features = det.backbone(image_list.tensors)
+    if not isinstance(features, dict):
+        features = OrderedDict([("0", features)])
     detections, losses = det.roi_heads(features, props, image_list.image_sizes, targets)
     if det.training:
         return losses
@@ -283,8 +350,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=argtypes.positive_float, default=None, help=default_help(*DEFAULTS["common"]["lr"]))
 
 
-def protocol(args: argparse.Namespace, method: str) -> dict:
+def protocol(args: argparse.Namespace, method: str, family: str = "convfc") -> dict:
     proto = override_schedule(resolve_protocol(args, {**DEFAULTS["common"], **DEFAULTS[method]}), args)
+    if family == "resnet":
+        if args.lr is None:
+            proto["lr"] = FPN_LR[0 if args.scale == "full" else 1]
+        proto.update(
+            anchor_sizes=list(FPN_ANCHORS[0 if args.scale == "full" else 1]),
+            roi_pooling="MultiScaleRoIAlign 7x7, sampling ratio 2, on FPN levels P2-P5 (torchvision)",
+            box_head="TwoMLPHead 2 x 1024, new (torchvision fasterrcnn_resnet50_fpn)",
+            backbone="checkpoint ResNet res2-res5 + torchvision FeaturePyramidNetwork (256 ch, P6 by max-pool), new",
+        )
+        proto.update(method=method, layers=args.layers, train_split="VOC2007 trainval", test_split="VOC2007 test",
+                     engine=f"torchvision {torchvision.__version__} FasterRCNN (ResNet-FPN)",
+                     batchnorm="stored statistics (eval mode)", train_difficult=False,
+                     proposals=str(args.proposals) if args.proposals else None,
+                     metric="VOC2007 11-point AP, IoU > 0.5, difficult ignored, duplicates false positives",
+                     source="our choice: torchvision's ResNet-FPN Faster R-CNN with the schedule above")
+        return proto
     proto.update(
         method=method, layers=args.layers, train_split="VOC2007 trainval", test_split="VOC2007 test",
         engine=f"torchvision {torchvision.__version__} FasterRCNN / RoIHeads",
@@ -370,7 +453,7 @@ def run(args: argparse.Namespace) -> Path:
     if method == "faster-rcnn" and args.proposals is not None:
         raise UserError("--proposals is for --method fast-rcnn; drop one of them")
     ckpt = load_checkpoint(args.checkpoint)
-    proto = protocol(args, method)
+    proto = protocol(args, method, ckpt.model.arch.family)
     device = torch.device(args.device)
     root = data_root(args)
     train_ds = VOCDetection(root, "2007", "trainval")

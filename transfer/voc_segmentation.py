@@ -14,6 +14,12 @@ training). In both, BatchNorm runs on its stored statistics: FCN trains with one
 batch, where batch statistics are meaningless (the Caffe protocols of the thesis era folded BN
 into the convs for the same reason). Label 255 is ignored in the loss and in the metric.
 
+ResNet checkpoints (no fc6/fc7) get torchvision's FCN head instead (``FCNHead``: 3x3 conv to 512,
+BatchNorm, ReLU, dropout 0.1, 1x1 conv to 21 classes; new) on res5 built with dilation 2 instead of
+stride 2 (output stride 16, the same weights), bilinearly upsampled to the input, as torchvision's
+``fcn_resnet50``; only ``--layers all``, the trunk's BatchNorm on stored statistics (the head's own
+BatchNorm trains, over the positions of each one-image batch).
+
 Run on the embedded data: ``dc-transfer voc-segmentation --scale smoke --checkpoint CKPT``.
 """
 
@@ -34,7 +40,7 @@ from dcbench import argtypes
 from dcbench.checkpoint import load_checkpoint, preprocessing
 from dcbench.datasets import VOCSegmentation, fingerprint
 from dcbench.errors import DataError, UserError
-from dcbench.models import DeepClusterNet
+from dcbench.models import DeepClusterNet, make_network
 from dcbench.results import checkpoint_block, make_result
 from dcbench.seeding import seed_everything
 from dcbench.transfer import training
@@ -129,6 +135,53 @@ class FCN32s(nn.Module):
         return F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
 
 
+class ResNetTrunk(nn.Module):
+    """The checkpoint's ResNet with a dilated res5 (stride 16), BatchNorm on stored statistics."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.net = make_network(model.spec, dilate_res5=True)  # same parameters, dilation instead of stride
+        self.net.load_state_dict(model.state_dict())
+        self.net.top_layer = None
+        self.frozen = False
+        if self.net.sobel is not None:
+            for p in self.net.sobel.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.trunk(x)
+
+
+class ResNetFCN(nn.Module):
+    def __init__(self, model: nn.Module, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        from torchvision.models.segmentation.fcn import FCNHead
+
+        self.trunk = ResNetTrunk(model)
+        self.head = FCNHead(model.arch.descriptor_dim, num_classes)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.head(self.trunk(x)), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def build_fcn(model: nn.Module, path: Path, *, frozen_trunk: bool) -> nn.Module:
+    if model.arch.family == "resnet":
+        if frozen_trunk:
+            raise UserError(f"--layers fc6-8: {path} is a ResNet, which has no fc6/fc7; use --layers all")
+        return ResNetFCN(model)
+    return FCN32s(model, path, frozen_trunk=frozen_trunk)
+
+
 # ----------------------------------------------------------------------------------------------
 # Data
 class PairTransform:
@@ -157,6 +210,8 @@ def _collate_one(batch):
 
 def min_input_side(model: DeepClusterNet) -> int:
     """The smallest square input for which the full trunk still yields a 1x1 map."""
+    if model.arch.family == "resnet":
+        return 64  # dilated res5 at stride 16: a 4x4 map (FCNHead's BatchNorm needs more than one position)
     c = 2 if model.sobel is not None else 3
     for side in range(32, 1025, 16):
         try:
@@ -180,8 +235,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=argtypes.positive_float, default=None, help=default_help(*DEFAULTS["lr"]))
 
 
-def protocol(args: argparse.Namespace) -> dict:
+def protocol(args: argparse.Namespace, family: str = "convfc") -> dict:
     proto = override_schedule(resolve_protocol(args, DEFAULTS), args)
+    if family == "resnet":
+        proto.update(model="FCN: torchvision FCNHead on dilated res5 (output stride 16)", layers=args.layers,
+                     train_split=args.train_split, val_split=args.val_split, lr_gamma=0.1,
+                     augmentation="none (as FCN)", batchnorm="trunk: stored statistics (eval mode); head: trained",
+                     upsampling="bilinear to the input", ignore_label=IGNORE,
+                     metric="mean IoU over 21 classes (confusion matrix over the whole val split; classes in "
+                     "neither ground truth nor prediction left out)",
+                     source="our choice: torchvision fcn_resnet50's head with the FCN-32s schedule above")
+        return proto
     proto.update(
         model="FCN-32s", layers=args.layers, train_split=args.train_split, val_split=args.val_split,
         lr_gamma=0.1, augmentation="none (as FCN)", batchnorm="stored statistics (eval mode) in both variants",
@@ -242,12 +306,12 @@ def run(args: argparse.Namespace) -> Path:
     timer = Timer()
     seed_everything(args.seed)
     ckpt = load_checkpoint(args.checkpoint)
-    proto = protocol(args)
+    proto = protocol(args, ckpt.model.arch.family)
     device = torch.device(args.device)
     root = data_root(args)
     pre = preprocessing(ckpt.meta, str(args.checkpoint / "meta.json"))
     mean, std = pre.mean, pre.std
-    net = FCN32s(ckpt.model, args.checkpoint, frozen_trunk=args.layers == "fc6-8")
+    net = build_fcn(ckpt.model, args.checkpoint, frozen_trunk=args.layers == "fc6-8")
     tf = PairTransform(mean, std, min_input_side(ckpt.model))
     train_set = VOCSegmentation(root, "2012", args.train_split, transforms=tf)
     val_set = VOCSegmentation(root, "2012", args.val_split, transforms=tf)
