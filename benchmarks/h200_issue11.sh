@@ -43,6 +43,8 @@ timeout 360 python3 benchmarks/gpu_epoch.py $EP --compare-loaders --workdir $W/e
     --out "$OUT/gpu_epoch_cuda_100000.json" \
   || timeout 300 python3 benchmarks/gpu_epoch.py $EP --loader draft --workdir $W/e100k \
     --out "$OUT/gpu_epoch_cuda_100000_draft.json"
+step "2b. gpu_epoch, ResNet-50 (issue 16): the same JPEGs and settings"
+timeout 300 python3 benchmarks/gpu_epoch.py $EP --arch resnet50 --workdir $W/e100k --out "$OUT/gpu_epoch_cuda_100000_resnet50.json"
 [ $DEV = cuda ] && timeout 60 python3 benchmarks/nvjpeg_breakdown.py --root $W/e100k/data $NBK --out "$OUT/nvjpeg_breakdown.json"
 
 step "3. before, side by side: ee62095's dc-train (the issue's measurement), 25,600 JPEGs, k=1000, 15 workers"
