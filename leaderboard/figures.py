@@ -8,7 +8,8 @@ What is drawn (thesis chapter 4), each only when some run's log holds the field:
 - the cumulative share of PCA variance against the number of components (Figure 4.3), from the
   ``pca_variance`` field, first and last logged epoch per run.
 A diagnostic of epoch e is computed before that epoch's training, so it is placed at the updates
-done by then; the loss of epoch e is a mean over the epoch and placed at its end.
+done by then; the loss of epoch e is a mean over the epoch and placed at its end. Diagnostics logged
+within an epoch (``dc-train --diag-every N``, the record's ``diag`` list) sit at their own update.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Curve:
     title: str
     thesis: str  # the thesis figures this one corresponds to
     percent: bool
+    at_end: bool = False  # measured after the epoch's training (val top-1), not before it
 
 
 CURVES = (
@@ -41,6 +43,8 @@ CURVES = (
     Curve("nmi_labels", "NMI(clusters, labels)", "NMI of the clusters with the labels",
           "Figures 4.2, 4.4-4.7 (second measure)", False),
     Curve("nmi_prev", "NMI(epoch t-1, epoch t)", "Stability of the assignments", "-", False),
+    Curve("val_top1", "top-1 on val, centre crop (%)", "Supervised reference: accuracy on the val set",
+          "Table 4.2", False, at_end=True),
 )
 # Every PNG name this module writes; only these are ever removed from a figures folder.
 FIGURE_NAMES = {f"{c.key}.png" for c in CURVES} | {"loss.png", "pca_variance.png"}
@@ -80,8 +84,7 @@ def curve_figure(runs: list[Run], labels: list[str], curve: Curve, path: Path) -
     fig, ax = _axes(curve.title, "SGD updates", curve.ylabel)
     drawn = False
     for i, (run, label) in enumerate(zip(runs, labels)):
-        pts = [(u, r[curve.key] * (100 if curve.percent else 1))
-               for u, r in zip(run.updates_before(), run.records) if r.get(curve.key) is not None]
+        pts = [(u, v * (100 if curve.percent else 1)) for u, v in run.points(curve.key, curve.at_end)]
         if not pts:
             continue
         xs, ys = zip(*pts)
@@ -162,8 +165,11 @@ _CAPTIONS = {
     "ratio_edge_intra_class": "Ratio edge intra-class (thesis §4.1): the share of the 10-NN graph's edges, on the "
                               "PCA-whitened descriptors of the clustered images, that join two images of the same "
                               "class, averaged over classes. Thesis {thesis}.",
-    "nmi_labels": "NMI between the epoch's clusters and the true labels. Thesis {thesis}.",
+    "nmi_labels": "NMI between the epoch's clusters and the true labels (points within an epoch, from "
+                  "--diag-every: a fresh clustering of the diagnostic sample). Thesis {thesis}.",
     "nmi_prev": "NMI between the assignments of two consecutive epochs (how much the clusters still move).",
+    "val_top1": "Top-1 accuracy of the network's own classifier on the val set, centre crops, after each epoch "
+                "(dc-train --targets labels; thesis {thesis}).",
     "loss": "Training loss against updates (thesis Figure 4.8); dotted: ln k, the loss of a uniform guess.",
     "pca_variance": "Cumulative share of the PCA spectrum's variance kept by the top components (thesis Figure "
                     "4.3); dashed: first logged epoch, solid: last.",
