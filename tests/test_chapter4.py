@@ -297,4 +297,5 @@ def test_targets_labels_beats_chance_on_embedded_val(embedded_root, tmp_path):
     log = L.read_log(out)
     chance = 10.0  # 10 balanced classes, 200 val images
     assert json.loads((out / "config.json").read_text())["val_root"].endswith("val")
-    assert log[-1]["val_top1"] > chance + 10, [r["val_top1"] for r in log]
+    # 200 val images: one standard error at chance is 2.1 points; ask for more than two
+    assert log[-1]["val_top1"] > chance + 5, [r["val_top1"] for r in log]
