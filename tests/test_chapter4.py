@@ -239,6 +239,15 @@ def test_diag_every_logs_at_its_steps_and_changes_nothing_else(tiny_data, tmp_pa
     a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "diag")
     assert all(torch.equal(a[k], b[k]) for k in a)  # only the log differs
     assert all(len(r["pca_variance"]) == 8 for r in log)
+    # dc-figures reads the real log: the spectrum and the mid-epoch points are drawn
+    from dcbench.errors import run_cli
+    from dcbench.leaderboard import figures_cli
+    from dcbench.leaderboard.runs import load_run
+
+    assert run_cli(figures_cli.main, [str(tmp_path / "plain"), str(tmp_path / "diag"),
+                                      "--out", str(tmp_path / "f.md")]) == 0
+    assert {"pca_variance.png", "ratio_edge_intra_class.png"} <= {p.name for p in (tmp_path / "f_png").iterdir()}
+    assert [u for u, _ in load_run(tmp_path / "diag").points("ratio_edge_intra_class")] == [0, 2, 4, 6]
 
 
 @pytest.mark.slow
@@ -299,3 +308,16 @@ def test_targets_labels_beats_chance_on_embedded_val(embedded_root, tmp_path):
     assert json.loads((out / "config.json").read_text())["val_root"].endswith("val")
     # 200 val images: one standard error at chance is 2.1 points; ask for more than two
     assert log[-1]["val_top1"] > chance + 5, [r["val_top1"] for r in log]
+
+
+def test_a_run_saved_before_these_options_resumes_and_another_choice_is_refused(tmp_path):
+    from dcbench.errors import UserError
+
+    cfg = make_config("km-ImNet-Sob", "smoke")
+    saved = L._config_json(cfg)
+    for k in ("descriptor", "head", "crop", "flip", "diag_every", "targets", "val_data"):
+        saved.pop(k)
+    L._check_resumable(saved, cfg, tmp_path)  # the defaults are what older runs did
+    L._check_resumable(saved, make_config("km-ImNet-Sob", "smoke", diag_every=5), tmp_path)  # logging only
+    with pytest.raises(UserError, match="head"):
+        L._check_resumable(saved, make_config("km-ImNet-Sob", "smoke", head="2fc"), tmp_path)
