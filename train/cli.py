@@ -28,7 +28,8 @@ DEFAULT_PRESET = "km-ImNet-Sob"
 
 # What a None in the config means, for the help text.
 _NONE_MEANS = {"steps_per_epoch": "epoch multiplier x |X~| / batch size", "pool_size": "the whole dataset",
-               "subset_size": "the whole pool", "data": "the embedded data"}
+               "subset_size": "the whole pool", "data": "the embedded data",
+               "val_data": "the training folder's sibling val/, if there is one"}
 
 
 def chosen_preset_and_scale(argv: Sequence[str] | None) -> tuple[str, str]:
@@ -135,12 +136,11 @@ def build_parser(argv: Sequence[str] | None = None) -> ArgumentParser:
     o4("--crop", choices=CROPS, help="training crop: random-sized (RandomResizedCrop), random (fixed size, "
                                      "random place), central")
     o4("--flip", choices=FLIPS, help="training flip, with probability 0.5")
-    o4("--diag-every", type=int, help="also log the 10-NN ratio every N updates within an epoch (0 = per epoch)")
+    o4("--diag-every", type=int, metavar="N", help="also log the 10-NN ratio every N updates within an epoch (0 = per epoch)")
     o4("--targets", choices=TARGETS,
        help="clusters (DeepCluster), labels (the folder's classes: supervised), fixed-clusters (clustered "
             "once, then held)")
-    o4("--val-data", help="--targets labels: ImageFolder scored each epoch, centre-crop top-1 "
-                          "(none = the training folder's sibling val/, if any)")
+    o4("--val-data", metavar="DIR", help="--targets labels: ImageFolder scored each epoch, centre-crop top-1")
     o("--quiet", action="store_true", default=None, help="no progress bars or epoch lines")
     return p
 
