@@ -321,3 +321,23 @@ def test_a_run_saved_before_these_options_resumes_and_another_choice_is_refused(
     L._check_resumable(saved, make_config("km-ImNet-Sob", "smoke", diag_every=5), tmp_path)  # logging only
     with pytest.raises(UserError, match="head"):
         L._check_resumable(saved, make_config("km-ImNet-Sob", "smoke", head="2fc"), tmp_path)
+
+
+def test_nvjpeg_training_crops_go_through_the_loop_like_drafts(tiny_data):
+    """The loop's nvjpeg path on the CPU: a central training crop is decoded with the resize
+    geometry (not read as a random-sized box), and matches the draft loader's up to resampling."""
+    import dataclasses
+
+    from dcbench.datasets import ImageFolder
+
+    cfg = make_config("km-ImNet-Sob", "smoke", data=str(tiny_data), workers=0, crop="central", flip="none")
+    ds = ImageFolder(tiny_data)
+    items = np.arange(0, 48, 4)
+    xs = {}
+    for loader in ("draft", "nvjpeg"):
+        c = dataclasses.replace(cfg, loader=loader)
+        train_fn, _ = L.crop_loaders(c, loader)
+        batch = next(iter(L.Feed(ds, train_fn, c, torch.device("cpu"))(items, np.zeros(len(items), np.int64), 12, 0)))
+        xs[loader], _ = L._inputs(batch, c, torch.device("cpu"), centre=False)
+    a, b = xs["draft"].flatten(1), xs["nvjpeg"].flatten(1)
+    assert torch.nn.functional.cosine_similarity(a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)).min() > 0.95
