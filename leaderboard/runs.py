@@ -23,6 +23,7 @@ MAX_RECORDS = 100_000
 MAX_STEPS = 10**9  # per epoch; ImageNet's longest preset epoch is ~15k
 MAX_SPECTRUM = 4096  # entries of pca_variance (dc-train logs k <= 256)
 MAX_DIAG = 10_000  # mid-epoch diagnostics in one epoch record (dc-train --diag-every)
+MAX_CLASSES = 100_000  # entries of ratio_per_class (ImageNet: 1,000)
 MAX_VALUE_CHARS = 40  # a config value shown in a label or a table cell
 MAX_LABEL_OPTIONS = 4  # options named in one curve's label; the page's run table lists them all
 MAX_LABEL_CHARS = 160
@@ -32,7 +33,7 @@ NOT_AN_OPTION = {"out", "quiet", "workers", "device", "faiss_gpu", "snapshot_eve
 
 _NUMBER_FIELDS = {  # field -> (low, high); None values are allowed (e.g. nmi_prev at epoch 1)
     "loss": (0.0, 1e6), "log_k": (0.0, 1e3), "nmi_labels": (0.0, 1.0), "nmi_prev": (0.0, 1.0),
-    "ratio_edge_intra_class": (0.0, 1.0), "val_top1": (0.0, 100.0),
+    "ratio_edge_intra_class": (0.0, 1.0), "val_top1": (0.0, 100.0), "ratio_random_graph": (0.0, 1.0),
 }
 _DIAG_FIELDS = ("ratio_edge_intra_class", "nmi_labels")  # what a mid-epoch diagnostic may hold
 
@@ -130,6 +131,12 @@ def _check_record(rec: dict, where: str) -> dict:
                 or any(b < a - 1e-6 for a, b in zip(spec, spec[1:]))):
             raise bad("pca_variance", f"a list of 1..{MAX_SPECTRUM} non-decreasing fractions in [0, 1]")
         out["pca_variance"] = [float(v) for v in spec]
+    per_class = rec.get("ratio_per_class")
+    if per_class is not None:
+        if (not isinstance(per_class, list) or not 1 <= len(per_class) <= MAX_CLASSES
+                or not all(_number(v, 0.0, 1.0) for v in per_class)):
+            raise bad("ratio_per_class", f"a list of 1..{MAX_CLASSES} fractions in [0, 1]")
+        out["ratio_per_class"] = [float(v) for v in per_class]
     diag = rec.get("diag")
     if diag is not None:
         if not isinstance(diag, list) or len(diag) > MAX_DIAG:

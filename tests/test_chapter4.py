@@ -210,6 +210,26 @@ def test_figures_read_mid_epoch_diagnostics(tmp_path):
     (tmp_path / "log.jsonl").write_text(json.dumps(bad) + "\n")
     with pytest.raises(Exception, match="diag"):
         load_run(tmp_path)
+    bad = dict(recs[0], ratio_per_class=[0.5, 2.0])  # a ratio is a fraction
+    (tmp_path / "log.jsonl").write_text(json.dumps(bad) + "\n")
+    with pytest.raises(Exception, match="ratio_per_class"):
+        load_run(tmp_path)
+
+
+def test_figure_4_1_box_plots_from_per_class_ratios(tmp_path):
+    from dcbench.errors import run_cli
+    from dcbench.leaderboard import figures_cli
+
+    for name, base in (("a", 0.1), ("b", 0.3)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"config": {"seed": base}}))
+        rec = {"epoch": 1, "steps": 3, "ratio_per_class": [base + 0.01 * i for i in range(10)],
+               "ratio_random_graph": 0.0985}
+        (tmp_path / name / "log.jsonl").write_text(json.dumps(rec) + "\n")
+    assert run_cli(figures_cli.main, [str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "f.md")]) == 0
+    page = (tmp_path / "f.md").read_text()
+    assert "](f_png/ratio_per_class.png)" in page and "Figure 4.1" in page
+    assert (tmp_path / "f_png" / "ratio_per_class.png").stat().st_size > 1000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +266,10 @@ def test_diag_every_logs_at_its_steps_and_changes_nothing_else(tiny_data, tmp_pa
 
     assert run_cli(figures_cli.main, [str(tmp_path / "plain"), str(tmp_path / "diag"),
                                       "--out", str(tmp_path / "f.md")]) == 0
-    assert {"pca_variance.png", "ratio_edge_intra_class.png"} <= {p.name for p in (tmp_path / "f_png").iterdir()}
+    assert {"pca_variance.png", "ratio_edge_intra_class.png", "ratio_per_class.png"} <= {
+        p.name for p in (tmp_path / "f_png").iterdir()}
+    assert all(len(r["ratio_per_class"]) == 4 and 0 < r["ratio_random_graph"] < 1 for r in log)
+    assert all(abs(np.mean(r["ratio_per_class"]) - r["ratio_edge_intra_class"]) < 1e-4 for r in log)
     assert [u for u, _ in load_run(tmp_path / "diag").points("ratio_edge_intra_class")] == [0, 2, 4, 6]
 
 

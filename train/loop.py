@@ -41,7 +41,7 @@ from dcbench.checkpoint import (
     save_checkpoint,
 )
 from dcbench.errors import CheckpointError, UserError
-from dcbench.knn_graph import knn, knn_torch, ratio_edge_intra_class
+from dcbench.knn_graph import knn, knn_torch, random_graph_ratio, ratio_edge_intra_class
 from dcbench.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, build_model
 from dcbench.precision import autocast, memory_format, resolve_precision
 from dcbench.provenance import environment, git_sha, utc_now
@@ -740,7 +740,11 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
                         _, nbrs = knn_torch(xw[torch.from_numpy(sel).to(xw.device)], 10, chunk=cfg.cluster_chunk)
                     else:
                         _, nbrs = knn(xw[sel], 10, use_gpu=use_faiss_gpu)
-                    record["ratio_edge_intra_class"] = float(np.mean(list(ratio_edge_intra_class(nbrs, y).values())))
+                    per_class = ratio_edge_intra_class(nbrs, y)
+                    record["ratio_edge_intra_class"] = float(np.mean(list(per_class.values())))
+                    # Figure 4.1: the per-class ratios (by class index) and what a random graph scores
+                    record["ratio_per_class"] = [round(per_class[c], 5) for c in sorted(per_class)]
+                    record["ratio_random_graph"] = float(np.mean(list(random_graph_ratio(y).values())))
                 del xw
                 times["metrics"] = _now(device) - t
             except _oom_types():
