@@ -364,3 +364,13 @@ def test_nvjpeg_training_crops_go_through_the_loop_like_drafts(tiny_data):
         xs[loader], _ = L._inputs(batch, c, torch.device("cpu"), centre=False)
     a, b = xs["draft"].flatten(1), xs["nvjpeg"].flatten(1)
     assert torch.nn.functional.cosine_similarity(a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)).min() > 0.95
+
+
+@pytest.mark.parametrize("flags", [["--head", "2fc"], ["--descriptor", "post-relu"]])
+def test_fc_head_options_on_a_resnet_are_one_line(flags, capsys):
+    from dcbench.errors import run_cli
+    from dcbench.train import cli
+
+    assert run_cli(cli.main, ["--arch", "resnet50", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fc6/fc7" in err[0] and flags[0] in err[0]

@@ -134,6 +134,13 @@ class TrainConfig:
                                  ("--targets", self.targets, TARGETS)):
             if v not in allowed:
                 raise UserError(f"{flag} must be one of {', '.join(allowed)}, not {v!r}")
+        if (self.head, self.descriptor) != ("full", "pre-relu"):
+            from dcbench.models import get_architecture
+
+            if get_architecture(self.arch).family != "convfc":
+                raise UserError(f"--head {self.head} --descriptor {self.descriptor}: these choose among fc6/fc7 "
+                                f"variants, and {self.arch} has no fc6/fc7 (it clusters its pooled res5); "
+                                "drop --head/--descriptor, or use --arch alexnet or vgg16")
         for flag, v, lo in (("--cluster-chunk", self.cluster_chunk, 1), ("--prefetch", self.prefetch, 1),
                             ("--diag-sample", self.diag_sample, 0), ("--diag-every", self.diag_every, 0)):
             if v < lo:
