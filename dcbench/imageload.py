@@ -30,6 +30,11 @@ from dcbench.datasets import open_image, pil_loader
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's aspect-ratio range (torchvision default, original code)
 LOADERS = ("draft", "torchvision", "nvjpeg")
+# Training-crop choices of thesis §4.3 (Figure 4.4): RandomResizedCrop, a fixed-size crop at a random
+# place of the resized image, or its centre; flips with probability 0.5. Flip codes in crop params:
+# 0 = none, 1 = left-right, 2 = top-bottom.
+CROPS = ("random-sized", "random", "central")
+FLIPS = ("horizontal", "vertical", "none")
 
 
 def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -45,13 +50,37 @@ def _to_uint8(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous()
 
 
-def _draw_box(img: Image.Image, scale: tuple[float, float], ratio=RATIO) -> tuple[int, int, int, int, bool]:
-    """(top, left, height, width, flip) with torchvision's draws: RandomResizedCrop then RandomHorizontalFlip."""
+def draw_flip(flip: str) -> int:
+    """The flip code for one image: torchvision's Random{Horizontal,Vertical}Flip draw (one
+    ``torch.rand``), none drawn for ``none``."""
+    if flip == "none":
+        return 0
+    return (1 if flip == "horizontal" else 2) if bool(torch.rand(1) < 0.5) else 0
+
+
+def _draw_box(img: Image.Image, scale: tuple[float, float], ratio=RATIO,
+              flip: str = "horizontal") -> tuple[int, int, int, int, int]:
+    """(top, left, height, width, flip code) with torchvision's draws: RandomResizedCrop, then the flip."""
     import torchvision.transforms as T
 
     i, j, h, w = T.RandomResizedCrop.get_params(img, list(scale), list(ratio))
-    flip = bool(torch.rand(1) < 0.5)
-    return i, j, h, w, flip
+    return i, j, h, w, draw_flip(flip)
+
+
+def _draw_offset(nh: int, nw: int, size: int) -> tuple[int, int]:
+    """(top, left) of a size x size crop of an (nh, nw) image with RandomCrop's own draws."""
+    import torchvision.transforms as T
+
+    i, j, _, _ = T.RandomCrop.get_params(torch.empty((1, nh, nw), device="meta"), (size, size))
+    return i, j
+
+
+def _apply_flip(img: Image.Image, code: int) -> Image.Image:
+    if code == 1:
+        return img.transpose(Image.FLIP_LEFT_RIGHT)
+    if code == 2:
+        return img.transpose(Image.FLIP_TOP_BOTTOM)
+    return img
 
 
 def _draft_factor(img: Image.Image, need_w: float, need_h: float) -> int:
@@ -75,14 +104,26 @@ def _draft_factor(img: Image.Image, need_w: float, need_h: float) -> int:
 
 
 class RandomCrop:
-    """``path -> uint8 (3, size, size)``: RandomResizedCrop(size, scale) + horizontal flip."""
+    """``path -> uint8 (3, size, size)``: the training crop, by default RandomResizedCrop(size, scale)
+    + horizontal flip (thesis §3.3).
 
-    def __init__(self, size: int, scale: tuple[float, float] = (0.08, 1.0), draft: bool = True):
+    ``crop="random"``: Resize(``resize``) then a size x size crop at a random place (RandomCrop);
+    ``crop="central"``: Resize(``resize``) then CenterCrop(size). ``flip``: horizontal, vertical or
+    none. The random draws are torchvision's, in its order (crop, then flip)."""
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.08, 1.0), draft: bool = True,
+                 crop: str = "random-sized", flip: str = "horizontal", resize: int | None = None):
         self.size, self.scale, self.draft = int(size), (float(scale[0]), float(scale[1])), draft
+        if crop not in CROPS or flip not in FLIPS:
+            raise ValueError(f"crop must be one of {CROPS} and flip one of {FLIPS}")
+        self.crop, self.flip = crop, flip
+        self.resize = int(resize if resize is not None else round(self.size * 256 / 224))
 
     def __call__(self, path: str) -> torch.Tensor:
+        if self.crop != "random-sized":
+            return self._resized(path)
         with open_image(path) as img:
-            i, j, h, w, flip = _draw_box(img, self.scale)
+            i, j, h, w, flip = _draw_box(img, self.scale, flip=self.flip)
             r = 1
             if self.draft:
                 # The box must stay at least output-sized: w / r >= size and h / r >= size.
@@ -94,9 +135,26 @@ class RandomCrop:
             else:
                 out = im.resize((self.size, self.size), Image.BILINEAR,
                                 box=(j / r, i / r, (j + w) / r, (i + h) / r))
-            if flip:
-                out = out.transpose(Image.FLIP_LEFT_RIGHT)
-            return _to_uint8(out)
+            return _to_uint8(_apply_flip(out, flip))
+
+    def _resized(self, path: str) -> torch.Tensor:
+        """Resize (shorter side to ``resize``), then a central or random size x size crop, then the flip."""
+        import torchvision.transforms.functional as TF
+
+        with open_image(path) as img:
+            w0, h0 = img.size
+            nh, nw, top, left = centre_geometry(w0, h0, self.resize, self.size)
+            if nh < self.size or nw < self.size:
+                raise OSError(f"{path}: resized to {nw}x{nh}, smaller than the {self.size}-px crop")
+            if self.crop == "random":
+                top, left = _draw_offset(nh, nw, self.size)
+            flip = draw_flip(self.flip)
+            if self.draft:
+                _draft_factor(img, nw, nh)
+            img.load()
+            im = img if img.mode in ("RGB", "L") else img.convert("RGB")
+            out = TF.resize(im, [nh, nw]).crop((left, top, left + self.size, top + self.size))
+            return _to_uint8(_apply_flip(out, flip))
 
 
 def centre_geometry(w0: int, h0: int, resize: int, crop: int) -> tuple[int, int, int, int]:
@@ -145,19 +203,29 @@ class TorchvisionCrop:
 class JpegBytes:
     """For :func:`decode_batch`: ``path -> (file bytes, params)``; the box is drawn here, in the worker.
 
-    ``params`` = (top, left, height, width, flip) for a random crop, or (new_h, new_w, top, left, 0)
-    for a centre crop, both in original-image pixels.
+    ``params`` = (top, left, height, width, flip) for a random-sized crop (``resize`` None), in
+    original-image pixels, or (new_h, new_w, top, left, flip) for a crop of the image resized to
+    (new_h, new_w): central by default, at a random place with ``crop="random"`` (decode with
+    ``centre=True``). ``flip`` defaults to horizontal for the random-sized crop, none otherwise.
     """
 
-    def __init__(self, size: int, scale: tuple[float, float] | None = (0.08, 1.0), resize: int | None = None):
+    def __init__(self, size: int, scale: tuple[float, float] | None = (0.08, 1.0), resize: int | None = None,
+                 crop: str | None = None, flip: str | None = None):
         self.size, self.scale, self.resize = int(size), scale, resize
+        self.crop = crop or ("random-sized" if resize is None else "central")
+        self.flip = flip or ("horizontal" if resize is None else "none")
+        if self.crop not in CROPS or self.flip not in FLIPS or (self.crop == "random-sized") != (resize is None):
+            raise ValueError("JpegBytes: a random-sized crop takes no resize, the other crops need one")
 
     def __call__(self, path: str) -> tuple[torch.Tensor, torch.Tensor]:
         with open_image(path) as img:
             if self.resize is None:
-                p = _draw_box(img, self.scale)
+                p = _draw_box(img, self.scale, flip=self.flip)
             else:
-                p = (*centre_geometry(*img.size, self.resize, self.size), False)
+                nh, nw, top, left = centre_geometry(*img.size, self.resize, self.size)
+                if self.crop == "random":
+                    top, left = _draw_offset(nh, nw, self.size)
+                p = (nh, nw, top, left, draw_flip(self.flip))
         with open(path, "rb") as f:
             data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
         return data, torch.tensor([int(v) for v in p], dtype=torch.int64)
@@ -192,7 +260,10 @@ def _decode_all(datas: list[torch.Tensor], device: torch.device) -> list[torch.T
 
 def decode_batch(datas: list[torch.Tensor], params: torch.Tensor, size: int, device: torch.device,
                  centre: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode, crop, resize and flip a batch on ``device``: (uint8 (B', 3, size, size), kept mask (B,))."""
+    """Decode, crop, resize and flip a batch on ``device``: (uint8 (B', 3, size, size), kept mask (B,)).
+
+    ``centre``: the params are :class:`JpegBytes`'s resize geometry (central or random crops of the
+    resized image), not a random-sized box."""
     imgs = _decode_all(datas, device)
     keep = torch.tensor([im is not None for im in imgs], dtype=torch.bool)
     out = torch.empty((int(keep.sum()), 3, size, size), dtype=torch.uint8, device=device)
@@ -209,8 +280,8 @@ def decode_batch(datas: list[torch.Tensor], params: torch.Tensor, size: int, dev
             i, j, h, w = a0, a1, a2, a3
             y = F.interpolate(im[None, :, i:i + h, j:j + w].float(), size=(size, size), mode="bilinear",
                               antialias=True, align_corners=False)
-        if flip:
-            y = y.flip(-1)
+        if flip:  # 1: left-right, 2: top-bottom (see FLIPS)
+            y = y.flip(-1 if flip == 1 else -2)
         out[b] = y[0].round_().clamp_(0, 255).to(torch.uint8)
         b += 1
     return out, keep

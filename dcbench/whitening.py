@@ -50,8 +50,19 @@ def top_eigh(a: np.ndarray, dim: int, oversample: int = 64, tol: float = 1e-12, 
     return w[-dim:].flip(0).numpy().copy(), v.flip(1).numpy().copy()
 
 
-def pca_fit(x: np.ndarray, dim: int, eigen_power: float = -0.5, chunk: int = 16384):
-    """Mean (d,), projection (d, dim) float32 and eigenvalues (dim,), descending, like faiss.PCAMatrix."""
+def variance_shares(eigenvalues, total: float) -> list[float]:
+    """Cumulative share of the total variance kept by the top-k eigenvalues, k = 1..len (thesis
+    Figure 4.3): non-decreasing, in [0, 1]. ``total`` is the trace of the covariance (all of them)."""
+    w = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0, None)
+    if not (total > 0 and np.isfinite(total)):
+        return []
+    return [round(float(v), 6) for v in np.minimum(np.maximum.accumulate(np.cumsum(w) / total), 1.0)]
+
+
+def pca_fit(x: np.ndarray, dim: int, eigen_power: float = -0.5, chunk: int = 16384, stats: dict | None = None):
+    """Mean (d,), projection (d, dim) float32 and eigenvalues (dim,), descending, like faiss.PCAMatrix.
+
+    ``stats``, when given, receives ``pca_variance``: :func:`variance_shares` of the eigenvalues."""
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, d = x.shape
@@ -69,16 +80,20 @@ def pca_fit(x: np.ndarray, dim: int, eigen_power: float = -0.5, chunk: int = 163
         cov = np.triu(cov32).astype(np.float64)
         cov = cov + np.triu(cov, 1).T
         cov /= n
+        total = float(np.trace(cov))
         w, v = top_eigh(cov, dim)
     else:
         # Fewer points than dimensions: eigenvectors of the Gram matrix (what faiss does too).
         xc = torch.from_numpy(x) - torch.from_numpy(mean32)
         gram = (xc @ xc.T).double().numpy() / n
+        total = float(np.trace(gram))
         dim = min(dim, n)
         w, u = top_eigh(gram, dim)
         v = (xc.T.double().numpy() @ u)
         norms = np.linalg.norm(v, axis=0)
         v = v / np.maximum(norms, 1e-30)
+    if stats is not None:
+        stats["pca_variance"] = variance_shares(w, total)
     w = np.maximum(w, w[0] * 1e-12 if w[0] > 0 else 1e-30)
     proj = (v * (w ** eigen_power)[None, :]).astype(np.float32)
     return mean32, np.ascontiguousarray(proj), w
@@ -92,14 +107,15 @@ def pca_apply(x: np.ndarray, mean: np.ndarray, proj: np.ndarray, normalise: bool
     return y.numpy()
 
 
-def pca_whiten(x: np.ndarray, dim: int = 256, eigen_power: float = -0.5) -> np.ndarray:
+def pca_whiten(x: np.ndarray, dim: int = 256, eigen_power: float = -0.5, stats: dict | None = None) -> np.ndarray:
     """PCA-whitening to ``dim`` dims (eigenvalues to ``eigen_power``) then L2 normalisation.
 
     ``dim`` is clamped to the rank available (n - 1 for n points, d): tiny smoke sets stay valid.
+    ``stats``, when given, receives the spectrum (``pca_variance``, see :func:`pca_fit`).
     """
     n, d = x.shape
     dim = max(1, min(dim, d, n - 1 if n > 1 else 1))
-    mean, proj, _ = pca_fit(x, dim, eigen_power)
+    mean, proj, _ = pca_fit(x, dim, eigen_power, stats=stats)
     return pca_apply(x, mean, proj)
 
 

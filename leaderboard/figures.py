@@ -6,9 +6,12 @@ What is drawn (thesis chapter 4), each only when some run's log holds the field:
 - NMI between consecutive assignments (the stability curve of the original paper);
 - the training loss against updates, with each run's chance level ln k (Figure 4.8);
 - the cumulative share of PCA variance against the number of components (Figure 4.3), from the
-  ``pca_variance`` field, first and last logged epoch per run.
+  ``pca_variance`` field, first and last logged epoch per run;
+- the per-class ratios of each run's last logged epoch as box plots, with a random graph's score
+  (Figure 4.1), from the ``ratio_per_class`` and ``ratio_random_graph`` fields.
 A diagnostic of epoch e is computed before that epoch's training, so it is placed at the updates
-done by then; the loss of epoch e is a mean over the epoch and placed at its end.
+done by then; the loss of epoch e is a mean over the epoch and placed at its end. Diagnostics logged
+within an epoch (``dc-train --diag-every N``, the record's ``diag`` list) sit at their own update.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class Curve:
     title: str
     thesis: str  # the thesis figures this one corresponds to
     percent: bool
+    at_end: bool = False  # measured after the epoch's training (val top-1), not before it
 
 
 CURVES = (
@@ -41,9 +45,11 @@ CURVES = (
     Curve("nmi_labels", "NMI(clusters, labels)", "NMI of the clusters with the labels",
           "Figures 4.2, 4.4-4.7 (second measure)", False),
     Curve("nmi_prev", "NMI(epoch t-1, epoch t)", "Stability of the assignments", "-", False),
+    Curve("val_top1", "top-1 on val, centre crop (%)", "Supervised reference: accuracy on the val set",
+          "Table 4.2", False, at_end=True),
 )
 # Every PNG name this module writes; only these are ever removed from a figures folder.
-FIGURE_NAMES = {f"{c.key}.png" for c in CURVES} | {"loss.png", "pca_variance.png"}
+FIGURE_NAMES = {f"{c.key}.png" for c in CURVES} | {"loss.png", "pca_variance.png", "ratio_per_class.png"}
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|$&~])")
 
 
@@ -80,8 +86,7 @@ def curve_figure(runs: list[Run], labels: list[str], curve: Curve, path: Path) -
     fig, ax = _axes(curve.title, "SGD updates", curve.ylabel)
     drawn = False
     for i, (run, label) in enumerate(zip(runs, labels)):
-        pts = [(u, r[curve.key] * (100 if curve.percent else 1))
-               for u, r in zip(run.updates_before(), run.records) if r.get(curve.key) is not None]
+        pts = [(u, v * (100 if curve.percent else 1)) for u, v in run.points(curve.key, curve.at_end)]
         if not pts:
             continue
         xs, ys = zip(*pts)
@@ -139,6 +144,28 @@ def pca_figure(runs: list[Run], labels: list[str], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def per_class_figure(runs: list[Run], labels: list[str], path: Path) -> Path | None:
+    """Figure 4.1: each run's per-class ratios at its last logged epoch as a box plot (median, quartiles,
+    whiskers at 1.5 IQR, outliers), and the score of a random graph on the same classes (dashed)."""
+    have = [(run, label, [r for r in run.records if "ratio_per_class" in r][-1])
+            for run, label in zip(runs, labels) if any("ratio_per_class" in r for r in run.records)]
+    if not have:
+        return None
+    fig, ax = _axes("10-NN graph: ratio edge intra-class per class (last logged epoch)", "",
+                    "ratio edge intra-class (%)")
+    ax.boxplot([[100 * v for v in rec["ratio_per_class"]] for _, _, rec in have], whis=1.5)
+    ax.set_xticks(range(1, len(have) + 1), [mpl(f"{label}\nepoch {rec['epoch']}") for _, label, rec in have],
+                  fontsize=7, rotation=10)
+    for i, (_, _, rec) in enumerate(have, 1):
+        if rec.get("ratio_random_graph") is not None:
+            ax.hlines(100 * rec["ratio_random_graph"], i - 0.4, i + 0.4, colors="grey", linestyles="--",
+                      label="random graph" if i == 1 else None)
+    if any(rec.get("ratio_random_graph") is not None for _, _, rec in have):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def figures_dir(out: Path) -> Path:
     return out.with_name(f"{out.stem.lower()}_png")
 
@@ -150,6 +177,7 @@ def draw_all(runs: list[Run], folder: Path) -> dict[str, Path]:
                                      for c in CURVES}
     drawn["loss"] = loss_figure(runs, labels, folder / "loss.png")
     drawn["pca_variance"] = pca_figure(runs, labels, folder / "pca_variance.png")
+    drawn["ratio_per_class"] = per_class_figure(runs, labels, folder / "ratio_per_class.png")
     made = {k: p for k, p in drawn.items() if p is not None}
     if folder.is_dir():
         for p in folder.glob("*.png"):
@@ -162,11 +190,17 @@ _CAPTIONS = {
     "ratio_edge_intra_class": "Ratio edge intra-class (thesis §4.1): the share of the 10-NN graph's edges, on the "
                               "PCA-whitened descriptors of the clustered images, that join two images of the same "
                               "class, averaged over classes. Thesis {thesis}.",
-    "nmi_labels": "NMI between the epoch's clusters and the true labels. Thesis {thesis}.",
+    "nmi_labels": "NMI between the epoch's clusters and the true labels (points within an epoch, from "
+                  "--diag-every: a fresh clustering of the diagnostic sample). Thesis {thesis}.",
     "nmi_prev": "NMI between the assignments of two consecutive epochs (how much the clusters still move).",
+    "val_top1": "Top-1 accuracy of the network's own classifier on the val set, centre crops, after each epoch "
+                "(dc-train --targets labels; thesis {thesis}).",
     "loss": "Training loss against updates (thesis Figure 4.8); dotted: ln k, the loss of a uniform guess.",
     "pca_variance": "Cumulative share of the PCA spectrum's variance kept by the top components (thesis Figure "
                     "4.3); dashed: first logged epoch, solid: last.",
+    "ratio_per_class": "Ratio edge intra-class of each class at each run's last logged epoch (thesis Figure 4.1): "
+                       "box = quartiles, line = median, whiskers to 1.5 IQR, dots = outliers; dashed: what a "
+                       "uniformly random graph scores on the same classes.",
 }
 
 
@@ -194,16 +228,15 @@ def render_page(runs: list[Run], made: dict[str, Path], folder_name: str, comman
         lines += ["", f"{md(label)}: {run.skipped_lines} log line(s) that are not JSON were skipped."]
     lines += ["", "## Figures", ""]
     captions = {c.key: _CAPTIONS[c.key].format(thesis=c.thesis) for c in CURVES}
-    for key in [c.key for c in CURVES] + ["loss", "pca_variance"]:
+    for key in [c.key for c in CURVES] + ["loss", "pca_variance", "ratio_per_class"]:
         if key in made:
             lines += [f"![{key}]({folder_name}/{made[key].name})", "", captions.get(key, _CAPTIONS[key]), ""]
-    missing = [key for key in [c.key for c in CURVES] + ["loss", "pca_variance"] if key not in made]
+    missing = [key for key in [c.key for c in CURVES] + ["loss", "pca_variance", "ratio_per_class"] if key not in made]
     lines += ["## Not drawn", ""]
     for key in missing:
         why = ("no run's log has a PCA spectrum (field `pca_variance`)" if key == "pca_variance"
+               else "Per-class ratio box plots (thesis Figure 4.1): no run's log has the per-class ratios (field "
+                    "`ratio_per_class`, logged by dc-train since issue 15)" if key == "ratio_per_class"
                else f"no run's log has the field `{key}`")
         lines.append(f"- {key}: {why}.")
-    lines.append("- Per-class ratio box plots (thesis Figure 4.1): dc-train logs only the mean of the per-class "
-                 "ratios, not the ratios themselves, so the box plot and its random-graph line cannot be drawn "
-                 "from its logs.")
     return "\n".join(lines) + "\n"

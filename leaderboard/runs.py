@@ -22,6 +22,8 @@ MAX_LOG_BYTES = 64 << 20
 MAX_RECORDS = 100_000
 MAX_STEPS = 10**9  # per epoch; ImageNet's longest preset epoch is ~15k
 MAX_SPECTRUM = 4096  # entries of pca_variance (dc-train logs k <= 256)
+MAX_DIAG = 10_000  # mid-epoch diagnostics in one epoch record (dc-train --diag-every)
+MAX_CLASSES = 100_000  # entries of ratio_per_class (ImageNet: 1,000)
 MAX_VALUE_CHARS = 40  # a config value shown in a label or a table cell
 MAX_LABEL_OPTIONS = 4  # options named in one curve's label; the page's run table lists them all
 MAX_LABEL_CHARS = 160
@@ -31,8 +33,9 @@ NOT_AN_OPTION = {"out", "quiet", "workers", "device", "faiss_gpu", "snapshot_eve
 
 _NUMBER_FIELDS = {  # field -> (low, high); None values are allowed (e.g. nmi_prev at epoch 1)
     "loss": (0.0, 1e6), "log_k": (0.0, 1e3), "nmi_labels": (0.0, 1.0), "nmi_prev": (0.0, 1.0),
-    "ratio_edge_intra_class": (0.0, 1.0),
+    "ratio_edge_intra_class": (0.0, 1.0), "val_top1": (0.0, 100.0), "ratio_random_graph": (0.0, 1.0),
 }
+_DIAG_FIELDS = ("ratio_edge_intra_class", "nmi_labels")  # what a mid-epoch diagnostic may hold
 
 
 @dataclass
@@ -50,6 +53,16 @@ class Run:
             out.append(total)
             total += r["steps"]
         return out
+
+    def points(self, key: str, at_end: bool = False) -> list[tuple[int, float]]:
+        """(updates, value) of ``key`` in every epoch record, at the epoch's start (a diagnostic) or
+        end (``at_end``: a loss, a val score), with the mid-epoch diagnostics (``--diag-every``) between."""
+        out = []
+        for start, end, r in zip(self.updates_before(), self.updates_after(), self.records):
+            if r.get(key) is not None:
+                out.append((end if at_end else start, r[key]))
+            out += [(start + d["step"], d[key]) for d in r.get("diag", ()) if d.get(key) is not None]
+        return sorted(out, key=lambda p: p[0])
 
     def updates_after(self) -> list[int]:
         """SGD updates at the end of each record's epoch (its loss is the mean over that epoch)."""
@@ -118,6 +131,29 @@ def _check_record(rec: dict, where: str) -> dict:
                 or any(b < a - 1e-6 for a, b in zip(spec, spec[1:]))):
             raise bad("pca_variance", f"a list of 1..{MAX_SPECTRUM} non-decreasing fractions in [0, 1]")
         out["pca_variance"] = [float(v) for v in spec]
+    per_class = rec.get("ratio_per_class")
+    if per_class is not None:
+        if (not isinstance(per_class, list) or not 1 <= len(per_class) <= MAX_CLASSES
+                or not all(_number(v, 0.0, 1.0) for v in per_class)):
+            raise bad("ratio_per_class", f"a list of 1..{MAX_CLASSES} fractions in [0, 1]")
+        out["ratio_per_class"] = [float(v) for v in per_class]
+    diag = rec.get("diag")
+    if diag is not None:
+        if not isinstance(diag, list) or len(diag) > MAX_DIAG:
+            raise bad("diag", f"a list of at most {MAX_DIAG} mid-epoch diagnostics")
+        out["diag"] = []
+        for d in diag:
+            step = d.get("step") if isinstance(d, dict) else None
+            if isinstance(step, bool) or not isinstance(step, int) or not 0 < step <= steps:
+                raise bad("diag", f"a list of objects whose 'step' is an integer in 1..{steps} (the epoch's steps)")
+            entry = {"step": step}
+            for name in _DIAG_FIELDS:
+                v = d.get(name)
+                if v is not None:
+                    if not _number(v, 0.0, 1.0):
+                        raise bad(f"diag.{name}", "a finite number in [0, 1] or null")
+                    entry[name] = float(v)
+            out["diag"].append(entry)
     return out
 
 

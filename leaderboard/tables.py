@@ -95,26 +95,29 @@ STATIC_TABLES = (
                "(mIoU); fc6-8 = only fc6-fc8 trained, all = every layer fine-tuned."),
 )
 
-# Chapter 4 (the method itself): the thesis's rows. No result file carries these measurements yet, so
-# their columns have no task: a descriptor / supervised-SGT checkpoint's MLP row needs dc-train's
-# --descriptor and --targets labels (issue 15, items 1 and 4), and Table 4.3 is a speed benchmark.
+# Chapter 4 (the method itself): the thesis's rows. No result file carries these measurements, so
+# their columns have no task: dc-train --descriptor / --targets labels (issue 15) make the checkpoints
+# and logs, the MLP task scores them into Table 5.2's rows, and Table 4.3 is a benchmark script.
 CHAPTER4_TABLES = (
     TableSpec("descriptor", "Descriptor for clustering: MLP on frozen convolutions after 85 epochs", "Table 4.1",
               "4.1", (Column("before ReLU", None, "top1", literature="mlp_top1_before_relu"),
                       Column("after ReLU", None, "top1", literature="mlp_top1_after_relu")),
               caption="Clustering on the penultimate layer's features taken before or after its ReLU; "
                       "ImageNet top-1 % of fc6-fc8 retrained on the frozen convolutions (Table 5.2's "
-                      "protocol), after 85 epochs of DeepCluster. Measured rows need dc-train --descriptor "
-                      "(not built yet)."),
+                      "protocol), after 85 epochs of DeepCluster. To measure them: dc-train --descriptor "
+                      "pre-relu|post-relu, then dc-transfer mlp on each checkpoint (experiments/chapter4/"
+                      "descriptor); those results are listed under Table 5.2, not here."),
     TableSpec("supervised-sgt", "Supervised training with the SGT approximation", "Table 4.2", "4.2",
               (Column("Top-1", None, "top1", literature="top1"),),
               caption="The same network trained 90 epochs on ImageNet's labels (Sobel input), updating all "
                       "rows of the last layer or only 256/512 of them per batch (SGT); top-1 % on the centre "
-                      "crop of val. Measured rows need dc-train --targets labels (not built yet)."),
+                      "crop of val. dc-train --preset sup-ImNet-Sob [--sgt N] logs this top-1 each epoch (val_top1 "
+                      "in log.jsonl, drawn by dc-figures); it writes no result file, so no row here."),
     TableSpec("sgt-speed", "Time per mini-batch with and without SGT", "Table 4.3", "4.3",
               (Column("ms per mini-batch", None, "ms_per_minibatch", literature="ms_per_minibatch"),),
               caption="Average time of one DeepCluster mini-batch as the thesis measured it, in milliseconds "
-                      "(not a percentage). Measured rows need the SGT speed benchmark (not built yet)."),
+                      "(not a percentage). benchmarks/sgt_timing.py measures it (benchmarks/out/sgt_timing_*.json), "
+                      "which the leaderboard does not read."),
 )
 
 def _resnet_taps(task: str) -> tuple[Column, ...]:

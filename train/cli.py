@@ -11,16 +11,25 @@ import sys
 from collections.abc import Sequence
 
 from dcbench.errors import ArgumentParser, run_cli
-from dcbench.imageload import LOADERS
+from dcbench.imageload import CROPS, FLIPS, LOADERS
 from dcbench.models import ARCHS
 from dcbench.precision import PRECISIONS
-from dcbench.train.config import CLUSTER_ENGINES, PRESETS, make_config
+from dcbench.train.config import (
+    CLUSTER_ENGINES,
+    DESCRIPTORS,
+    HEADS,
+    PRESETS,
+    SUPERVISED_PRESETS,
+    TARGETS,
+    make_config,
+)
 
 DEFAULT_PRESET = "km-ImNet-Sob"
 
 # What a None in the config means, for the help text.
 _NONE_MEANS = {"steps_per_epoch": "epoch multiplier x |X~| / batch size", "pool_size": "the whole dataset",
-               "subset_size": "the whole pool", "data": "the embedded data"}
+               "subset_size": "the whole pool", "data": "the embedded data",
+               "val_data": "the training folder's sibling val/, if there is one"}
 
 
 def chosen_preset_and_scale(argv: Sequence[str] | None) -> tuple[str, str]:
@@ -30,7 +39,7 @@ def chosen_preset_and_scale(argv: Sequence[str] | None) -> tuple[str, str]:
     pre.add_argument("--scale", default=None)
     pre.add_argument("--data", default=None)
     known, _ = pre.parse_known_args(sys.argv[1:] if argv is None else list(argv))
-    preset = known.preset if known.preset in PRESETS else DEFAULT_PRESET
+    preset = known.preset if known.preset in PRESETS or known.preset in SUPERVISED_PRESETS else DEFAULT_PRESET
     scale = known.scale if known.scale in ("smoke", "full") else ("smoke" if known.data is None else "full")
     return preset, scale
 
@@ -53,8 +62,9 @@ def build_parser(argv: Sequence[str] | None = None) -> ArgumentParser:
     a("--data", help="ImageFolder root (ROOT/<class>/<img>) (default: the embedded data, made once and cached)")
     a("--out", default="dc-train-out",
       help="output directory: checkpoint/, log.jsonl, ...; an existing run there is resumed (default: dc-train-out)")
-    a("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
-      help=f"a model of thesis Table 5.1 (default: {DEFAULT_PRESET})")
+    a("--preset", default=DEFAULT_PRESET, choices=[*PRESETS, *SUPERVISED_PRESETS],
+      help=f"a model of thesis Table 5.1, or sup-ImNet-Sob: the supervised reference of §4.7 "
+           f"(default: {DEFAULT_PRESET})")
     a("--scale", choices=("smoke", "full"), default=None,
       help="smoke = sizes for the embedded data, full = the thesis's (default: smoke without --data, full with it)")
     a("--resume", action="store_true", help="require an existing checkpoint in --out and continue it")
@@ -113,6 +123,24 @@ def build_parser(argv: Sequence[str] | None = None) -> ArgumentParser:
     o("--prefetch", type=int, help="batches each DataLoader worker prepares ahead")
     o("--diag-sample", type=int,
       help="NMI-with-labels and 10-NN ratio on a fixed random sample of this many images (0 = all)")
+    c = p.add_argument_group("chapter-4 comparisons (thesis §4.2-4.7; each default is the thesis's choice)")
+
+    def o4(*flags, help, **kw):   # noqa: A002 - argparse's name
+        dest = flags[0].lstrip("-").replace("-", "_")
+        c.add_argument(*flags, dest=dest, help=f"{help} (default: {_shown(getattr(cfg, dest), dest)})", **kw)
+
+    o4("--descriptor", choices=DESCRIPTORS, help="cluster the penultimate FC's output before or after its ReLU")
+    o4("--head", choices=HEADS,
+       help="full = FC-ReLU-FC-ReLU-FC, 2fc = FC-ReLU-FC (fc7 unused, left at its initialisation), "
+            "no-relu = FC-ReLU-FC-FC (fc7 feeds the top layer without a ReLU)")
+    o4("--crop", choices=CROPS, help="training crop: random-sized (RandomResizedCrop), random (fixed size, "
+                                     "random place), central")
+    o4("--flip", choices=FLIPS, help="training flip, with probability 0.5")
+    o4("--diag-every", type=int, metavar="N", help="also log the 10-NN ratio every N updates within an epoch (0 = per epoch)")
+    o4("--targets", choices=TARGETS,
+       help="clusters (DeepCluster), labels (the folder's classes: supervised), fixed-clusters (clustered "
+            "once, then held)")
+    o4("--val-data", metavar="DIR", help="--targets labels: ImageFolder scored each epoch, centre-crop top-1")
     o("--quiet", action="store_true", default=None, help="no progress bars or epoch lines")
     return p
 

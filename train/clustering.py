@@ -16,7 +16,14 @@ import torch
 
 from dcbench.errors import UserError
 from dcbench.knn_graph import knn
-from dcbench.whitening import faiss_pca_whiten, pca_apply, pca_fit, pca_whiten, top_eigh  # noqa: F401
+from dcbench.whitening import (  # noqa: F401
+    faiss_pca_whiten,
+    pca_apply,
+    pca_fit,
+    pca_whiten,
+    top_eigh,
+    variance_shares,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,11 +218,13 @@ def _blocks(n: int, chunk: int):
         yield s, min(n, s + chunk)
 
 
-def pca_whiten_torch(x: torch.Tensor, dim: int = 256, eigen_power: float = -0.5, chunk: int = 16384) -> torch.Tensor:
+def pca_whiten_torch(x: torch.Tensor, dim: int = 256, eigen_power: float = -0.5, chunk: int = 16384,
+                     stats: dict | None = None) -> torch.Tensor:
     """:func:`pca_whiten` in torch on ``x``'s device: float32 (n, dim), rows L2-normalised.
 
     Same centring, covariance normalisation (1/n), eigenvalue floor and scaling as :func:`pca_fit`;
-    ``x`` may be fp16 (read block by block in fp32); sums accumulate in float64.
+    ``x`` may be fp16 (read block by block in fp32); sums accumulate in float64. ``stats`` receives
+    the spectrum (``pca_variance``) as :func:`pca_fit` gives it.
     """
     n, d = x.shape
     dim = max(1, min(dim, d, n - 1 if n > 1 else 1))
@@ -230,15 +239,21 @@ def pca_whiten_torch(x: torch.Tensor, dim: int = 256, eigen_power: float = -0.5,
             xc = x[s:e].to(torch.float32) - mean32
             cov += (xc.T @ xc).to(torch.float64)
         cov /= n
+        total = float(cov.diagonal().sum())
         w, v = torch.linalg.eigh(cov)
         w, v = w.flip(0)[:dim], v.flip(1)[:, :dim]
     else:  # fewer points than dimensions: the Gram matrix, as pca_fit and faiss do
         xc = x.to(torch.float32) - mean32
-        w, u = torch.linalg.eigh((xc @ xc.T).to(torch.float64) / n)
+        gram = (xc @ xc.T).to(torch.float64) / n
+        total = float(gram.diagonal().sum())
+        w, u = torch.linalg.eigh(gram)
+        del gram
         w, u = w.flip(0)[:dim], u.flip(1)[:, :dim]
         v = xc.T.to(torch.float64) @ u
         v = v / v.norm(dim=0).clamp_min(1e-30)
         del xc
+    if stats is not None:
+        stats["pca_variance"] = variance_shares(w.cpu().numpy(), total)
     floor = float(w[0]) * 1e-12 if float(w[0]) > 0 else 1e-30
     w = w.clamp_min(floor)
     proj = (v * w.pow(eigen_power)[None, :]).to(torch.float32)

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from dcbench.errors import UserError
-from dcbench.imageload import LOADERS
+from dcbench.imageload import CROPS, FLIPS, LOADERS
 from dcbench.precision import PRECISIONS
 from dcbench.resources import MAX_INPUT_SIZE, MAX_SEED
 
@@ -69,12 +69,21 @@ class TrainConfig:
     loader: str = "draft"  # draft (PIL reduced-size decode) | torchvision (the original path) | nvjpeg (GPU decode)
     prefetch: int = 4  # batches each DataLoader worker keeps ready
     diag_sample: int = 20_000  # diagnostics (NMI with labels, 10-NN ratio) on this many images (0 = all)
+    # --- chapter-4 ablations (issue 15). Each default is the thesis's final choice (today's behaviour).
+    descriptor: str = "pre-relu"  # cluster the penultimate FC before its ReLU (thesis §3.3, §4.2, Table 4.1) | post-relu
+    head: str = "full"  # full = FC-ReLU-FC-ReLU-FC (thesis §4.2) | 2fc = FC-ReLU-FC | no-relu = FC-ReLU-FC-FC (Fig 4.2)
+    crop: str = "random-sized"  # RandomResizedCrop (thesis §3.3, §4.3) | random (fixed size, random place) | central
+    flip: str = "horizontal"  # flip with p = 0.5 (thesis §3.3, §4.3) | vertical | none (Figure 4.4)
+    diag_every: int = 0  # also log the 10-NN ratio every N updates within an epoch (thesis §4.4, Fig 4.5); 0 = never
+    targets: str = "clusters"  # clusters (DeepCluster) | labels (supervised, thesis §4.7) | fixed-clusters (Fig 4.8b)
+    val_data: str | None = None  # --targets labels: val ImageFolder for centre-crop top-1; None = the train root's sibling val/
     quiet: bool = False  # no progress bars
     extra: dict = field(default_factory=dict)  # free-form notes recorded with the run
 
     def validate(self) -> None:
-        if self.preset not in PRESETS:
-            raise UserError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)} (--preset)")
+        if self.preset not in PRESETS and self.preset not in SUPERVISED_PRESETS:
+            raise UserError(f"unknown preset {self.preset!r}; choose one of "
+                            f"{', '.join([*PRESETS, *SUPERVISED_PRESETS])} (--preset)")
         if self.scale not in ("smoke", "full"):
             raise UserError(f"--scale must be smoke or full, not {self.scale!r}")
         if self.clustering not in ("kmeans", "pic"):
@@ -120,13 +129,28 @@ class TrainConfig:
                                  ("--loader", self.loader, LOADERS)):
             if v not in allowed:
                 raise UserError(f"{flag} must be one of {', '.join(allowed)}, not {v!r}")
+        for flag, v, allowed in (("--descriptor", self.descriptor, DESCRIPTORS), ("--head", self.head, HEADS),
+                                 ("--crop", self.crop, CROPS), ("--flip", self.flip, FLIPS),
+                                 ("--targets", self.targets, TARGETS)):
+            if v not in allowed:
+                raise UserError(f"{flag} must be one of {', '.join(allowed)}, not {v!r}")
+        if (self.head, self.descriptor) != ("full", "pre-relu"):
+            from dcbench.models import get_architecture
+
+            if get_architecture(self.arch).family != "convfc":
+                raise UserError(f"--head {self.head} --descriptor {self.descriptor}: these choose among fc6/fc7 "
+                                f"variants, and {self.arch} has no fc6/fc7 (it clusters its pooled res5); "
+                                "drop --head/--descriptor, or use --arch alexnet or vgg16")
         for flag, v, lo in (("--cluster-chunk", self.cluster_chunk, 1), ("--prefetch", self.prefetch, 1),
-                            ("--diag-sample", self.diag_sample, 0)):
+                            ("--diag-sample", self.diag_sample, 0), ("--diag-every", self.diag_every, 0)):
             if v < lo:
                 raise UserError(f"{flag} must be at least {lo}, got {v}")
 
 
 CLUSTER_ENGINES = ("auto", "faiss", "torch")
+DESCRIPTORS = ("pre-relu", "post-relu")
+HEADS = ("full", "2fc", "no-relu")
+TARGETS = ("clusters", "labels", "fixed-clusters")
 
 
 # YFCC100m models train 167 epochs, each 3x as long, to get as many updates as ImageNet's 500 (thesis
@@ -154,6 +178,13 @@ PRESETS: dict[str, dict] = {
     "PIC-ImNet-RGB-R101": dict(arch="resnet101", clustering="pic", sobel=False, lr=0.05, weight_decay=1e-5,
                                epochs=50),
 }
+# The supervised reference (thesis §4.7, Table 4.2, Figure 4.8a): the same Sobel AlexNet on the
+# ImageNet labels for 90 epochs, centre-crop top-1 on val. The thesis gives no learning rate for
+# it: lr and weight decay are km-ImNet-Sob's (our choice), held constant like every dc-train run.
+SUPERVISED_PRESETS: dict[str, dict] = {
+    "sup-ImNet-Sob": dict(targets="labels", clustering="kmeans", k=1_000, sobel=True, lr=0.02, weight_decay=1e-5,
+                          epochs=90),
+}
 
 # Smoke scale: the embedded classification set (~600 images of 96 px, 10 classes at `smoke`).
 # Same algorithm, sizes shrunk: k ~ 5x the classes for the 10K presets (ImageNet: 10x), 1x for 1K;
@@ -167,9 +198,10 @@ SMOKE_K = {10_000: 50, 1_000: 10}
 
 
 def preset_values(preset: str, scale: str) -> dict:
-    if preset not in PRESETS:
-        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)} (--preset)")
-    values = dict(PRESETS[preset])
+    presets = {**PRESETS, **SUPERVISED_PRESETS}
+    if preset not in presets:
+        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(presets)} (--preset)")
+    values = dict(presets[preset])
     if scale == "smoke":
         values.update(SMOKE)
         if "k" in values:
@@ -194,6 +226,8 @@ def make_config(preset: str = "km-ImNet-Sob", scale: str = "smoke", **overrides)
 # The engine, loader and diagnostic knobs change how (and how fast), not what, is computed; like
 # --device they may differ in the last bits. --precision changes the training itself, so it may not.
 RESUME_FREE = {"out", "epochs", "workers", "quiet", "snapshot_every", "device", "faiss_gpu", "data", "extra",
-               "cluster_engine", "cluster_chunk", "loader", "prefetch", "diag_sample"}
-# What a run saved before a field existed did, for resuming it (issue 11 added --precision).
-LEGACY_DEFAULTS = {"precision": "fp32"}
+               "cluster_engine", "cluster_chunk", "loader", "prefetch", "diag_sample", "diag_every", "val_data"}
+# What a run saved before a field existed did, for resuming it (issue 11 added --precision, issue 15
+# the chapter-4 options).
+LEGACY_DEFAULTS = {"precision": "fp32", "descriptor": "pre-relu", "head": "full", "crop": "random-sized",
+                   "flip": "horizontal", "targets": "clusters"}

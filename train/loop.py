@@ -13,6 +13,7 @@ interrupted epoch from the last checkpoint and ends with the weights of an unint
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -40,13 +41,14 @@ from dcbench.checkpoint import (
     save_checkpoint,
 )
 from dcbench.errors import CheckpointError, UserError
-from dcbench.knn_graph import knn, knn_torch, ratio_edge_intra_class
+from dcbench.knn_graph import knn, knn_torch, random_graph_ratio, ratio_edge_intra_class
 from dcbench.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, build_model
 from dcbench.precision import autocast, memory_format, resolve_precision
 from dcbench.provenance import environment, git_sha, utc_now
 from dcbench.resources import require_memory, training_bytes
 from dcbench.seeding import seed_everything
 from dcbench.train import distributed as D
+from dcbench.train import heads as H
 from dcbench.train import sampler as S
 from dcbench.train.clustering import (
     _faiss_gpu_available,
@@ -86,8 +88,13 @@ def transforms(cfg: TrainConfig):
     """torchvision's PIL-to-PIL crops (the reference path; ToTensor + Normalize are :func:`IL.normalise`)."""
     import torchvision.transforms as T
 
-    train = T.Compose([T.RandomResizedCrop(cfg.input_size, scale=(cfg.crop_min_scale, 1.0)), T.RandomHorizontalFlip()])
-    centre = T.Compose([T.Resize(int(round(cfg.input_size * 256 / 224))), T.CenterCrop(cfg.input_size)])
+    resize = int(round(cfg.input_size * 256 / 224))
+    crop = {"random-sized": [T.RandomResizedCrop(cfg.input_size, scale=(cfg.crop_min_scale, 1.0))],
+            "random": [T.Resize(resize), T.RandomCrop(cfg.input_size)],
+            "central": [T.Resize(resize), T.CenterCrop(cfg.input_size)]}[cfg.crop]
+    flip = {"horizontal": [T.RandomHorizontalFlip()], "vertical": [T.RandomVerticalFlip()], "none": []}[cfg.flip]
+    train = T.Compose(crop + flip)
+    centre = T.Compose([T.Resize(resize), T.CenterCrop(cfg.input_size)])
     return train, centre
 
 
@@ -99,8 +106,12 @@ def crop_loaders(cfg: TrainConfig, loader: str) -> tuple:
         train_tf, centre_tf = transforms(cfg)
         return IL.TorchvisionCrop(train_tf), IL.TorchvisionCrop(centre_tf)
     if loader == "nvjpeg":
-        return IL.JpegBytes(cfg.input_size, scale), IL.JpegBytes(cfg.input_size, None, resize=resize)
-    return IL.RandomCrop(cfg.input_size, scale), IL.CentreCrop(resize, cfg.input_size)
+        sized = cfg.crop == "random-sized"
+        return (IL.JpegBytes(cfg.input_size, scale if sized else None, resize=None if sized else resize,
+                             crop=cfg.crop, flip=cfg.flip),
+                IL.JpegBytes(cfg.input_size, None, resize=resize))
+    return (IL.RandomCrop(cfg.input_size, scale, crop=cfg.crop, flip=cfg.flip, resize=resize),
+            IL.CentreCrop(resize, cfg.input_size))
 
 
 class _View(Dataset):
@@ -205,7 +216,8 @@ def _inputs(batch, cfg: TrainConfig, device: torch.device, centre: bool) -> tupl
     """A collated batch -> (normalised float input on ``device`` in the precision's layout, tags)."""
     if cfg.loader == "nvjpeg":
         datas, params, tags = batch
-        x, keep = IL.decode_batch(datas, params, cfg.input_size, device, centre=centre)
+        # central and random training crops come as crops of the resized image, like the centre crop
+        x, keep = IL.decode_batch(datas, params, cfg.input_size, device, centre=centre or cfg.crop != "random-sized")
         tags = tags[keep]
     else:
         x, tags = batch
@@ -233,15 +245,17 @@ def resolve_data(cfg: TrainConfig) -> Path:
 # ---------------------------------------------------------------------------------------------
 # model pieces
 class _Net(nn.Module):
-    """What DDP wraps: forward to the (optionally row-subsetted, SGT) top layer."""
+    """What DDP wraps: forward to the (optionally row-subsetted, SGT) top layer, through ``head``
+    (see :mod:`dcbench.train.heads`)."""
 
-    def __init__(self, model):
+    def __init__(self, model, head: str = "full"):
         super().__init__()
         self.model = model
+        self.head = head
 
     def forward(self, x, rows: torch.Tensor | None = None):
         m = self.model
-        h = m.head_input(x)  # fc7 after its ReLU; a ResNet's pooled res5
+        h = H.top_input(m, x, self.head)  # full: fc7 after its ReLU; a ResNet's pooled res5
         if rows is None:
             return m.top_layer(h)
         return F.linear(h, m.top_layer.weight[rows], m.top_layer.bias[rows])
@@ -264,8 +278,8 @@ def trunk_parameters(model) -> list[nn.Parameter]:
 def compute_features(model, ds, items: np.ndarray, positions: np.ndarray, fn, cfg: TrainConfig, device,
                      seed: int, show: bool, buffer_device=None,
                      buffer_dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """The clustering descriptor (fc7 pre-ReLU; ResNets: pooled res5) of ``ds[items]`` in eval mode;
-    returns (features, positions read).
+    """The clustering descriptors (fc7 pre-ReLU by default, ``--descriptor``, ``--head``; ResNets: pooled
+    res5) of ``ds[items]`` in eval mode; returns (features, positions read).
 
     The features land in one preallocated buffer (``buffer_dtype`` on ``buffer_device``, default the
     CPU), in reading order; unreadable images leave no row, so the result is a view of its first rows.
@@ -281,11 +295,81 @@ def compute_features(model, ds, items: np.ndarray, positions: np.ndarray, fn, cf
             continue
         x, p = _inputs(batch, cfg, device, centre=True)
         with autocast(cfg.precision, device):
-            f = model.penultimate(x)
+            f = H.descriptor(model, x, cfg.head, cfg.descriptor)
         buf[m:m + len(p)] = f
         pos[m:m + len(p)] = p
         m += len(p)
     return buf[:m], pos[:m]
+
+
+def _diag_hook(diags: list, every: int, steps: int, run):
+    """``after_step`` for ``--diag-every``: after update n (0 < n < steps, n a multiple of ``every``)
+    append ``{"step": n, **run()}``; the last update's diagnostics are the next epoch's first."""
+    def hook(n: int) -> None:
+        if n % every == 0 and n < steps:
+            diags.append({"step": n, **run()})
+    return hook
+
+
+@torch.no_grad()
+def diagnose(model, ds, items: np.ndarray, y: np.ndarray, feed, cfg: TrainConfig, device, seed: int,
+             use_faiss_gpu: bool, torch_engine: bool) -> dict:
+    """Diagnostics within an epoch (``--diag-every``, thesis §4.4) on the images ``items`` (labels
+    ``y``): the 10-NN ratio edge intra-class of their PCA-whitened descriptors, as at the start of an
+    epoch, and the NMI with the labels of a fresh clustering of just these images (the epoch's own
+    assignment does not change within the epoch, so its NMI could not move)."""
+    f, pos = compute_features(model, ds, items, np.arange(len(items)), feed, cfg, device, seed, False)
+    yy = y[pos.numpy()]
+    if f.shape[0] < 12:
+        return {}
+    if torch_engine:
+        xw = pca_whiten_torch(f.to(device), cfg.pca_dim, chunk=cfg.cluster_chunk)
+        _, nbrs = knn_torch(xw, 10, chunk=cfg.cluster_chunk)
+    else:
+        xw = pca_whiten(f.numpy(), cfg.pca_dim)
+        _, nbrs = knn(xw, 10, use_gpu=use_faiss_gpu)
+    out = {"ratio_edge_intra_class": float(np.mean(list(ratio_edge_intra_class(nbrs, yy).values())))}
+    if cfg.clustering == "pic" or xw.shape[0] >= cfg.k:
+        out["nmi_labels"] = nmi(cluster(xw, cfg, seed=seed, use_gpu=use_faiss_gpu, engine=cfg.cluster_engine), yy)
+    return out
+
+
+def _val_set(cfg: TrainConfig, root: Path, ds, device):
+    """``--targets labels``: (folder, feed, items, targets) of the val set scored each epoch, or None."""
+    from dcbench.datasets import ImageFolder
+
+    if cfg.val_data is not None:
+        vroot = Path(cfg.val_data)
+        if not vroot.is_dir():
+            raise UserError(f"--val-data {vroot} is not a folder; pass an ImageFolder with the training classes")
+    else:
+        vroot = root.parent / "val"
+        if root.name != "train" or not vroot.is_dir():
+            if not cfg.quiet:
+                print(f"note: no val/ folder beside {root}, so no val top-1 is logged (--val-data DIR)",
+                      file=sys.stderr)
+            return None
+    vds = ImageFolder(vroot, transform=None)
+    if list(vds.classes) != list(ds.classes):
+        raise UserError(f"--val-data {vroot}: its class folders are not those of {root}; pass a val folder "
+                        "with the same class names")
+    return vroot, Feed(vds, crop_loaders(cfg, cfg.loader)[1], cfg, device), np.arange(len(vds)), np.asarray(vds.targets)
+
+
+@torch.no_grad()
+def top1(model, feed, items: np.ndarray, targets: np.ndarray, cfg: TrainConfig, device) -> float:
+    """Centre-crop top-1 (%) of the network's top layer (``--targets labels``; thesis §4.7, Table 4.2)."""
+    model.eval()
+    correct = n = 0
+    for batch in feed(items, targets, cfg.batch_size, 0):
+        if batch is None:
+            continue
+        x, y = _inputs(batch, cfg, device, centre=True)
+        with autocast(cfg.precision, device):
+            logits = model.top_layer(H.top_input(model, x, cfg.head))
+        correct += int((logits.argmax(1).cpu() == y).sum())
+        n += len(y)
+    return 100.0 * correct / max(n, 1)
 
 
 def _now(device: torch.device) -> float:
@@ -506,16 +590,20 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
     ds = ImageFolder(root, transform=None)
     n_images = len(ds)
     gt = np.asarray(ds.targets) if len(ds.classes) > 1 else None
+    if cfg.targets == "labels" and gt is None:
+        raise UserError(f"--targets labels needs labelled data, but {root} has {len(ds.classes)} class folder; "
+                        "pass an ImageFolder with one folder per class (ROOT/<class>/<image>.jpg)")
     if cfg.pool_size and cfg.pool_size > n_images:
         raise UserError(f"--pool-size {cfg.pool_size} is larger than the {n_images} readable images in {root}")
     pool = (np.sort(np.random.default_rng([cfg.seed, 10**6]).choice(n_images, cfg.pool_size, replace=False))
             if cfg.pool_size else np.arange(n_images))
     subset_n = min(cfg.subset_size or len(pool), len(pool))
-    if cfg.clustering == "kmeans" and subset_n < cfg.k:
+    if cfg.clustering == "kmeans" and cfg.targets != "labels" and subset_n < cfg.k:
         raise UserError(f"{subset_n} images for {cfg.k} clusters in {root}: k-means needs at least as many "
                         "images as clusters (lower --k or give more data)")
     _check_resources(cfg, subset_n, world, device)
     train_tf, centre_tf = (Feed(ds, fn, cfg, device) for fn in crop_loaders(cfg, cfg.loader))
+    val = _val_set(cfg, root, ds, device) if cfg.targets == "labels" and main else None
     diag_priority = np.random.default_rng([cfg.seed, 10**6 + 1]).permutation(n_images)
     if main:
         for note in _clean_stale(out):
@@ -539,8 +627,9 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
         if main and not cfg.quiet:
             print(f"resuming {out} after epoch {start_epoch}", file=sys.stderr)
     else:
+        n_top = len(ds.classes) if cfg.targets == "labels" else cfg.k if cfg.clustering == "kmeans" else 0
         model = build_model(cfg.arch, sobel=cfg.sobel, batchnorm=True, input_size=cfg.input_size,
-                            num_classes=cfg.k if cfg.clustering == "kmeans" else 0, seed=cfg.seed)
+                            num_classes=n_top, seed=cfg.seed)
         ts = None
     model.to(device, memory_format=memory_format(cfg.precision))
     opt = torch.optim.SGD(trunk_parameters(model), lr=cfg.lr, momentum=cfg.momentum,
@@ -555,6 +644,7 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
         write_json_atomic(out / "config.json", {
             "config": _config_json(cfg), "data_root": str(root), "num_images": n_images,
             "data_fingerprint": data_fp, "world_size": world, "resumed_from_epoch": start_epoch,
+            **({"val_root": str(val[0])} if val is not None else {}),
             "git_sha": git_sha(), "environment": environment(), "started": utc_now()})
     if start_epoch >= cfg.epochs and main and not cfg.quiet:
         print(f"{out}: already trained for {start_epoch} epochs (--epochs {cfg.epochs}); nothing to do",
@@ -564,8 +654,13 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
     for epoch in range(start_epoch, cfg.epochs):
         times = {}
         t0 = time.perf_counter()
+        # Targets that do not change this epoch: the labels, or the clusters of the first epoch
+        # (--targets fixed-clusters); then nothing is clustered and the top layer is kept.
+        held = cfg.targets == "labels" or (cfg.targets == "fixed-clusters" and prev is not None)
         # ---- X~: this epoch's subset of the pool (Algorithm 2)
-        if subset_n < len(pool):
+        if cfg.targets == "fixed-clusters" and prev is not None:
+            subset = prev[0]
+        elif subset_n < len(pool):
             subset = np.sort(np.random.default_rng(stage_seed(cfg.seed, epoch, 1)).choice(
                 pool, subset_n, replace=False))
         else:
@@ -593,26 +688,37 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
             valid_np = valid.numpy()
             if x.shape[0] == 0:
                 raise UserError(f"every image of {root} failed to decode; check the data folder")
-            if cfg.clustering == "kmeans" and x.shape[0] < cfg.k:
+            if cfg.clustering == "kmeans" and not held and x.shape[0] < cfg.k:
                 raise UserError(f"only {x.shape[0]} readable images for {cfg.k} clusters in {root}; lower --k")
             if not _all_finite(x, cfg.cluster_chunk):
                 raise TrainingDiverged(f"non-finite features at epoch {epoch + 1}; lower --lr; {_last_good(ckpt)}")
             stage = "PCA-whitening"
             try:
                 t = time.perf_counter()
+                spectrum: dict = {}
                 if torch_engine:
-                    xw = pca_whiten_torch(x.to(device), cfg.pca_dim, chunk=cfg.cluster_chunk)
+                    xw = pca_whiten_torch(x.to(device), cfg.pca_dim, chunk=cfg.cluster_chunk, stats=spectrum)
                 else:
-                    xw = pca_whiten(x.numpy(), cfg.pca_dim)
+                    xw = pca_whiten(x.numpy(), cfg.pca_dim, stats=spectrum)
                 del x
                 times["pca"] = _now(device) - t
                 stage = "k-means" if cfg.clustering == "kmeans" else "PIC"
                 t = time.perf_counter()
-                lab = cluster(xw, cfg, seed=stage_seed(cfg.seed, epoch, 3), use_gpu=use_faiss_gpu,
-                              engine=cfg.cluster_engine)
+                if held:
+                    labels = (np.where(valid_np, gt[subset], -1) if cfg.targets == "labels"
+                              else np.where(valid_np, prev[1], -1)).astype(np.int64)
+                    lab = labels[valid_np]
+                    keep = lab >= 0
+                    if not keep.all():  # unreadable when the clusters were made: left out of the diagnostics
+                        xw = xw[torch.from_numpy(keep).to(xw.device)] if torch_engine else xw[keep]
+                        valid_np, lab = labels >= 0, lab[keep]
+                else:
+                    lab = cluster(xw, cfg, seed=stage_seed(cfg.seed, epoch, 3), use_gpu=use_faiss_gpu,
+                                  engine=cfg.cluster_engine)
+                    labels = np.full(len(subset), -1, dtype=np.int64)
+                    labels[valid_np] = lab
                 times["clustering"] = _now(device) - t
-                labels = np.full(len(subset), -1, dtype=np.int64)
-                labels[valid_np] = lab
+                record["pca_variance"] = spectrum.get("pca_variance") or None
                 # ---- diagnostics
                 stage = "the diagnostics"
                 t = time.perf_counter()
@@ -634,7 +740,11 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
                         _, nbrs = knn_torch(xw[torch.from_numpy(sel).to(xw.device)], 10, chunk=cfg.cluster_chunk)
                     else:
                         _, nbrs = knn(xw[sel], 10, use_gpu=use_faiss_gpu)
-                    record["ratio_edge_intra_class"] = float(np.mean(list(ratio_edge_intra_class(nbrs, y).values())))
+                    per_class = ratio_edge_intra_class(nbrs, y)
+                    record["ratio_edge_intra_class"] = float(np.mean(list(per_class.values())))
+                    # Figure 4.1: the per-class ratios (by class index) and what a random graph scores
+                    record["ratio_per_class"] = [round(per_class[c], 5) for c in sorted(per_class)]
+                    record["ratio_random_graph"] = float(np.mean(list(random_graph_ratio(y).values())))
                 del xw
                 times["metrics"] = _now(device) - t
             except _oom_types():
@@ -652,7 +762,10 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
         t = time.perf_counter()
         m = int(labels.max()) + 1
         seed_everything(stage_seed(cfg.seed, epoch, 4))
-        reset_top_layer(model, m, device)
+        m = len(ds.classes) if cfg.targets == "labels" else m
+        kept = model.top_layer
+        if not (held and epoch > 0 and kept is not None and kept.out_features == m):
+            reset_top_layer(model, m, device)
         steps = cfg.steps_per_epoch or max(1, cfg.epoch_multiplier * int((labels >= 0).sum()) // cfg.batch_size)
         draw = S.draw(cfg.sampler, labels, steps * cfg.batch_size,
                       np.random.default_rng(stage_seed(cfg.seed, epoch, 5)))
@@ -660,12 +773,25 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
         per = cfg.batch_size // world
         mine = np.concatenate([np.arange(b * cfg.batch_size + rank * per, b * cfg.batch_size + (rank + 1) * per)
                                for b in range(steps)])
+        diags: list[dict] = []
+        after_step = None
+        if cfg.diag_every and gt is not None and main:
+            diag_items = subset[diag_rows(diag_priority, subset, cfg.diag_sample)]
+            after_step = _diag_hook(diags, cfg.diag_every, steps, functools.partial(
+                diagnose, model, ds, diag_items, gt[diag_items], centre_tf, cfg, device,
+                stage_seed(cfg.seed, epoch, 8), use_faiss_gpu, torch_engine))
         loss_sum, loss_n = _train_pass(model, opt, ds, items, targets, mine, per, steps, m, train_tf, cfg,
-                                       device, epoch, ckpt, show, ddp_device)
+                                       device, epoch, ckpt, show, ddp_device, after_step)
         times["train"] = _now(device) - t
         record["loss"] = loss_sum / max(loss_n, 1)
         record["steps"] = steps
         record["log_k"] = math.log(m)
+        if diags:
+            record["diag"] = diags
+        if val is not None:
+            t = time.perf_counter()
+            record["val_top1"] = top1(model, val[1], val[2], val[3], cfg, device)
+            times["val"] = _now(device) - t
 
         # ---- outputs (rank 0): assignments, log line, checkpoint, snapshot
         # The loss is read only every LOG_EVERY steps and before the last step's update, so a step that
@@ -696,8 +822,8 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
                                 name=f"{out.name}-epoch{epoch + 1}", epoch=epoch + 1, num_clusters=m,
                                 train_config=_config_json(cfg), data_fingerprint=data_fp)
             if show:
-                extra = "".join(f" {k}={record[k]:.3f}" for k in ("nmi_prev", "nmi_labels", "ratio_edge_intra_class")
-                                if record.get(k) is not None)
+                extra = "".join(f" {k}={record[k]:.3f}" for k in ("nmi_prev", "nmi_labels", "ratio_edge_intra_class",
+                                                                      "val_top1") if record.get(k) is not None)
                 print(f"epoch {epoch + 1}/{cfg.epochs} loss={record['loss']:.4f} (chance: ln k={record['log_k']:.3f}) "
                       f"clusters={record['num_clusters']} min={record['size_min']}{extra} "
                       f"{record['time']['total']:.1f}s", file=sys.stderr)
@@ -706,11 +832,47 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
     return {"out": str(out), "epochs": cfg.epochs, "start_epoch": start_epoch, "last": last}
 
 
+def sgt_rows(batch_targets: np.ndarray, m: int, sgt: int, rng: np.random.Generator) -> np.ndarray:
+    """SGT (thesis §4.7): the rows of the batch's targets plus random others, ``sgt`` in all, sorted."""
+    gtargets = np.unique(batch_targets)
+    others = np.setdiff1d(np.arange(m), gtargets)
+    extra = rng.choice(others, max(0, min(sgt - gtargets.size, others.size)), replace=False)
+    return np.sort(np.concatenate([gtargets, extra]))
+
+
+def sgd_step(net, top, opt, opt_top, bufs: dict, x, y, rows, cfg: TrainConfig, device) -> torch.Tensor:
+    """One update: the trunk by ``opt``; the top layer by ``opt_top``, or, with SGT ``rows``, a lazy
+    SGD with momentum on those rows only. Returns the batch's (detached) loss."""
+    if rows is not None:
+        y = torch.searchsorted(rows, y)
+    with autocast(cfg.precision, device):
+        loss = F.cross_entropy(net(x, rows), y)
+    opt.zero_grad(set_to_none=True)
+    if opt_top is not None:
+        opt_top.zero_grad(set_to_none=True)
+    else:
+        top.weight.grad = top.bias.grad = None
+    loss.backward()
+    opt.step()
+    if opt_top is not None:
+        opt_top.step()
+    else:
+        with torch.no_grad():  # lazy SGD on the selected rows only
+            for p in (top.weight, top.bias):
+                b = bufs[id(p)]
+                b[rows] = cfg.top_momentum * b[rows] + p.grad[rows] + cfg.weight_decay * p[rows]
+                p[rows] = p[rows] - cfg.lr * b[rows]
+    return loss.detach()
+
+
 def _train_pass(model, opt, ds, items, targets, mine, per, steps, m, tf, cfg, device, epoch, ckpt, show,
-                ddp_device) -> tuple[float, int]:
-    net: nn.Module = _Net(model)
+                ddp_device, after_step=None) -> tuple[float, int]:
+    """One epoch's updates; ``after_step(n)`` (if given) runs after the n-th update (``--diag-every``)."""
+    net: nn.Module = _Net(model, cfg.head)
     if D.is_dist():
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[ddp_device] if ddp_device is not None else None)
+        # 2fc leaves fc7 out of the forward: DDP must be told that some parameters get no gradient
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[ddp_device] if ddp_device is not None else None,
+                                                  find_unused_parameters=cfg.head == "2fc")
     sgt = cfg.sgt and cfg.sgt < m
     top = model.top_layer
     opt_top = None if sgt else torch.optim.SGD(top.parameters(), lr=cfg.lr, momentum=cfg.top_momentum,
@@ -737,38 +899,20 @@ def _train_pass(model, opt, ds, items, targets, mine, per, steps, m, tf, cfg, de
     for step, batch in enumerate(bar):
         rows = None
         if sgt:  # rows of the global batch's targets plus random others, sgt in all (thesis §4.7)
-            gtargets = np.unique(targets[step * cfg.batch_size:(step + 1) * cfg.batch_size])
-            others = np.setdiff1d(np.arange(m), gtargets)
-            extra = rng_rows.choice(others, max(0, min(cfg.sgt - gtargets.size, others.size)), replace=False)
-            rows_np = np.sort(np.concatenate([gtargets, extra]))
+            rows_np = sgt_rows(targets[step * cfg.batch_size:(step + 1) * cfg.batch_size], m, cfg.sgt, rng_rows)
             rows = torch.from_numpy(rows_np).to(device)
         if batch is None:
             continue
         x, y = _inputs(batch, cfg, device, centre=False)
         y = y.to(device, non_blocking=True)
-        if rows is not None:
-            y = torch.searchsorted(rows, y)
-        with autocast(cfg.precision, device):
-            loss = F.cross_entropy(net(x, rows), y)
-        opt.zero_grad(set_to_none=True)
-        if opt_top is not None:
-            opt_top.zero_grad(set_to_none=True)
-        else:
-            top.weight.grad = top.bias.grad = None
-        loss.backward()
-        opt.step()
-        if opt_top is not None:
-            opt_top.step()
-        else:
-            with torch.no_grad():  # lazy SGD on the selected rows only
-                for p in (top.weight, top.bias):
-                    b = bufs[id(p)]
-                    b[rows] = cfg.top_momentum * b[rows] + p.grad[rows] + cfg.weight_decay * p[rows]
-                    p[rows] = p[rows] - cfg.lr * b[rows]
-        loss_sum += loss.detach().double() * y.shape[0]
+        loss = sgd_step(net, top, opt, opt_top, bufs, x, y, rows, cfg, device)
+        loss_sum += loss.double() * y.shape[0]
         loss_n += y.shape[0]
         if (step + 1) % LOG_EVERY == 0:
             lv = check(step)
             if show:
                 bar.set_postfix(loss=f"{lv / max(loss_n, 1):.4f}")
+        if after_step is not None:
+            after_step(step + 1)
+            model.train()
     return check(step), loss_n
