@@ -35,8 +35,10 @@ def _bounded(text) -> str:
 
 
 def md_text(text) -> str:
-    """Untrusted text as inert markdown: HTML-escaped, inline punctuation backslash-escaped, one line."""
-    return _MD_PUNCT.sub(r"\\\1", html.escape(_bounded(text), quote=True))
+    """Untrusted text as inert markdown: HTML-escaped, inline punctuation backslash-escaped, one line.
+    Quotes stay as they are: with ``<`` escaped no tag (hence no attribute) can open, and the raw file
+    stays readable ("thesis's", not "thesis&#x27;s")."""
+    return _MD_PUNCT.sub(r"\\\1", html.escape(_bounded(text), quote=False))
 
 
 def code_span(text) -> str:
