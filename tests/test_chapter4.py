@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_runs  # tests/tiny_runs.py
 import torch
 from PIL import Image
 
@@ -235,16 +236,10 @@ def test_figure_4_1_box_plots_from_per_class_ratios(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # end to end (slow): tiny runs on the shared labelled tree
 def tiny(data, out, **kw):
-    base = dict(data=str(data), out=str(out), k=4, pca_dim=8, batch_size=16, steps_per_epoch=4, epochs=2,
-                quiet=True, workers=0, seed=1)
-    base.update(kw)
-    return make_config("km-ImNet-Sob", "smoke", **base)
+    return tiny_runs.tiny(data, out, **{"steps_per_epoch": 4, "epochs": 2, **kw})
 
 
-def _weights(out):
-    from safetensors.torch import load_file
-
-    return load_file(str(Path(out) / "checkpoint" / "model.safetensors"))
+_weights = tiny_runs.weights
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_runs  # tests/tiny_runs.py
 import torch
 import torchvision.transforms as T
 from PIL import Image
@@ -206,17 +207,7 @@ def test_nvjpeg_without_cuda_falls_back_with_one_line(capsys):
 
 # ---------------------------------------------------------------------------------------------
 # dc-train: --precision, engines, loaders, diagnostics, bad input
-def tiny(data, out, **kw):
-    base = dict(data=str(data), out=str(out), k=4, pca_dim=8, batch_size=16, steps_per_epoch=2, epochs=1,
-                quiet=True, workers=0, seed=1)
-    base.update(kw)
-    return make_config("km-ImNet-Sob", "smoke", **base)
-
-
-def _weights(out):
-    from safetensors.torch import load_file
-
-    return load_file(str(Path(out) / "checkpoint" / "model.safetensors"))
+tiny, _weights = tiny_runs.tiny, tiny_runs.weights
 
 
 @pytest.mark.slow

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_runs  # tests/tiny_runs.py
 import torch
-from safetensors.torch import load_file
 
 from dcbench.checkpoint import load_checkpoint
 from dcbench.train import cli as train_cli
@@ -19,14 +19,10 @@ from dcbench.train.loop import load_assignments, read_log, train
 
 
 def tiny(data, out, **kw):
-    base = dict(data=str(data), out=str(out), k=4, pca_dim=8, batch_size=16, steps_per_epoch=3, epochs=2,
-                quiet=True, workers=0, seed=1)
-    base.update(kw)
-    return make_config("km-ImNet-Sob", "smoke", **base)
+    return tiny_runs.tiny(data, out, **{"steps_per_epoch": 3, "epochs": 2, **kw})
 
 
-def weights(out) -> dict:
-    return load_file(str(Path(out) / "checkpoint" / "model.safetensors"))
+weights = tiny_runs.weights
 
 
 @pytest.mark.slow
