@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/out/nvjpeg_breakdown.json")
     args = ap.parse_args()
 
-    from dcbench.imageload import JpegBytes, _decode_all, decode_batch
+    from dcbench.imageload import JpegBytes, _decode_all, crop_batch, decode_batch
 
     device = torch.device(args.device)
     files = sorted(Path(args.root).rglob("*.jpg"))[: args.batches * args.batch_size]
@@ -56,12 +56,7 @@ def main() -> None:
 
     def crop_only() -> None:
         for imgs, params in decoded:
-            for im, (i, j, h, w, flip) in zip(imgs, params.tolist()):
-                y = torch.nn.functional.interpolate(im[None, :, i:i + h, j:j + w].float(), size=(args.size, args.size),
-                                                    mode="bilinear", antialias=True, align_corners=False)
-                if flip:
-                    y = y.flip(-1)
-                y[0].round_().clamp_(0, 255).to(torch.uint8)
+            crop_batch(imgs, params, args.size, device)
 
     runs = {"decode_jpeg_batched": decode_only, "decode_batch_full": full, "crop_resize_only": crop_only}
     full()  # warm-up: nvJPEG handles, kernels

@@ -264,7 +264,12 @@ def decode_batch(datas: list[torch.Tensor], params: torch.Tensor, size: int, dev
 
     ``centre``: the params are :class:`JpegBytes`'s resize geometry (central or random crops of the
     resized image), not a random-sized box."""
-    imgs = _decode_all(datas, device)
+    return crop_batch(_decode_all(datas, device), params, size, device, centre)
+
+
+def crop_batch(imgs: list[torch.Tensor | None], params: torch.Tensor, size: int, device: torch.device,
+               centre: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`decode_batch` after the decode: crop, resize and flip decoded images (None = unreadable)."""
     keep = torch.tensor([im is not None for im in imgs], dtype=torch.bool)
     out = torch.empty((int(keep.sum()), 3, size, size), dtype=torch.uint8, device=device)
     p = params.tolist()

@@ -73,10 +73,10 @@ def build_parser(argv: Sequence[str] | None = None) -> ArgumentParser:
         "Each default below is that preset's value at that scale; give --preset/--scale/--data with "
         "--help to see another's.")
 
-    def o(*flags, dest=None, help, shown=None, **kw):   # noqa: A002 - argparse's name
+    def o(*flags, dest=None, help, shown=None, group=g, **kw):   # noqa: A002 - argparse's name
         dest = dest or flags[0].lstrip("-").replace("-", "_")
         shown = shown or _shown(getattr(cfg, dest), dest)
-        g.add_argument(*flags, dest=dest, help=f"{help} (default: {shown})", **kw)
+        group.add_argument(*flags, dest=dest, help=f"{help} (default: {shown})", **kw)
 
     o("--epochs", type=int, help="epochs, one clustering each")
     o("--lr", type=float, help="SGD learning rate (constant)")
@@ -125,9 +125,8 @@ def build_parser(argv: Sequence[str] | None = None) -> ArgumentParser:
       help="NMI-with-labels and 10-NN ratio on a fixed random sample of this many images (0 = all)")
     c = p.add_argument_group("chapter-4 comparisons (thesis §4.2-4.7; each default is the thesis's choice)")
 
-    def o4(*flags, help, **kw):   # noqa: A002 - argparse's name
-        dest = flags[0].lstrip("-").replace("-", "_")
-        c.add_argument(*flags, dest=dest, help=f"{help} (default: {_shown(getattr(cfg, dest), dest)})", **kw)
+    def o4(*flags, **kw):
+        o(*flags, group=c, **kw)
 
     o4("--descriptor", choices=DESCRIPTORS, help="cluster the penultimate FC's output before or after its ReLU")
     o4("--head", choices=HEADS,

@@ -272,6 +272,7 @@ def train_fcn(net: FCN32s, loader, proto: dict, device: torch.device, seed: int,
         diverged=f"FCN training diverged at lr {proto['lr']} (loss is not finite); pass a lower --lr", bar=bar)
     for x, m in bar:
         # An all-void image's mean loss is 0/0: no loss to follow (checked on the host copy, no sync).
+        # Its forward still runs, as before this check moved here: it draws dropout's random numbers.
         no_loss = proto["loss_reduction"] == "mean" and not bool((m != IGNORE).any())
         x, m = x.unsqueeze(0).to(device), m.unsqueeze(0).to(device)
         with training.amp(precision, device):
