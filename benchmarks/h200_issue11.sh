@@ -14,7 +14,17 @@ repo=$(pwd)
 log="$OUT/run.log"
 exec > >(tee -a "$log") 2>&1
 
-step() { echo; echo "=== $(date -u +%T) $*"; }
+# One device call may run 560 s: every step's timeout is cut to what is left of BUDGET, so a slow
+# step costs the later ones their time but never the files already written.
+START=$(date +%s)
+BUDGET=${BUDGET:-$([ "${DRY:-0}" = 1 ] && echo 3600 || echo 540)}
+step() { echo; echo "=== $(date -u +%T) [$(( $(date +%s) - START )) s of $BUDGET] $*"; }
+tb() {  # tb SECONDS CMD...: CMD under `timeout SECONDS`, or less if the budget has less left
+  local left=$(( BUDGET - ($(date +%s) - START) - 5 )) t=$1; shift
+  [ "$t" -gt "$left" ] && t=$left
+  if [ "$t" -lt 10 ]; then echo "skipped, budget spent: $*"; return 124; fi
+  timeout "$t" "$@"
+}
 
 step setup
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
@@ -36,23 +46,22 @@ else
 fi
 
 step "1. clustering stage at 1.28M x 4096 -> 256 -> 10,000 (torch on the GPU) + agreement with faiss-cpu / pca_whiten"
-timeout 240 python3 benchmarks/gpu_clustering.py $CL --out "$OUT/gpu_clustering.json"
+tb 240 python3 benchmarks/gpu_clustering.py $CL --out "$OUT/gpu_clustering.json"
 
 step "2. gpu_epoch after: N=100,000, k=10,000, 15 workers, defaults (nvjpeg, bf16, torch engine, diag sample 20k)"
-timeout 360 python3 benchmarks/gpu_epoch.py $EP --compare-loaders --workdir $W/e100k \
+tb 360 python3 benchmarks/gpu_epoch.py $EP --compare-loaders --workdir $W/e100k \
     --out "$OUT/gpu_epoch_cuda_100000.json" \
-  || timeout 300 python3 benchmarks/gpu_epoch.py $EP --loader draft --workdir $W/e100k \
+  || tb 300 python3 benchmarks/gpu_epoch.py $EP --loader draft --workdir $W/e100k \
     --out "$OUT/gpu_epoch_cuda_100000_draft.json"
-step "2b. gpu_epoch, ResNet-50 (issue 16): the same JPEGs and settings"
-timeout 300 python3 benchmarks/gpu_epoch.py $EP --arch resnet50 --workdir $W/e100k --out "$OUT/gpu_epoch_cuda_100000_resnet50.json"
-[ $DEV = cuda ] && timeout 60 python3 benchmarks/nvjpeg_breakdown.py --root $W/e100k/data $NBK --out "$OUT/nvjpeg_breakdown.json"
+step "2b. nvjpeg breakdown: batched decode, per-image vs packed crop (crop_packed), side by side"
+tb 60 python3 benchmarks/nvjpeg_breakdown.py --root $W/e100k/data $NBK --device $DEV --out "$OUT/nvjpeg_breakdown.json"
 
 step "3. before, side by side: ee62095's dc-train (the issue's measurement), 25,600 JPEGs, k=1000, 15 workers"
 (cd /tmp && python3 -c "import sys; sys.path.insert(0, '$repo/benchmarks'); from jpeg_data import make_jpegs; \
 make_jpegs('$W/b25k', $NB, 400, 350, classes=1000, seed=0)")
 for tree in before after; do
   if [ $tree = before ]; then pp=${T:-/tmp}/before:${T:-/tmp}/site; extra=""; else pp=${T:-/tmp}/dcb:${T:-/tmp}/site; extra="--no-faiss-gpu"; fi
-  (cd /tmp && PYTHONPATH=$pp timeout 200 python3 -m dcbench.train.cli --scale full --data $W/b25k --out $W/run-$tree \
+  (cd /tmp && PYTHONPATH=$pp tb 200 python3 -m dcbench.train.cli --scale full --data $W/b25k --out $W/run-$tree \
       --epochs 2 --k $BK --workers $BW --device $DEV --snapshot-every 0 --quiet $extra \
    && python3 -c "import json; [print('$tree', json.loads(l)['epoch'], json.loads(l)['time']) for l in open('$W/run-$tree/log.jsonl')]" \
    && sed "s/^{/{\"tree\": \"$tree\", /" $W/run-$tree/log.jsonl >> "$OUT/before_after_logs.jsonl")
@@ -60,8 +69,10 @@ done
 
 step "4. train_learns: same gain over random init in bf16 as in fp32 (3 seeds, GPU training, CPU probes)"
 for p in fp32 bf16; do
-  timeout 150 python3 benchmarks/train_learns.py --device $DEV --precision $p $TL --layers conv5 \
+  tb 150 python3 benchmarks/train_learns.py --device $DEV --precision $p $TL --layers conv5 \
       --workdir $W/tl-$p --out "$OUT/train_learns_${p}_cuda.json" | grep -v '^{' ; \
   python3 -c "import json; d=json.load(open('$OUT/train_learns_${p}_cuda.json')); print('$p', d.get('summary'))"
 done
+step "5. gpu_epoch, ResNet-50 (issue 16), last: the same JPEGs and settings, in what is left"
+tb 300 python3 benchmarks/gpu_epoch.py $EP --arch resnet50 --workdir $W/e100k --out "$OUT/gpu_epoch_cuda_100000_resnet50.json"
 step done

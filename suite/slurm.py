@@ -77,7 +77,9 @@ class SlurmEngine:
             import submitit  # noqa: F401
         except ModuleNotFoundError:
             raise UserError("--engine slurm needs submitit: pip install 'dcbench[suite]'") from None
-        missing = [c for c in ("sbatch", "scancel") if shutil.which(c) is None]
+        # srun too: submitit's batch script starts the task with it, and submitit >= 1.5.4 will not
+        # even build an executor without it on PATH.
+        missing = [c for c in ("sbatch", "srun", "scancel") if shutil.which(c) is None]
         if missing:
             raise UserError(f"--engine slurm: {', '.join(missing)} not found on PATH; run dc-bench on a Slurm "
                             "login node (or install the Slurm client tools)")

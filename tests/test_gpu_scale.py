@@ -191,6 +191,62 @@ def test_batched_decode_path_on_cpu_draws_torchvisions_boxes(tmp_path):
     assert (x[0].float() - tv.float()).abs().mean() < 3
 
 
+def _decoded_batch(n=40, seed=0):
+    """Decoded-image stand-ins of many sizes (60-400 px, so boxes are up- and downscaled), with a
+    random-sized box and a centre-crop geometry each, every flip code in turn."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    imgs, boxes, centres = [], [], []
+    for b in range(n):
+        h, w = (int(v) for v in rng.integers(60, 400, 2))
+        noise = torch.from_numpy(rng.integers(0, 256, (1, 3, h, w))).float()
+        imgs.append(torch.nn.functional.avg_pool2d(noise, 3, 1, 1)[0].to(torch.uint8))
+        boxes.append([*T.RandomResizedCrop.get_params(imgs[-1], [0.08, 1.0], [3 / 4, 4 / 3]), b % 3])
+        centres.append([*IL.centre_geometry(w, h, 73, 64), b % 3])
+    return imgs, boxes, centres
+
+
+@pytest.mark.parametrize("centre", [False, True], ids=["random-sized", "resize-geometry"])
+def test_packed_crop_equals_the_per_image_interpolate_up_to_rounding(centre):
+    imgs, boxes, centres = _decoded_batch()
+    params = centres if centre else boxes
+    ref, _ = IL.crop_batch(imgs, torch.tensor(params), 64, torch.device("cpu"), centre=centre, packed=False)
+    for budget in (IL.PACK_PIXELS, 1):  # one group; one group per image
+        out = IL.crop_packed(imgs, params, 64, torch.device("cpu"), centre=centre, budget=budget)
+        diff = (out.int() - ref.int()).abs()
+        assert out.shape == ref.shape and out.dtype == torch.uint8
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3  # float rounding only (measured: 1.5e-5)
+
+
+def test_packed_crop_keeps_the_order_and_skips_unreadable_images():
+    imgs, boxes, _ = _decoded_batch(6)
+    with_bad = imgs[:2] + [None] + imgs[2:]
+    params = torch.tensor(boxes[:2] + [[0, 0, 1, 1, 0]] + boxes[2:])
+    x, keep = IL.crop_batch(with_bad, params, 64, torch.device("cpu"), packed=True)
+    ref, _ = IL.crop_batch(imgs, torch.tensor(boxes), 64, torch.device("cpu"), packed=False)
+    assert keep.tolist() == [True, True, False, True, True, True, True]
+    assert (x.int() - ref.int()).abs().max() <= 1
+    assert IL.crop_packed([], [], 64, torch.device("cpu")).shape == (0, 3, 64, 64)
+
+
+def test_pack_groups_stay_within_the_budget_and_cover_every_image_once():
+    rng = np.random.default_rng(1)
+    hs, ws = rng.integers(50, 2000, 300).tolist(), rng.integers(50, 2000, 300).tolist()
+    budget = 20 * 500 * 500
+    groups = IL._pack_groups([h * w for h, w in zip(hs, ws)], hs, ws, budget)
+    assert sorted(b for g in groups for b in g) == list(range(300))
+    for g in groups:
+        padded = len(g) * max(hs[b] for b in g) * max(ws[b] for b in g)
+        assert padded <= budget or len(g) == 1
+
+
+def test_flip_codes_of_the_packed_crop_mirror_the_unflipped_crop():
+    imgs, boxes, _ = _decoded_batch(3)
+    box = [b[:4] for b in boxes]
+    plain, lr, tb = (IL.crop_packed(imgs, [b + [code] for b in box], 64, torch.device("cpu")) for code in (0, 1, 2))
+    assert torch.equal(lr, plain.flip(-1)) and torch.equal(tb, plain.flip(-2))
+
+
 def test_normalise_is_totensor_then_normalize_bit_for_bit():
     x = torch.randint(0, 256, (4, 3, 9, 7), dtype=torch.uint8)
     ref = torch.stack([T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))(

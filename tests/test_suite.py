@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -385,9 +386,19 @@ def test_local_engine_gives_each_running_task_its_own_gpu(tmp_path, ckpt, monkey
     assert sorted(seen) == [("3", "cuda"), ("5", "cuda")]
 
 
-def test_slurm_job_asks_for_the_table_row_and_the_partition_and_account(tmp_path, ckpt):
+def _fake_slurm_tools(folder: Path, monkeypatch) -> None:
+    """sbatch, srun and scancel on PATH that are never run (submitit >= 1.5.4 looks for srun)."""
+    folder.mkdir()
+    for tool in ("sbatch", "srun", "scancel"):
+        (folder / tool).write_text("#!/bin/sh\nexit 1\n")
+        (folder / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_slurm_job_asks_for_the_table_row_and_the_partition_and_account(tmp_path, ckpt, monkeypatch):
     from dcbench.suite.slurm import SlurmEngine
 
+    _fake_slurm_tools(tmp_path / "bin", monkeypatch)
     eng = SlurmEngine(tmp_path, "r", gpus=True, partition="gpu", account="proj1")
     job = Job("voc-detection", read_checkpoint(ckpt), "full", tmp_path, str(tmp_path))
     params = eng.executor(job).parameters
@@ -396,3 +407,11 @@ def test_slurm_job_asks_for_the_table_row_and_the_partition_and_account(tmp_path
         "account": "proj1"}
     smoke = SlurmEngine(tmp_path, "r").executor(Job("mlp", job.checkpoint, "smoke", None, "embedded")).parameters
     assert "gpus_per_node" not in smoke and smoke["cpus_per_task"] == 1 and "partition" not in smoke
+
+
+def test_slurm_engine_without_the_slurm_tools_names_each_missing_one(tmp_path, monkeypatch):
+    from dcbench.suite.slurm import SlurmEngine
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing of Slurm's here
+    with pytest.raises(UserError, match=r"sbatch, srun, scancel not found on PATH"):
+        SlurmEngine(tmp_path, "r").check([])
