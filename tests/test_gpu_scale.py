@@ -233,7 +233,7 @@ def test_pack_groups_stay_within_the_budget_and_cover_every_image_once():
     rng = np.random.default_rng(1)
     hs, ws = rng.integers(50, 2000, 300).tolist(), rng.integers(50, 2000, 300).tolist()
     budget = 20 * 500 * 500
-    groups = IL._pack_groups([h * w for h, w in zip(hs, ws)], hs, ws, budget)
+    groups = IL._pack_groups(hs, ws, budget)
     assert sorted(b for g in groups for b in g) == list(range(300))
     for g in groups:
         padded = len(g) * max(hs[b] for b in g) * max(ws[b] for b in g)
