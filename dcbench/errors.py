@@ -31,7 +31,13 @@ class ResultError(UserError):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports usage errors as one line (not usage + message) and exit 2."""
+    """argparse that reports usage errors as one line (not usage + message) and exit 2, and takes
+    no abbreviations: a prefix such as ``--ou`` would otherwise reach ``--out`` behind the back of
+    anything that checks flags by name (the suite reserves some for itself)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # noqa: D401 - argparse API
         raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")

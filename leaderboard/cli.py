@@ -24,8 +24,9 @@ from dcbench.leaderboard import check as checking
 from dcbench.leaderboard import plots
 from dcbench.leaderboard.collect import find_result_files, load_results, newest_runs, to_frame
 from dcbench.leaderboard.literature import load_literature
-from dcbench.leaderboard.render import md_text, render
+from dcbench.leaderboard.render import render
 from dcbench.leaderboard.tables import Table, build_tables, of_family
+from dcbench.text import md_text
 
 
 def get_args_parser(add_help: bool = True) -> ArgumentParser:

@@ -16,7 +16,6 @@ within an epoch (``dc-train --diag-every N``, the record's ``diag`` list) sit at
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 from dcbench.leaderboard.plots import _save  # noqa: E402
 from dcbench.leaderboard.runs import NOT_AN_OPTION, Run, differing_options, run_labels, show_value  # noqa: E402
+from dcbench.text import code_span, md_text  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -50,13 +50,6 @@ CURVES = (
 )
 # Every PNG name this module writes; only these are ever removed from a figures folder.
 FIGURE_NAMES = {f"{c.key}.png" for c in CURVES} | {"loss.png", "pca_variance.png", "ratio_per_class.png"}
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|$&~])")
-
-
-def md(text: str) -> str:
-    """Untrusted text as literal markdown: every punctuation character that could start markup is escaped."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
-
 
 def mpl(text: str) -> str:
     """Untrusted text as a literal matplotlib label: no mathtext, not hidden by a leading underscore."""
@@ -209,23 +202,23 @@ def render_page(runs: list[Run], made: dict[str, Path], folder_name: str, comman
     diff = differing_options(runs)
     lines = ["# Chapter-4 figures from training logs", "",
              f"Drawn by `dc-figures` from {len(runs)} dc-train run folder(s). Curves are labelled by the "
-             "training options that differ between the runs" + (f" ({', '.join(md(show_value(k)) for k in diff[:40])}{', …' if len(diff) > 40 else ''})"
+             "training options that differ between the runs" + (f" ({', '.join(md_text(show_value(k)) for k in diff[:40])}{', …' if len(diff) > 40 else ''})"
                                                                 if diff else " (none differ: labelled by folder)") + ".",
-             "", f"Command: `{command.replace('`', '')}`", "", "## Runs", "",
+             "", f"Command: {code_span(command, 1000)}", "", "## Runs", "",
              "| Label | Folder | Epochs logged | Updates | Git | Started (UTC) | Data: images, fingerprint | Device, torch |",
              "|---|---|:---:|:---:|---|---|---|---|"]
     for run, label in zip(runs, labels):
         p = run.provenance
-        lines.append(f"| {md(label)} | {md(show_value(str(run.folder), 200))} | {len(run.records)} | "
-                     f"{run.updates_after()[-1]:,} | {md(p['git'])} | {md(p['started'])} | "
-                     f"{md(p['num_images'])}, {md(p['data_fingerprint'])} | {md(p['device'])}, {md(p['torch'])} |")
+        lines.append(f"| {md_text(label)} | {md_text(show_value(str(run.folder), 200))} | {len(run.records)} | "
+                     f"{run.updates_after()[-1]:,} | {md_text(p['git'])} | {md_text(p['started'])} | "
+                     f"{md_text(p['num_images'])}, {md_text(p['data_fingerprint'])} | {md_text(p['device'])}, {md_text(p['torch'])} |")
     shared = sorted(k for k in runs[0].config if isinstance(k, str) and k not in diff and k not in NOT_AN_OPTION)[:80]
     if shared:
         lines += ["", "Settings common to every run: " + ", ".join(
-            f"{md(show_value(k))}={md(show_value(runs[0].config[k]))}" for k in shared) + "."]
+            f"{md_text(show_value(k))}={md_text(show_value(runs[0].config[k]))}" for k in shared) + "."]
     skipped = [(run, label) for run, label in zip(runs, labels) if run.skipped_lines]
     for run, label in skipped:
-        lines += ["", f"{md(label)}: {run.skipped_lines} log line(s) that are not JSON were skipped."]
+        lines += ["", f"{md_text(label)}: {run.skipped_lines} log line(s) that are not JSON were skipped."]
     lines += ["", "## Figures", ""]
     captions = {c.key: _CAPTIONS[c.key].format(thesis=c.thesis) for c in CURVES}
     for key in [c.key for c in CURVES] + ["loss", "pca_variance", "ratio_per_class"]:

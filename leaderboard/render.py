@@ -7,11 +7,11 @@ renders as the same characters and never as HTML, a link or a broken table.
 
 from __future__ import annotations
 
-import html
 import re
 
 from dcbench.leaderboard.collect import Collection
 from dcbench.leaderboard.tables import Table
+from dcbench.text import code_span, md_text
 
 SCALE_TITLES = {
     "full": ("Full scale",
@@ -23,35 +23,9 @@ SCALE_TITLES = {
 }
 
 
-MAX_TEXT = 300  # characters of one value from a result file shown in the markdown
-
-# Characters that can open an inline construct (emphasis, code, link, image, strikethrough, escape).
-_MD_PUNCT = re.compile(r"([\\`*_\[\]!~])")
-
-
-def _bounded(text) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + "..."
-
-
-def md_text(text) -> str:
-    """Untrusted text as inert markdown: HTML-escaped, inline punctuation backslash-escaped, one line.
-    Quotes stay as they are: with ``<`` escaped no tag (hence no attribute) can open, and the raw file
-    stays readable ("thesis's", not "thesis&#x27;s")."""
-    return _MD_PUNCT.sub(r"\\\1", html.escape(_bounded(text), quote=False))
-
-
-def code_span(text) -> str:
-    """Untrusted text in code font: a fence longer than any backtick run inside, so it cannot close early
-    (inside a code span nothing else is interpreted)."""
-    text = _bounded(text)
-    fence = "`" * (1 + max((len(r) for r in re.findall(r"`+", text)), default=0))
-    pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
-
-
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """A cell's pipes that are not yet escaped (a code span's) escaped: GitHub splits on them even in code."""
+    return re.sub(r"(?<!\\)\|", r"\\|", text)
 
 
 def format_value(table: Table, row, header: str) -> str:
@@ -68,7 +42,8 @@ def format_value(table: Table, row, header: str) -> str:
 
 
 def render_table(table: Table) -> str:
-    head = ["Method", "Source", *table.columns, "Runs", "Provenance"]
+    # column headers come from metric names for the data-driven tables: escaped like any data
+    head = ["Method", "Source", *(md_text(c) for c in table.columns), "Runs", "Provenance"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---"] + [":---:"] * len(table.columns)
                                                            + [":---:", "---"]) + "|"]
     for row in table.rows:

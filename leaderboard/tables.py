@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from dcbench.text import md_text
+
 # --------------------------------------------------------------------------- specs
 
 
@@ -339,7 +341,7 @@ def _unique_casefold(names: list[str]) -> list[str]:
 
 
 def class_notes(spec: TableSpec, newest: pd.DataFrame, scale: str) -> list[str]:
-    """One line naming the class count (and chance level) of the data the measured rows used.
+    """One markdown line naming the class count (and chance level) of the data the measured rows used.
 
     The embedded sets have 8-10 classes, so their accuracies sit far above the thesis's
     1000-class (ImageNet) and 205-class (Places) numbers; the note says so where they appear."""
@@ -354,7 +356,8 @@ def class_notes(spec: TableSpec, newest: pd.DataFrame, scale: str) -> list[str]:
             counts.setdefault(str(g["data_name"]), set()).add(n)
     if not counts:
         return []
-    parts = [f"{name}: {n:,} classes (chance {100 / n:.1f}%)"
+    # the note is markdown: the data names are the result files' (untrusted), the rest is ours
+    parts = [f"{md_text(name)}: {n:,} classes (chance {100 / n:.1f}%)"
              for name in sorted(counts) for n in sorted(counts[name])]
     note = "Data of the measured rows: " + "; ".join(parts) + "."
     if scale == "smoke":

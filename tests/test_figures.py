@@ -13,8 +13,8 @@ from PIL import Image
 
 from dcbench.errors import run_cli
 from dcbench.leaderboard import figures_cli
-from dcbench.leaderboard.figures import md
 from dcbench.leaderboard.runs import load_run, run_labels
+from dcbench.text import md_text as md
 
 SHA = "ab" * 32
 
@@ -182,7 +182,7 @@ def test_hostile_config_values_are_bounded_and_escaped(tmp_path):
 
 
 def test_markdown_escape_leaves_no_markup():
-    assert md("[x](javascript:y) *b* <i>") == r"\[x\]\(javascript:y\) \*b\* \<i\>"
+    assert md("[x](javascript:y) *b* <i>\n# h") == r"\[x\]\(javascript\:y\) \*b\* &lt;i&gt;\\x0a\# h"
 
 
 def test_too_many_runs_or_a_non_markdown_out_is_a_usage_error(tmp_path, capsys):

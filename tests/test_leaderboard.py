@@ -471,7 +471,7 @@ def test_knn_pictures_from_details_are_linked(tmp_path):
     write(res, "knn.json", result("knn-graph", {"ratio_intra": 40.0}, scale="smoke",
                                   details={"neighbours_png": "pics/nn.png", "missing_png": "nope.png"}))
     _, text, _ = run(tmp_path, res)
-    assert "![km-test neighbours\\_png](res/pics/nn.png)" in text and "nope.png" not in text
+    assert "![km\\-test neighbours\\_png](res/pics/nn.png)" in text and "nope.png" not in text
 
 
 EXPECTED = """\

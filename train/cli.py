@@ -34,7 +34,7 @@ _NONE_MEANS = {"steps_per_epoch": "epoch multiplier x |X~| / batch size", "pool_
 
 def chosen_preset_and_scale(argv: Sequence[str] | None) -> tuple[str, str]:
     """The preset and scale ``argv`` asks for (invalid values fall back; the real parse reports them)."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--preset", default=DEFAULT_PRESET)
     pre.add_argument("--scale", default=None)
     pre.add_argument("--data", default=None)
