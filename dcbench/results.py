@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import jsonschema
@@ -18,7 +19,9 @@ from dcbench.atomic import write_json_atomic
 from dcbench.errors import ResultError
 from dcbench.provenance import environment, utc_now
 from dcbench.safepath import safe_slug
+from dcbench.tasks import METRIC_NAMES
 from dcbench.tasks import TASKS as TASK_MODULES
+from dcbench.text import printable
 
 SCHEMA_NAME = "dcbench-result"
 SCHEMA_VERSION = 1
@@ -81,7 +84,11 @@ def validate_result(result: dict, source: str = "result") -> dict:
         e = errors[0]
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         raise ResultError(f"{source}: {where}: {e.message}"[:400])
+    pattern = METRIC_NAMES[result["task"]]
     for name, value in result["metrics"].items():
+        if not re.fullmatch(pattern, name):
+            raise ResultError(f"{source}: metrics: {printable(name, 60)!r} is not a metric of {result['task']} "
+                              f"(names: {pattern})")
         if not math.isfinite(value):
             raise ResultError(f"{source}: metrics/{name} is not finite")
     if any(k.endswith("_best") for k in result["metrics"]):

@@ -26,6 +26,20 @@ TASKS: dict[str, str] = {
     "knn-graph": "dcbench.transfer.knn_graph",
 }
 
+# The metric names each task may report (full-match patterns): the result schema refuses any
+# other, so a metric name -- which becomes a table header -- is always one of these words.
+_PROBED = r"(conv[1-5](_[1-9])?|res[2-5]|res5_gap)(_best)?"  # AlexNet/VGG16 convs, ResNet stages
+METRIC_NAMES: dict[str, str] = {
+    "mlp": r"top1(_best)?",
+    "linear-imagenet": _PROBED,
+    "linear-places": _PROBED,
+    "voc-classification": r"map",
+    "voc-detection": r"map",
+    "voc-segmentation": r"miou|pixel_acc",
+    "lowshot": r"(random_)?n[1-9][0-9]{0,5}_(mean|std)",
+    "knn-graph": r"ratio_(intra|median|q1|q3|min|max)|random_graph_mean",
+}
+
 # Tasks defined on fc6/fc7 alone (the mlp task retrains AlexNet/VGG's fc6-fc8): a checkpoint of
 # another family (ResNets) cannot run them, and dc-bench run leaves them out for it.
 NEEDS_FC6_FC7 = frozenset({"mlp"})

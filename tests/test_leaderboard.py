@@ -154,7 +154,7 @@ def all_tasks(folder: Path, scale: str = "full", ckpt: str = "km-test") -> None:
         "lowshot", {"n4_mean": 5.0, "n4_std": 0.1, "n16_mean": 12.0, "n16_std": 0.2,
                     "random_n4_mean": 1.0, "random_n4_std": 0.05, "random_n16_mean": 3.0,
                     "random_n16_std": 0.1}, ckpt=ckpt, scale=scale, variant=v))
-    write(folder, f"knn-{ckpt}.json", result("knn-graph", {"ratio_intra": 33.3, "nmi": 20.0},
+    write(folder, f"knn-{ckpt}.json", result("knn-graph", {"ratio_intra": 33.3, "ratio_median": 20.0},
                                               ckpt=ckpt, scale=scale, variant=v))
 
 
@@ -266,7 +266,7 @@ def test_every_task_lands_in_its_table(tmp_path):
     assert row_by_method(low, "km-test")["n=4"] == ("5.0 ± 0.1", False)
     assert row_by_method(low, "Random init (baseline run with km-test)")["n=16"] == ("3.0 ± 0.1", False)
     knn = tables[f"{FULL} / {KNN}"]
-    assert knn["header"][2:4] == ["ratio_intra", "nmi"]
+    assert knn["header"][2:4] == ["ratio_intra", "ratio_median"]
     assert row_by_method(knn, "km-test")["ratio_intra"] == ("33.3", False)
 
 

@@ -29,7 +29,10 @@ def test_written_result_reads_back_identically(tmp_path):
     (dict(metrics={}), "metrics"),
     (dict(task="nonsense"), "task"),
     (dict(scale="tiny"), "scale"),
-    (dict(metrics={"top1_best": 50.0}), "best_epoch"),
+    (dict(metrics={"conv1_best": 50.0}), "best_epoch"),
+    (dict(metrics={"top1": 50.0}), "'top1' is not a metric of linear-imagenet"),
+    (dict(metrics={"conv1<img src=x onerror=alert(1)>": 50.0}), "is not a metric of linear-imagenet"),
+    (dict(metrics={"conv1\n# heading": 50.0}), "is not a metric of linear-imagenet"),
 ])
 def test_invalid_results_are_rejected_on_write(over, needle):
     with pytest.raises(ResultError, match=needle):
