@@ -28,6 +28,23 @@ def disk_error(e: OSError, target: Path) -> UserError:
     return UserError(f"cannot write {target}: {e.strerror or e}; choose a writable output folder")
 
 
+def _check_replaceable(path: Path, replaceable: Callable[[Path], bool], kind: str, aside: bool = False) -> None:
+    if not os.path.lexists(path):
+        return
+    if path.is_symlink() or not path.is_dir():
+        what = "a link" if path.is_symlink() else "a file"
+        raise UserError(f"{path} is {what}, not a {kind} folder; " + (
+            "move it away (it is where the previous version is set aside)" if aside else "choose another path"))
+    try:
+        empty = not any(path.iterdir())
+    except OSError as e:
+        raise disk_error(e, path) from None
+    if not empty and not replaceable(path):
+        raise UserError(f"{path} exists and is not a {kind}; " + (
+            "move it away (it is where the previous version is set aside); nothing was written" if aside
+            else "choose another path (nothing was written or removed)"))
+
+
 def write_file_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
     """Call ``writer(tmp_path)`` then rename the temporary file over ``path``."""
     path = Path(path)
@@ -62,13 +79,23 @@ def write_json_atomic(path: str | os.PathLike, obj) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def replace_dir_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
+def replace_dir_atomic(path: str | os.PathLike, writer: Callable[[Path], None], *,
+                       replaceable: Callable[[Path], bool], kind: str = "output") -> Path:
     """Fill a fresh sibling directory with ``writer(tmp_dir)``, then swap it in for ``path``.
 
     The old directory is renamed aside before the new one takes its name and is removed only
     afterwards, so a crash at any point leaves a complete version on disk (``path`` or ``path.old``).
+    Only an empty folder or one that ``replaceable`` recognises as this writer's own ``kind`` is
+    replaced (and only such a ``path.old`` removed): a folder of anything else is refused in one line
+    before anything is written, so a mistyped output flag never deletes what this writer did not write.
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))
+    cwd = Path.cwd()
+    if path == cwd or path in cwd.parents or path.parent == path:
+        raise UserError(f"{path} is the current folder or holds it; write the {kind} into a new folder "
+                        f"(e.g. {path / kind.replace(' ', '-')})")
+    _check_replaceable(path, replaceable, kind)
+    _check_replaceable(path.with_name(path.name + ".old"), replaceable, kind, aside=True)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))

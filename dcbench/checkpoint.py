@@ -52,6 +52,7 @@ from dcbench.models import (
     make_network,
 )
 from dcbench.provenance import git_sha, utc_now
+from dcbench.text import printable
 
 FORMAT_NAME = "dcbench-checkpoint"
 FORMAT_VERSION = 1  # what AlexNet/VGG16 checkpoints are written as (minimal churn; examples stay valid)
@@ -129,40 +130,60 @@ def save_checkpoint(path: str | os.PathLike, model: DeepClusterNet, *, origin: s
         raise CheckpointError(f"refusing to write {path}: non-finite weights in {len(bad)} tensor(s) "
                               f"(first: {bad[0]}); the previous checkpoint, if any, is kept")
 
+    # Serialised in memory, written by Python: a full disk is then an OSError (one line), where
+    # safetensors' and torch's own writers raise their own exception types.
+    weights = safetensors_bytes(tensors, metadata={"format": FORMAT_NAME})
+    version = format_version_for(spec.arch)
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": version,
+        "name": name or path.name,
+        **asdict(spec),
+        "feature_shape": list(model.feature_shape),
+        **({"family": get_architecture(spec.arch).family, "taps": tap_points(spec.arch, spec.input_size),
+            "descriptor": descriptor_block(spec.arch)} if version >= 2 else {}),
+        "preprocessing": {"mean": list(mean), "std": list(std), "colour_order": "RGB",
+                          "value_range": "[0, 1] then normalised", "input_size": spec.input_size},
+        "num_clusters": num_clusters,
+        "epoch": epoch,
+        "train_config": train_config or {},
+        "data_fingerprint": data_fingerprint,
+        "origin": origin,
+        "source": source,
+        "model_sha256": hashlib.sha256(weights).hexdigest(),
+        "code_version": dcbench.__version__,
+        "git_sha": git_sha(),
+        "created": utc_now(),
+    }
+    # The rules every reader applies, applied before writing: a file this writes is one its readers take.
+    try:
+        validate_meta(meta, Path(META))
+    except CheckpointError as e:
+        raise CheckpointError(f"refusing to write {path}: {str(e).removesuffix(_UNTRUSTED)}") from None
+    train_state_bytes = None
+    if train_state is not None:
+        buf = io.BytesIO()
+        torch.save(train_state, buf)
+        train_state_bytes = buf.getbuffer()
+        meta["train_state_sha256"] = hashlib.sha256(train_state_bytes).hexdigest()
+
     def write(tmp: Path) -> None:
-        # Serialised in memory, written by Python: a full disk is then an OSError (one line), where
-        # safetensors' and torch's own writers raise their own exception types.
-        (tmp / WEIGHTS).write_bytes(safetensors_bytes(tensors, metadata={"format": FORMAT_NAME}))
-        version = format_version_for(spec.arch)
-        meta = {
-            "format": FORMAT_NAME,
-            "format_version": version,
-            "name": name or path.name,
-            **asdict(spec),
-            "feature_shape": list(model.feature_shape),
-            **({"family": get_architecture(spec.arch).family, "taps": tap_points(spec.arch, spec.input_size),
-                "descriptor": descriptor_block(spec.arch)} if version >= 2 else {}),
-            "preprocessing": {"mean": list(mean), "std": list(std), "colour_order": "RGB",
-                              "value_range": "[0, 1] then normalised", "input_size": spec.input_size},
-            "num_clusters": num_clusters,
-            "epoch": epoch,
-            "train_config": train_config or {},
-            "data_fingerprint": data_fingerprint,
-            "origin": origin,
-            "source": source,
-            "model_sha256": sha256_file(tmp / WEIGHTS),
-            "code_version": dcbench.__version__,
-            "git_sha": git_sha(),
-            "created": utc_now(),
-        }
-        if train_state is not None:
-            buf = io.BytesIO()
-            torch.save(train_state, buf)
-            (tmp / TRAIN_STATE).write_bytes(buf.getbuffer())
-            meta["train_state_sha256"] = sha256_file(tmp / TRAIN_STATE)
+        (tmp / WEIGHTS).write_bytes(weights)
+        if train_state_bytes is not None:
+            (tmp / TRAIN_STATE).write_bytes(train_state_bytes)
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
-    return replace_dir_atomic(path, write)
+    return replace_dir_atomic(path, write, replaceable=is_checkpoint_dir, kind="checkpoint")
+
+
+def is_checkpoint_dir(path: Path) -> bool:
+    """A folder holding a checkpoint's files and nothing else: the only kind a checkpoint write may
+    replace (anything more in it is someone else's, and replacing the folder would delete it)."""
+    try:
+        names = {p.name for p in path.iterdir()}
+    except OSError:
+        return False
+    return META in names and names <= {WEIGHTS, META, TRAIN_STATE}
 
 
 def read_meta(path: str | os.PathLike) -> dict:
@@ -278,11 +299,13 @@ def _check_against_header(spec: ModelSpec, weights: Path) -> None:
                               f"{list(found[k])} in the file, {list(expected[k])} in the model {META} describes")
 
 
+_UNTRUSTED = "; the checkpoint is corrupt or not from a trusted source"
+
+
 def _bad(meta_path: Path, key: str, value, want: str) -> CheckpointError:
     shown = repr(value)
     shown = shown if len(shown) <= 60 else shown[:60] + "..."
-    return CheckpointError(f"{meta_path}: {key} is {shown}, expected {want}; the checkpoint is corrupt "
-                           "or not from a trusted source")
+    return CheckpointError(f"{meta_path}: {key} is {printable(shown, 80)}, expected {want}{_UNTRUSTED}")
 
 
 def _is_int(v) -> bool:
@@ -379,6 +402,26 @@ def recover_interrupted_write(path: str | os.PathLike) -> str | None:
     return "; ".join(done) or None
 
 
+def train_state_problem(ts) -> str | None:
+    """Why ``dc-train --resume`` cannot take up this train state (loaded with weights_only, it can
+    still hold anything plain), or None: the one rule for the trainer and for dc-inspect."""
+    if not isinstance(ts, dict):
+        return f"it holds a {type(ts).__name__}, not the trainer's state"
+    missing = [k for k in ("epoch", "optimizer", "assignment_index", "assignment") if k not in ts]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    epoch = ts["epoch"]
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch <= 10**9):
+        return f"epoch is {printable(repr(epoch), 40)}, not an epoch number"
+    if not isinstance(ts["optimizer"], dict):
+        return "optimizer is not an optimizer state"
+    idx, lab = ts["assignment_index"], ts["assignment"]
+    if not (isinstance(idx, torch.Tensor) and isinstance(lab, torch.Tensor) and idx.dim() == lab.dim() == 1
+            and idx.shape == lab.shape and not idx.is_floating_point() and not lab.is_floating_point()):
+        return "assignment_index / assignment are not two integer vectors of one length"
+    return None
+
+
 def load_train_state(path: Path, meta: dict) -> dict:
     state_path = path / TRAIN_STATE
     if meta.get("train_state_sha256") and sha256_file(state_path) != meta["train_state_sha256"]:
@@ -429,22 +472,25 @@ def preprocessing(meta: dict, where: str = META) -> Preprocessing:
     return Preprocessing(values["mean"], values["std"], order)
 
 
-def describe(meta: dict, path: Path) -> str:
-    """A human summary, as ``dc-inspect`` prints it."""
+def describe(meta: dict, path: Path, train_state=None) -> str:
+    """A human summary, as ``dc-inspect`` prints it: every value read from the file in printable
+    form (a name or an origin can hold terminal escapes or a newline that forges a line).
+    ``train_state``: the loaded train_state.pt, if any, judged as ``dc-train --resume`` judges it."""
+    p = printable
     lines = [
-        f"checkpoint   {path}",
-        f"format       {meta['format']} v{meta['format_version']}",
-        f"name         {meta.get('name')}",
+        f"checkpoint   {p(path, 1000)}",
+        f"format       {p(meta['format'])} v{meta['format_version']}",
+        f"name         {p(meta.get('name'))}",
         f"arch         {meta['arch']}  batchnorm={meta['batchnorm']}  sobel={meta['sobel']}",
         f"input        {meta['input_size']}px  {'res5' if meta.get('family') == 'resnet' else 'conv5'} output "
         f"{meta.get('feature_shape')}",
         f"top layer    {meta['num_classes'] or 'none'}  clusters={meta.get('num_clusters')}",
-        f"origin       {meta.get('origin')}  {meta.get('source') or ''}".rstrip(),
+        f"origin       {p(meta.get('origin'))}  {p(meta.get('source') or '', 1000)}".rstrip(),
         f"epoch        {meta.get('epoch')}",
-        f"data         {meta.get('data_fingerprint')}",
+        f"data         {p(meta.get('data_fingerprint'))}",
         f"sha256       {meta['model_sha256']}",
-        f"code         dcbench {meta.get('code_version')}  git {meta.get('git_sha')}",
-        f"created      {meta.get('created')}",
+        f"code         dcbench {p(meta.get('code_version'))}  git {p(meta.get('git_sha'))}",
+        f"created      {p(meta.get('created'))}",
     ]
     if meta.get("taps"):
         lines.append("taps         " + "  ".join(f"{k} {'x'.join(map(str, v))}" for k, v in meta["taps"].items()))
@@ -452,7 +498,12 @@ def describe(meta: dict, path: Path) -> str:
                      f"{meta['descriptor']['what']})")
     pre = meta.get("preprocessing") or {}
     if pre:
-        lines.append(f"preprocess   mean={pre.get('mean')} std={pre.get('std')} {pre.get('colour_order')}")
+        lines.append(f"preprocess   mean={pre.get('mean')} std={pre.get('std')} {p(pre.get('colour_order'))}")
     if (path / TRAIN_STATE).is_file():
-        lines.append(f"train state  {TRAIN_STATE} present (resumable)")
+        problem = "not loaded" if train_state is None else train_state_problem(train_state)
+        if problem is None and meta.get("origin") != "dcbench-train":
+            problem = f"origin is {p(meta.get('origin'))}, not dcbench-train"
+        lines.append(f"train state  {TRAIN_STATE} present, " + (
+            "resumable (dc-train --resume, with the settings of its train_config)" if problem is None
+            else f"not resumable: {problem}"))
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,9 +10,10 @@ import torch
 
 from dcbench import argtypes, convert
 from dcbench.atomic import write_file_atomic
-from dcbench.checkpoint import load_checkpoint, save_checkpoint
+from dcbench.checkpoint import is_checkpoint_dir, load_checkpoint, save_checkpoint
 from dcbench.errors import ArgumentParser, UserError, run_cli
 from dcbench.models import ARCHS
+from dcbench.text import printable
 
 EXPORTS = ("detectron2",)
 ORIGIN = {"deepcluster-release": "deepcluster-release", "torchvision-vgg16bn": "torchvision",
@@ -42,6 +44,9 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
                    help="input size for random init and ResNet imports (224: thesis)")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="seed for random init")
     p.add_argument("--name", help="checkpoint name shown in results (default: the --out folder name)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing checkpoint at --out (with --to: an existing file); a folder that "
+                        "holds anything else is never replaced")
     p.add_argument("--quiet", action="store_true", help="do not list renamed keys")
     return p
 
@@ -52,15 +57,19 @@ def export(args) -> int:
     out = args.dst or args.out
     if args.src is None or out is None or (args.dst is not None and args.out is not None):
         raise UserError(f"dc-convert --to {args.target} needs CKPT and OUT: dc-convert --to {args.target} CKPT OUT.pth")
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; name the .pth file to write (e.g. {out / 'model_final.pth'})")
+    if os.path.lexists(out) and not args.force:
+        raise UserError(f"{out} exists; pass --force to replace it, or choose another file name")
     ckpt = load_checkpoint(args.src)
     obj, conv = convert.to_detectron2(ckpt.model, ckpt.meta)
     if not args.quiet:
         for old, new in conv.renamed:
             print(f"renamed  {old} -> {new}")
     for k in conv.dropped:
-        print(f"dropped  {k}")
+        print(f"dropped  {printable(k)}")
     write_file_atomic(out, lambda p: torch.save(obj, p))
-    print(f"wrote {out} (detectron2 checkpoint from {ckpt.name}: {len(conv.renamed)} renamed, "
+    print(f"wrote {printable(out, 1000)} (detectron2 checkpoint from {printable(ckpt.name)}: {len(conv.renamed)} renamed, "
           f"{len(conv.dropped)} dropped)")
     return 0
 
@@ -75,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"dc-convert: unexpected second path {args.dst}; the output goes in --out")
     if args.out is None:
         raise UserError("dc-convert: --out is required (the checkpoint directory to write)")
+    if is_checkpoint_dir(args.out) and not args.force:
+        raise UserError(f"--out {args.out} already holds a checkpoint; pass --force to replace it, "
+                        "or choose another --out")
     if args.source == "random":
         if args.src is not None:
             raise UserError("dc-convert --from random takes no SRC file")
@@ -99,9 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             conv = convert.from_torchvision_vgg16bn(args.src)
     if not args.quiet:
         for old, new in conv.renamed:
-            print(f"renamed  {old} -> {new}")
+            print(f"renamed  {printable(old)} -> {new}")
     for k in conv.dropped:
-        print(f"dropped  {k}")
+        print(f"dropped  {printable(k)}")
     for k in conv.filled:
         print(f"filled   {k} (absent in old PyTorch files; set to 0)")
     model = convert.build(conv)
@@ -109,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = save_checkpoint(args.out, model, origin=ORIGIN[args.source], name=args.name,
                            epoch=conv.source_info.get("epoch"), source=source,
                            train_config={"converted_from": args.source, **conv.source_info})
-    print(f"wrote {path} ({conv.spec.arch}, sobel={conv.spec.sobel}, {len(conv.renamed)} renamed, "
+    print(f"wrote {printable(path, 1000)} ({conv.spec.arch}, sobel={conv.spec.sobel}, {len(conv.renamed)} renamed, "
           f"{len(conv.dropped)} dropped, {len(conv.filled)} filled)")
     return 0
 

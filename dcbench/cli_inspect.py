@@ -19,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     ckpt = load_checkpoint(args.checkpoint, with_train_state=True)
     n_params = sum(p.numel() for p in ckpt.model.parameters())
-    print(describe(ckpt.meta, ckpt.path))
+    print(describe(ckpt.meta, ckpt.path, ckpt.train_state))
     print(f"parameters   {n_params:,}")
     print("status       OK (sha256 verified, weights load into the architecture)")
     return 0

@@ -145,6 +145,15 @@ def write_result(result: dict, out: str | os.PathLike) -> Path:
     validate_result(result, str(out))
     out = Path(out)
     path = out if out.suffix == ".json" else out / result_filename(result)
+    if out.suffix == ".json" and os.path.lexists(path):
+        # a named file is replaced only by a newer run of the same task on the same checkpoint
+        try:
+            old = read_result(path)
+        except ResultError:
+            old = None
+        if old is None or (old["task"], old["checkpoint"]["sha256"]) != (result["task"], result["checkpoint"]["sha256"]):
+            raise ResultError(f"--out {path} exists and is not a {result['task']} result of this checkpoint; "
+                              "choose another file, or a folder (each run then gets its own file)")
     return write_json_atomic(path, result)
 
 
@@ -154,6 +163,8 @@ def read_result(path: str | os.PathLike) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ResultError(f"{path}: no such result file") from None
+    except OSError as e:
+        raise ResultError(f"{path}: cannot read it as a result file ({e.strerror or e})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ResultError(f"{path}: not valid JSON ({e})") from None
     except RecursionError:

@@ -39,6 +39,7 @@ from dcbench.checkpoint import (
     nonfinite_tensors,
     recover_interrupted_write,
     save_checkpoint,
+    train_state_problem,
 )
 from dcbench.errors import CheckpointError, UserError
 from dcbench.knn_graph import knn, knn_torch, random_graph_ratio, ratio_edge_intra_class
@@ -469,23 +470,10 @@ def _clean_stale(out: Path) -> list[str]:
 
 
 def _check_train_state(ts, ckpt: Path) -> None:
-    """train_state.pt loaded with weights_only can still hold anything plain: check what we use."""
-    where = ckpt / "train_state.pt"
-
-    def need(ok: bool, what: str) -> None:
-        if not ok:
-            raise CheckpointError(f"{where}: {what}; delete {ckpt} (or use another --out) to start afresh")
-
-    need(isinstance(ts, dict), f"holds a {type(ts).__name__}, not the trainer's state")
-    missing = [k for k in ("epoch", "optimizer", "assignment_index", "assignment") if k not in ts]
-    need(not missing, f"lacks {', '.join(missing)}")
-    need(isinstance(ts["epoch"], int) and not isinstance(ts["epoch"], bool) and 0 <= ts["epoch"] <= 10**9,
-         f"epoch is {str(ts['epoch'])[:40]!r}, not an epoch number")
-    need(isinstance(ts["optimizer"], dict), "optimizer is not an optimizer state")
-    idx, lab = ts["assignment_index"], ts["assignment"]
-    need(isinstance(idx, torch.Tensor) and isinstance(lab, torch.Tensor) and idx.dim() == lab.dim() == 1
-         and idx.shape == lab.shape and not idx.is_floating_point() and not lab.is_floating_point(),
-         "assignment_index / assignment are not two integer vectors of one length")
+    problem = train_state_problem(ts)
+    if problem is not None:
+        raise CheckpointError(f"{ckpt / 'train_state.pt'}: {problem}; delete {ckpt} (or use another --out) "
+                              "to start afresh")
 
 
 def _nonfinite_optimizer_state(opt) -> list[str]:
