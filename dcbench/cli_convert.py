@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             conv = convert.from_torchvision_vgg16bn(args.src)
     if not args.quiet:
         for old, new in conv.renamed:
-            print(f"renamed  {printable(old)} -> {new}")
+            print(f"renamed  {printable(old)} -> {printable(new)}")
     for k in conv.dropped:
         print(f"dropped  {printable(k)}")
     for k in conv.filled:

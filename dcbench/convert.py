@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from dcbench.checkpoint import preprocessing
+from dcbench.checkpoint import MAX_CLASSES, preprocessing
 from dcbench.errors import CheckpointError, UserError
 from dcbench.models import ARCHS, DeepClusterNet, ModelSpec, get_architecture, make_network
+from dcbench.text import printable
 
 SOURCES = ("deepcluster-release", "torchvision-vgg16bn", "torchvision-resnet50", "torchvision-resnet101", "random")
 # Where real releases put a torchvision ResNet's keys: DDP (``module.``), MoCo v1-v3's query encoder
@@ -88,16 +89,39 @@ def _finish(sd: dict, spec: ModelSpec, conv: Conversion, src: Path) -> Conversio
     return conv
 
 
+def _num_classes(top, key: str, src: Path) -> int:
+    """The class count a top layer's weight implies (0 without one), checked before a network of
+    that width is built from it."""
+    if top is None:
+        return 0
+    if top.dim() != 2 or not 0 < top.shape[0] <= MAX_CLASSES:
+        raise CheckpointError(f"{src}: {key} has shape {tuple(top.shape)[:4]}, not (classes <= {MAX_CLASSES}, "
+                              "features); the file is damaged or not of this layout")
+    return int(top.shape[0])
+
+
+def _tensor_dict(sd, src: Path, hint: str) -> dict:
+    """``sd`` if it is a dict of name -> tensor; otherwise one line naming the first bad entry."""
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{src}: the state dict is a {type(sd).__name__}, not a dict of tensors; {hint}")
+    for k, v in sd.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{src}: state-dict entry {printable(repr(k), 80)} holds a {type(v).__name__}, "
+                                  f"not a tensor; {hint}")
+    return sd
+
+
 def from_deepcluster_release(src: Path, arch: str | None = None, sobel: bool | None = None) -> Conversion:
     obj = load_torch_file(src)
-    sd = obj.get("state_dict", obj)
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{src} has no 'state_dict' of tensors; is it a DeepCluster checkpoint.pth.tar?")
-    conv = Conversion(state_dict={}, spec=ModelSpec(), source_info={"epoch": obj.get("epoch"),
-                                                                    "arch": obj.get("arch")})
+    sd = _tensor_dict(obj.get("state_dict", obj), src, "is it a DeepCluster checkpoint.pth.tar?")
+    epoch = obj.get("epoch")
+    epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch <= 10**9 else None
+    file_arch = obj.get("arch")
+    conv = Conversion(state_dict={}, spec=ModelSpec(), source_info={
+        "epoch": epoch, "arch": printable(file_arch, 40) if file_arch is not None else None})
     for k in obj:
         if k != "state_dict":
-            conv.dropped.append(f"(file entry) {k}")
+            conv.dropped.append(f"(file entry) {printable(k, 80)}")
     renamed: dict = {}
     for old, t in sd.items():
         new = old[len("module."):] if old.startswith("module.") else old
@@ -107,7 +131,7 @@ def from_deepcluster_release(src: Path, arch: str | None = None, sobel: bool | N
         renamed[new] = t
     arch = arch or str(obj.get("arch") or "").lower().replace("_bn", "") or None
     if arch not in ARCHS:
-        raise CheckpointError(f"{src}: cannot tell the architecture (file says {obj.get('arch')!r}); "
+        raise CheckpointError(f"{src}: cannot tell the architecture (file says {printable(repr(file_arch), 60)}); "
                               f"pass --arch ({' or '.join(ARCHS)})")
     has_sobel = any(k.startswith("sobel.") for k in renamed)
     sobel = has_sobel if sobel is None else sobel
@@ -115,16 +139,16 @@ def from_deepcluster_release(src: Path, arch: str | None = None, sobel: bool | N
         raise CheckpointError(f"{src} has no sobel.* weights; drop --sobel")
     top = renamed.get("top_layer.weight")
     spec = ModelSpec(arch=arch, sobel=sobel, batchnorm=True, input_size=224,
-                     num_classes=int(top.shape[0]) if top is not None else 0)
+                     num_classes=_num_classes(top, "top_layer.weight", src))
     conv.spec = spec
     return _finish(renamed, spec, conv, src)
 
 
 def from_torchvision_vgg16bn(src: Path) -> Conversion:
-    sd = load_torch_file(src)
-    sd = sd.get("state_dict", sd)
+    obj = load_torch_file(src)
+    sd = _tensor_dict(obj.get("state_dict", obj), src, "is it torchvision's vgg16_bn .pth?")
     spec = ModelSpec(arch="vgg16", sobel=False, batchnorm=True, input_size=224,
-                     num_classes=int(sd["classifier.6.weight"].shape[0]) if "classifier.6.weight" in sd else 0)
+                     num_classes=_num_classes(sd.get("classifier.6.weight"), "classifier.6.weight", src))
     conv = Conversion(state_dict={}, spec=spec)
     renamed = {}
     for old, t in sd.items():
@@ -148,14 +172,14 @@ def from_torchvision_resnet(src: Path, arch: str, input_size: int = 224) -> Conv
     for wrapper in ("state_dict", "model"):
         if isinstance(obj.get(wrapper), dict):
             sd = obj[wrapper]
-            conv.dropped.extend(f"(file entry) {k}" for k in obj if k != wrapper)
+            conv.dropped.extend(f"(file entry) {printable(k, 80)}" for k in obj if k != wrapper)
             break
     tensors = {}
     for k, v in sd.items():
         if isinstance(k, str) and isinstance(v, torch.Tensor):
             tensors[k] = v
         else:
-            conv.dropped.append(f"(not a tensor) {str(k)[:80]}")
+            conv.dropped.append(f"(not a tensor) {printable(k, 80)}")
     trunk = {k for k in make_network(ModelSpec(arch=arch, input_size=input_size)).state_dict()}
     counts = {p: sum(1 for k in tensors if k.startswith(p) and k[len(p):] in trunk) for p in ("", *RESNET_PREFIXES)}
     prefix = max(counts, key=counts.get)  # ties: the order above (no prefix first)
@@ -186,7 +210,7 @@ def from_torchvision_resnet(src: Path, arch: str, input_size: int = 224) -> Conv
     conv1 = renamed.get("conv1.weight")
     sobel = "sobel.0.weight" in renamed and conv1 is not None and conv1.dim() == 4 and conv1.shape[1] == 2
     conv.spec = ModelSpec(arch=arch, sobel=sobel, batchnorm=True, input_size=input_size,
-                          num_classes=int(top.shape[0]) if top is not None else 0)
+                          num_classes=_num_classes(top, "fc.weight", src))
     conv.source_info = {"prefix": prefix or None, "layout": "torchvision"}
     return _finish(renamed, conv.spec, conv, src)
 
