@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from dcbench.errors import DataError
+from dcbench.text import printable
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -48,10 +49,11 @@ def _report_skips(root: Path | str, paths: Sequence[str], when: str) -> None:
         return
     _reported_roots.add(key)
     if when == "load":
-        print(f"warning: skipped unreadable image under {root} (first: {paths[0]}); further ones are skipped "
+        print(f"warning: skipped unreadable image under {root} (first: {printable(paths[0])}); further ones are skipped "
               "silently", file=sys.stderr)
     else:
-        print(f"warning: skipped {len(paths)} unreadable image(s) under {root} (first: {paths[0]})", file=sys.stderr)
+        print(f"warning: skipped {len(paths)} unreadable image(s) under {root} (first: {printable(paths[0])})",
+              file=sys.stderr)
 
 
 def open_image(f) -> Image.Image:
@@ -144,7 +146,8 @@ class _SkippingDataset(torch.utils.data.Dataset):
                 good.append((path, label))
             else:
                 self.skipped.append(path)
-        _report_skips(self.root, self.skipped, "header")
+        if good:  # with none left the caller's error says it all: one line, not a warning then the error
+            _report_skips(self.root, self.skipped, "header")
         return good
 
     def __len__(self) -> int:
@@ -202,7 +205,8 @@ class ImageFolder(_SkippingDataset):
             raise DataError(f"image folder {self.root} contains no images ({', '.join(IMG_EXTENSIONS)})")
         self.samples = self._filter_readable(samples, verify)
         if not self.samples:
-            raise DataError(f"image folder {self.root}: no readable images")
+            raise DataError(f"image folder {self.root}: none of its {len(self.skipped)} images is readable "
+                            f"(first: {printable(self.skipped[0])}); check the files (or the path)")
 
     @property
     def imgs(self) -> list[tuple[str, int]]:

@@ -118,7 +118,7 @@ def test_bad_input_one_line_exit_2(tiny_data, tmp_path, capsys):
         (corrupt / f"{i}.jpg").write_bytes(b"not a jpeg")
     rc, err = _cli(["--data", str(corrupt.parent), "--out", str(tmp_path / "o4"), "--scale", "smoke", "--quiet"],
                    capsys)
-    assert rc == 2 and "no readable images" in err[-1]
+    assert rc == 2 and "is readable" in err[-1]
     rc, err = _cli(["--epochs", "0"], capsys)
     assert rc == 2 and len(err) == 1 and "--epochs" in err[0]
 

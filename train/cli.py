@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dcbench.errors import ArgumentParser, run_cli
+from dcbench.errors import ArgumentParser, UserError, run_cli
 from dcbench.imageload import CROPS, FLIPS, LOADERS
 from dcbench.models import ARCHS
 from dcbench.precision import PRECISIONS
@@ -149,6 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     preset, resume = args.pop("preset"), args.pop("resume")
     scale = args.pop("scale") or ("smoke" if args.get("data") is None else "full")
     cfg = make_config(preset, scale, **args)
+    if cfg.targets == "labels" and args.get("k") is not None:
+        # the classes of the folder are the targets: a --k would be recorded but change nothing
+        raise UserError(f"--k {args['k']} sets the number of clusters, and --targets labels trains on the "
+                        "folder's classes instead; drop --k")
     from dcbench.train.loop import train
 
     summary = train(cfg, resume=resume)

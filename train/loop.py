@@ -346,9 +346,9 @@ def _val_set(cfg: TrainConfig, root: Path, ds, device):
     else:
         vroot = root.parent / "val"
         if root.name != "train" or not vroot.is_dir():
-            if not cfg.quiet:
-                print(f"note: no val/ folder beside {root}, so no val top-1 is logged (--val-data DIR)",
-                      file=sys.stderr)
+            # said even under --quiet: a supervised run without its accuracy curve is easy to miss
+            print(f"warning: no val/ folder beside {root}, so no val top-1 is logged; pass --val-data DIR",
+                  file=sys.stderr)
             return None
     vds = ImageFolder(vroot, transform=None)
     if list(vds.classes) != list(ds.classes):

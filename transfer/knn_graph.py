@@ -29,6 +29,7 @@ from dcbench import argtypes
 from dcbench.atomic import write_file_atomic
 from dcbench.checkpoint import descriptor_block, load_checkpoint
 from dcbench.datasets import ImageFolder, fingerprint, pil_loader
+from dcbench.errors import UserError
 from dcbench.knn_graph import knn, random_graph_ratio, ratio_edge_intra_class
 from dcbench.results import checkpoint_block, make_result
 from dcbench.safepath import output_dir, plot_text
@@ -180,6 +181,11 @@ def run(args: argparse.Namespace) -> Path:
         root = dataset_dir(args, "classification", (args.split,))
         ds = ImageFolder(root / args.split, eval_crops_transform(ckpt.meta, size, 1, loader_of(args)))
         data_fp = fingerprint(root / args.split)
+    if proto["k"] >= len(ds):
+        # a node has len(ds) - 1 possible neighbours: asking for more would measure a smaller graph
+        # than the one the result records
+        raise UserError(f"--k {proto['k']}: {root / args.split} has {len(ds)} images, so a node has at most "
+                        f"{len(ds) - 1} neighbours; lower --k (the thesis uses 10) or use a larger split")
     model = training.frozen(training.place(ckpt.model, args.device, precision_of(args)))
 
     def forward(x):
@@ -199,7 +205,7 @@ def run(args: argparse.Namespace) -> Path:
             used_dim = x.shape[1]
         else:
             used_dim = x.shape[1]
-        k = min(proto["k"], len(x) - 1)
+        k = proto["k"]
         _, nn = knn(x, k)
         ratios = {c: 100 * r for c, r in ratio_edge_intra_class(nn, labels).items()}
         rand = {c: 100 * r for c, r in random_graph_ratio(labels).items()}

@@ -198,8 +198,9 @@ def test_tree_of_only_unreadable_images_is_one_line(tmp_path, capfd):
     (tree / "a").mkdir(parents=True)
     for i in range(3):
         (tree / "a" / f"{i}.jpg").write_bytes(b"not an image")
-    expect(capfd, train_main, ["--data", tree, "--out", tmp_path / "out", *TRAIN_FLAGS], root=tmp_path,
-           out=tmp_path / "out", code=2, match="no readable images")
+    o = expect(capfd, train_main, ["--data", tree, "--out", tmp_path / "out", *TRAIN_FLAGS], root=tmp_path,
+               out=tmp_path / "out", code=2, match="none of its 3 images is readable")
+    assert len(o.stderr.strip().splitlines()) == 1, o.stderr  # the error alone, no warning before it
 
 
 @pytest.mark.issue_class(8)
