@@ -122,7 +122,7 @@ def save_checkpoint(path: str | os.PathLike, model: DeepClusterNet, *, origin: s
     AlexNet/VGG16, v2 for ResNets (:func:`format_version_for`)."""
     if origin not in ORIGINS:
         raise ValueError(f"origin must be one of {ORIGINS}, got {origin!r}")
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # "." has no name to default to, nor a sibling to write beside
     spec = model.spec
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     bad = nonfinite_tensors(tensors)

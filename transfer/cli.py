@@ -8,9 +8,10 @@ unknown name is a usage error, never a silent fallback.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Sequence
 
-from dcbench.errors import ArgumentParser, run_cli
+from dcbench.errors import ArgumentParser, UserError, run_cli
 from dcbench.tasks import TASKS
 from dcbench.transfer.protocol import add_common_arguments
 
@@ -40,6 +41,9 @@ def _takes_task(module) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    if os.path.lexists(args.out) and not args.out.is_dir():
+        # checked before any work: every task writes its result (and some their pictures) under --out
+        raise UserError(f"--out {args.out} is a file; --out is the folder result files go in (choose another)")
     if args.scale is None:
         args.scale = "smoke" if args.data is None else "full"
     args._module.run(args)

@@ -48,7 +48,7 @@ BAD_META = [
 ]
 
 
-@pytest.mark.issue_class(8)
+@pytest.mark.hostile(8)
 @pytest.mark.parametrize("changes,names", [c[1:] for c in BAD_META], ids=[c[0] for c in BAD_META])
 def test_bad_meta_value_is_one_line_exit_2(base, tmp_path, capfd, changes, names):
     ck = edit_meta(copy_ckpt(base.ckpt, tmp_path / "ck"), **changes)
@@ -56,7 +56,7 @@ def test_bad_meta_value_is_one_line_exit_2(base, tmp_path, capfd, changes, names
     assert names in res.error and "meta.json" in res.error
 
 
-@pytest.mark.issue_class(8)
+@pytest.mark.hostile(8)
 def test_meta_nested_200k_deep_is_one_line(base, tmp_path, capfd):
     ck = copy_ckpt(base.ckpt, tmp_path / "ck")
     meta = json.loads((ck / "meta.json").read_text())
@@ -66,7 +66,7 @@ def test_meta_nested_200k_deep_is_one_line(base, tmp_path, capfd):
     assert "nested too deeply" in res.error
 
 
-@pytest.mark.issue_class(4)
+@pytest.mark.hostile(4)
 def test_oversized_meta_is_refused_unread(base, tmp_path, capfd):
     ck = copy_ckpt(base.ckpt, tmp_path / "ck")
     with open(ck / "meta.json", "ab") as f:  # 2 MiB: past the 1 MiB bound (the suite hashes every file)
@@ -75,7 +75,7 @@ def test_oversized_meta_is_refused_unread(base, tmp_path, capfd):
     assert "bytes, more than" in res.error
 
 
-@pytest.mark.issue_class(4)
+@pytest.mark.hostile(4)
 def test_meta_describing_a_bigger_model_than_the_weights_is_refused(base, tmp_path, capfd):
     # a 1024-px AlexNet with 10^6 classes would need gigabytes: refused from the file header, unallocated
     ck = edit_meta(copy_ckpt(base.ckpt, tmp_path / "ck"), input_size=1024)
@@ -94,7 +94,7 @@ def _poison(ck, value):
     edit_meta(ck, model_sha256=sha256_file(ck / "model.safetensors"))
 
 
-@pytest.mark.issue_class(8)
+@pytest.mark.hostile(8)
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
 def test_checkpoint_with_nonfinite_weights_is_named_as_such(base, tmp_path, capfd, value):
     ck = copy_ckpt(base.ckpt, tmp_path / "ck")
@@ -103,7 +103,7 @@ def test_checkpoint_with_nonfinite_weights_is_named_as_such(base, tmp_path, capf
     assert res.error.startswith("non-finite weights in") and "classifier.4.weight" in res.error
 
 
-@pytest.mark.issue_class(2)
+@pytest.mark.hostile(2)
 def test_save_checkpoint_refuses_nonfinite_weights_and_keeps_the_previous(base, tmp_path):
     ck = copy_ckpt(base.ckpt, tmp_path / "ck")
     before = (ck / "meta.json").read_bytes()
@@ -141,7 +141,7 @@ BAD_STATE = [
 ]
 
 
-@pytest.mark.issue_class(8)
+@pytest.mark.hostile(8)
 @pytest.mark.parametrize("make", [c[1] for c in BAD_STATE], ids=[c[0] for c in BAD_STATE])
 def test_hostile_train_state_is_one_line_and_the_run_untouched(base, tmp_path, capfd, make):
     from dcbench.train.cli import main as train_main
@@ -160,7 +160,7 @@ def test_hostile_train_state_is_one_line_and_the_run_untouched(base, tmp_path, c
     assert "train_state.pt" in res.error
 
 
-@pytest.mark.issue_class(3)
+@pytest.mark.hostile(3)
 def test_a_missing_checkpoint_with_a_complete_old_one_names_it(base, tmp_path, capfd):
     copy_ckpt(base.ckpt, tmp_path / "ck.old")
     res = expect(capfd, inspect_main, [tmp_path / "ck"], root=tmp_path, out=None, code=2)

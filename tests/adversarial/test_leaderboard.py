@@ -90,7 +90,7 @@ HOSTILE_FIELDS = [
 ]
 
 
-@pytest.mark.issue_class(5)
+@pytest.mark.hostile(5)
 @pytest.mark.parametrize("over", [c[1] for c in HOSTILE_FIELDS], ids=[c[0] for c in HOSTILE_FIELDS])
 def test_hostile_text_in_a_result_is_inert_in_the_markdown(tmp_path, capfd, over):
     # a second result with a different protocol makes the protocol and variant values show up
@@ -103,7 +103,7 @@ def test_hostile_text_in_a_result_is_inert_in_the_markdown(tmp_path, capfd, over
         assert " ".join(name.split()) in codes
 
 
-@pytest.mark.issue_class(5)
+@pytest.mark.hostile(5)
 def test_hostile_schema_version_and_file_name_are_inert(tmp_path, capfd):
     other = copy.deepcopy(good())
     other["schema_version"] = f"<script>alert(2)</script>{XSS}"
@@ -112,7 +112,7 @@ def test_hostile_schema_version_and_file_name_are_inert(tmp_path, capfd):
     assert "Files not included" in md and inert(md) == []
 
 
-@pytest.mark.issue_class(5)
+@pytest.mark.hostile(5)
 def test_hostile_task_name_is_skipped_and_its_reason_inert(tmp_path, capfd):
     r = good()
     r["task"] = f"knn-graph{XSS}"
@@ -120,14 +120,14 @@ def test_hostile_task_name_is_skipped_and_its_reason_inert(tmp_path, capfd):
     assert "invalid, skipped" in md and inert(md) == []
 
 
-@pytest.mark.issue_class(8)
+@pytest.mark.hostile(8)
 def test_result_nested_100k_deep_is_skipped_with_one_warning(tmp_path, capfd):
     outcome, md = board(capfd, tmp_path, {"deep.json": "[" * 100_000 + "]" * 100_000, "ok.json": good()},
                         valid_only=False)
     assert "nested too deeply" in outcome.stderr and "1 valid result file(s) of 2 read" in md
 
 
-@pytest.mark.issue_class(4)
+@pytest.mark.hostile(4)
 def test_oversized_result_file_is_skipped_unread(tmp_path, capfd):
     res = tmp_path / "res"
     res.mkdir()
@@ -138,7 +138,7 @@ def test_oversized_result_file_is_skipped_unread(tmp_path, capfd):
     assert "more than a result file may have" in o.stderr
 
 
-@pytest.mark.issue_class(1)
+@pytest.mark.hostile(1)
 @pytest.mark.parametrize("where", ["parent", "absolute", "sibling-folder-link"])
 def test_picture_paths_outside_the_results_folder_are_not_linked(tmp_path, capfd, where):
     outside = tmp_path / "secret.png"
@@ -155,14 +155,14 @@ def test_picture_paths_outside_the_results_folder_are_not_linked(tmp_path, capfd
     assert "secret.png" not in md
 
 
-@pytest.mark.issue_class(2)
+@pytest.mark.hostile(2)
 def test_result_with_non_finite_metric_is_skipped(tmp_path, capfd):
     text = json.dumps(good()).replace("40.0", "NaN")
     outcome, md = board(capfd, tmp_path, {"nan.json": text, "ok.json": good("ok")}, valid_only=False)
     assert "skipped invalid result" in outcome.stderr and "1 valid result file(s) of 2 read" in md
 
 
-@pytest.mark.issue_class(8)
+@pytest.mark.hostile(8)
 def test_output_that_is_a_folder_is_one_line(tmp_path, capfd):
     res = tmp_path / "res"
     res.mkdir()
@@ -172,7 +172,7 @@ def test_output_that_is_a_folder_is_one_line(tmp_path, capfd):
            out=None, code=2, match="LEADERBOARD.md")
 
 
-@pytest.mark.issue_class(7)
+@pytest.mark.hostile(7)
 def test_full_disk_keeps_the_previous_leaderboard_byte_identical(tmp_path):
     res = tmp_path / "res"
     res.mkdir()
@@ -185,7 +185,7 @@ def test_full_disk_keeps_the_previous_leaderboard_byte_identical(tmp_path):
     assert out.read_text() == "previous leaderboard\n"
 
 
-@pytest.mark.issue_class(8)
+@pytest.mark.hostile(8)
 def test_mathtext_in_names_does_not_break_the_plots(tmp_path, capfd):
     # matplotlib parses text between two '$' as a formula and raises on a malformed one
     res = tmp_path / "res"

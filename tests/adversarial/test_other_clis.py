@@ -27,7 +27,7 @@ def test_bad_flag_is_one_line_exit_2(tmp_path, capfd, main, argv, message):
     assert not out.exists()
 
 
-@pytest.mark.issue_class(8)
+@pytest.mark.hostile(8)
 def test_dc_data_out_that_is_a_file_is_one_line(tmp_path, capfd):
     (tmp_path / "out").write_text("precious")
     expect(capfd, data_main, ["make", tmp_path / "out"], root=tmp_path, out=None, code=2, match="not a folder")

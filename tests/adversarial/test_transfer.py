@@ -70,7 +70,7 @@ def test_bad_transfer_flag_is_one_line_exit_2_before_any_work(base, tmp_path, ca
     assert not out.exists()
 
 
-@pytest.mark.issue_class(1)
+@pytest.mark.hostile(1)
 @pytest.mark.parametrize("name", ["../../escaped", "..", "a/../../../b", "/ABSOLUTE/pwn"],
                          ids=["dotdot-up-two", "dotdot", "nested-dotdot", "absolute"])
 def test_knn_graph_pictures_stay_under_out_whatever_the_checkpoint_name(base, cls, tmp_path, capfd, name):
@@ -86,7 +86,7 @@ def test_knn_graph_pictures_stay_under_out_whatever_the_checkpoint_name(base, cl
     assert all((out / result["details"][f"png_{k}"]).is_file() for k in ("neighbours", "filters", "ratios"))
 
 
-@pytest.mark.issue_class(1)
+@pytest.mark.hostile(1)
 def test_lowshot_draw_lists_stay_under_out(base, cls, tmp_path, capfd):
     ck = edit_meta(copy_ckpt(base.ckpt, tmp_path / "ck"), name="../../../escaped")
     out = tmp_path / "out"
@@ -97,7 +97,7 @@ def test_lowshot_draw_lists_stay_under_out(base, cls, tmp_path, capfd):
         (ck / "meta.json").read_text())["model_sha256"][:8]]
 
 
-@pytest.mark.issue_class(1)
+@pytest.mark.hostile(1)
 def test_voc_detection_files_stay_under_out(base, voc, tmp_path, capfd):
     ck = edit_meta(copy_ckpt(base.run / "checkpoint", tmp_path / "ck"), name="/../../escaped")
     out = tmp_path / "out"
@@ -107,7 +107,7 @@ def test_voc_detection_files_stay_under_out(base, voc, tmp_path, capfd):
     assert len(dirs) == 1 and dirs[0].name.startswith("voc-detection-escaped-")
 
 
-@pytest.mark.issue_class(1)
+@pytest.mark.hostile(1)
 def test_a_link_inside_out_that_leads_elsewhere_is_refused(base, cls, tmp_path, capfd):
     out = tmp_path / "out"
     out.mkdir()
@@ -117,7 +117,7 @@ def test_a_link_inside_out_that_leads_elsewhere_is_refused(base, cls, tmp_path, 
     assert not any((tmp_path / "elsewhere").iterdir())
 
 
-@pytest.mark.issue_class(8)
+@pytest.mark.hostile(8)
 def test_out_that_is_an_existing_file_is_one_line(base, cls, tmp_path, capfd):
     out = tmp_path / "out"
     out.write_text("precious")
@@ -128,7 +128,7 @@ def test_out_that_is_an_existing_file_is_one_line(base, cls, tmp_path, capfd):
     assert out.read_text() == "precious"
 
 
-@pytest.mark.issue_class(8)
+@pytest.mark.hostile(8)
 def test_checkpoint_with_nan_weights_is_named_non_finite_not_a_changed_trunk(base, cls, tmp_path, capfd):
     from safetensors.torch import load_file, save_file
 
@@ -146,7 +146,7 @@ def test_checkpoint_with_nan_weights_is_named_non_finite_not_a_changed_trunk(bas
            match="^non-finite weights in .*features.0.weight")
 
 
-@pytest.mark.issue_class(6)
+@pytest.mark.hostile(6)
 def test_feature_cache_is_not_shared_by_checkpoints_with_other_preprocessing(base, cls, tmp_path, capfd):
     a = copy_ckpt(base.ckpt, tmp_path / "a")
     b = edit_meta(copy_ckpt(base.ckpt, tmp_path / "b"), name="other-preprocessing",
@@ -162,7 +162,7 @@ def test_feature_cache_is_not_shared_by_checkpoints_with_other_preprocessing(bas
     assert results[0]["metrics"] != results[1]["metrics"]
 
 
-@pytest.mark.issue_class(4)
+@pytest.mark.hostile(4)
 def test_decompression_bomb_in_the_knn_data_is_skipped(base, cls, tmp_path, capfd):
     data = tmp_path / "cls"
     shutil.copytree(cls, data)
@@ -174,7 +174,7 @@ def test_decompression_bomb_in_the_knn_data_is_skipped(base, cls, tmp_path, capf
     assert result["data"]["sizes"]["val"] == 18
 
 
-@pytest.mark.issue_class(7)
+@pytest.mark.hostile(7)
 def test_full_disk_in_knn_graph_is_one_line_and_leaves_no_truncated_file(base, cls, tmp_path):
     out = tmp_path / "out"
     expect_process(limited(200_000, bin_of("dc-transfer"), *knn(base.ckpt, cls, out)), root=tmp_path, out=out,
@@ -187,7 +187,7 @@ def test_full_disk_in_knn_graph_is_one_line_and_leaves_no_truncated_file(base, c
     assert not list(out.glob("knn-graph__*.json"))
 
 
-@pytest.mark.issue_class(8)
+@pytest.mark.hostile(8)
 def test_mathtext_in_checkpoint_and_class_names_does_not_break_the_pictures(base, cls, tmp_path, capfd):
     data = tmp_path / "cls"
     shutil.copytree(cls, data)

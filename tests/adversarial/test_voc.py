@@ -50,7 +50,7 @@ BAD_ANNOTATIONS = [
 ]
 
 
-@pytest.mark.issue_class(8)
+@pytest.mark.hostile(8)
 @pytest.mark.parametrize("change,message", [c[1:] for c in BAD_ANNOTATIONS], ids=[c[0] for c in BAD_ANNOTATIONS])
 def test_bad_voc_annotation_is_one_line_exit_2(base, voc, tmp_path, capfd, change, message):
     root = copy_tree(voc, tmp_path / "VOCdevkit")
@@ -60,7 +60,7 @@ def test_bad_voc_annotation_is_one_line_exit_2(base, voc, tmp_path, capfd, chang
                                   "--out", out, *FAST], root=tmp_path, out=out, code=2, match=message)
 
 
-@pytest.mark.issue_class(9)
+@pytest.mark.hostile(9)
 def test_boxes_outside_the_image_are_clipped_and_counted(voc, tmp_path, capfd):
     root = copy_tree(voc, tmp_path / "VOCdevkit")
     set_box(root, "trainval000", box=(-20, 6, 500, 56))  # reaches out on both sides: clipped
@@ -72,7 +72,7 @@ def test_boxes_outside_the_image_are_clipped_and_counted(voc, tmp_path, capfd):
     assert "1 box(es) reaching outside their image clipped" in capfd.readouterr().err
 
 
-@pytest.mark.issue_class(9)
+@pytest.mark.hostile(9)
 def test_detection_trains_on_clipped_boxes_without_torchvision_assertions(base, voc, tmp_path, capfd):
     root = copy_tree(voc, tmp_path / "VOCdevkit")
     set_box(root, "trainval000", box=(-20, 6, 500, 56))
@@ -99,7 +99,7 @@ def _mask(root, change):
             Image.fromarray(m).convert("RGB").save(f)
 
 
-@pytest.mark.issue_class(8)
+@pytest.mark.hostile(8)
 @pytest.mark.parametrize("change,message,workers", [("wrong-size", "a mask must match its image", "0"),
                                                     ("value-77", "holds class value 77", "0"),
                                                     ("rgb", "expected a palette", "0"),
