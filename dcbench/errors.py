@@ -11,6 +11,8 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
+from dcbench.text import printable
+
 
 class UserError(Exception):
     """Bad input the user can fix (a path, a flag, a file). Message: one line, names the fix."""
@@ -55,8 +57,8 @@ def one_line(message: str, limit: int = 2000) -> str:
     if _WORKER.search(text):
         last = [line for line in text.strip().splitlines() if line.strip()][-1]
         text = re.sub(r"^[\w.]+: ", "", last.strip(), count=1)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + " ..."
+    # messages quote file names and values from untrusted files: no terminal control gets through
+    return printable(" ".join(text.split()), limit)
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:

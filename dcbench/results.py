@@ -83,7 +83,7 @@ def validate_result(result: dict, source: str = "result") -> dict:
     if errors:
         e = errors[0]
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise ResultError(f"{source}: {where}: {e.message}"[:400])
+        raise ResultError(printable(f"{source}: {where}: {e.message}", 400))
     pattern = METRIC_NAMES[result["task"]]
     for name, value in result["metrics"].items():
         if not re.fullmatch(pattern, name):

@@ -26,7 +26,7 @@ from dcbench.leaderboard.collect import find_result_files, load_results, newest_
 from dcbench.leaderboard.literature import load_literature
 from dcbench.leaderboard.render import render
 from dcbench.leaderboard.tables import Table, build_tables, of_family
-from dcbench.text import md_text
+from dcbench.text import md_text, printable
 
 
 def get_args_parser(add_help: bool = True) -> ArgumentParser:
@@ -107,9 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out if args.out is not None else default_out(args.results)
     coll = load_results(files)
     for path, reason in coll.skipped:
-        print(f"warning: skipped invalid result {path}: {reason}", file=sys.stderr)
+        print(f"warning: skipped invalid result {printable(path, 1000)}: {printable(reason, 400)}", file=sys.stderr)
     for path, version in coll.other_version:
-        print(f"warning: left out {path}: result schema version {version}, not 1", file=sys.stderr)
+        print(f"warning: left out {printable(path, 1000)}: result schema version {printable(version, 40)}, not 1",
+              file=sys.stderr)
     newest = newest_runs(to_frame(coll.results))
     tables = build_tables(newest, load_literature())
 
@@ -127,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     remove_stale_plots(folder, {Path(p).name for p in plot_links.values()})
 
     write_text_atomic(out, render(tables, coll, len(files), plot_links))
-    print(f"leaderboard: {out} ({len(coll.results)} valid result(s), {len(coll.skipped)} skipped, "
+    print(f"leaderboard: {printable(out, 1000)} ({len(coll.results)} valid result(s), {len(coll.skipped)} skipped, "
           f"{len(coll.other_version)} of another schema version)")
     if expected is None:
         return 0

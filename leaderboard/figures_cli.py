@@ -17,6 +17,7 @@ from dcbench.atomic import write_text_atomic
 from dcbench.errors import ArgumentParser, UserError, run_cli
 from dcbench.leaderboard.figures import draw_all, figures_dir, render_page
 from dcbench.leaderboard.runs import load_run
+from dcbench.text import printable
 
 MAX_RUNS = 50  # one legend and one colour cycle stay readable well below this
 
@@ -44,13 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = [load_run(folder) for folder in args.runs]
     for run in runs:
         if run.skipped_lines:
-            print(f"warning: {run.folder / 'log.jsonl'}: skipped {run.skipped_lines} line(s) that are not JSON",
+            print(f"warning: {printable(run.folder / 'log.jsonl', 1000)}: skipped {run.skipped_lines} line(s) that are not JSON",
                   file=sys.stderr)
     folder = figures_dir(args.out)
     made = draw_all(runs, folder)
     command = "dc-figures " + " ".join(shlex.quote(str(a)) for a in (argv if argv is not None else sys.argv[1:]))
     write_text_atomic(args.out, render_page(runs, made, folder.name, command))
-    print(f"figures: {args.out} ({len(runs)} run(s), {len(made)} figure(s) in {folder})")
+    print(f"figures: {printable(args.out, 1000)} ({len(runs)} run(s), {len(made)} figure(s) in "
+          f"{printable(folder, 1000)})")
     return 0
 
 

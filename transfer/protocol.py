@@ -25,6 +25,7 @@ from dcbench.checkpoint import preprocessing
 from dcbench.errors import UserError
 from dcbench.precision import PRECISIONS, resolve_precision
 from dcbench.results import write_result
+from dcbench.text import printable
 
 # --------------------------------------------------------------------------------------------
 # Flags and defaults tables
@@ -330,6 +331,6 @@ def save_and_report(args: argparse.Namespace, result: dict) -> Path:
     result["protocol"] = {**result["protocol"], "precision": precision_of(args), "loader": loader_of(args)}
     path = write_result(result, args.out)
     metrics = ", ".join(f"{k}={v:.2f}" for k, v in result["metrics"].items())
-    print(f"{result['task']} [{result['scale']}] {result['checkpoint']['name']}: {metrics}")
+    print(f"{result['task']} [{result['scale']}] {printable(result['checkpoint']['name'])}: {metrics}")
     print(f"result: {path}")
     return path
