@@ -38,7 +38,9 @@ def md_text(text, limit: int = MAX_MARKDOWN) -> str:
     backslash-escaped, so it renders as the same characters and never as HTML, a link, an image,
     emphasis, a heading or a table cell boundary, wherever in a line it is placed."""
     line = printable(text, limit)
-    return html.escape(_MD_PUNCT.sub(r"\\\1", line), quote=False)
+    out = html.escape(_MD_PUNCT.sub(r"\\\1", line), quote=False)
+    # leading spaces would indent a line that starts with this text into a code block
+    return "&#32;" + out[1:] if out.startswith(" ") else out
 
 
 def code_span(text, limit: int = MAX_MARKDOWN) -> str:
