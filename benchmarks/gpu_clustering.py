@@ -1,4 +1,4 @@
-"""The clustering stage at ImageNet scale on the device, and its agreement with the CPU engine (issue 11).
+"""The clustering stage at ImageNet scale on the device, and its agreement with the CPU engine.
 
 1. Scale: N synthetic fc7-like features (default 1,281,167 x 4096, fp16 on the device, the way
    dc-train keeps them) -> ``pca_whiten_torch`` to 256 dims -> ``kmeans_torch`` with k = 10,000,

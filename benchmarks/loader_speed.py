@@ -5,7 +5,7 @@ training crop (RandomResizedCrop 224 + flip) and the feature crop (resize 256 + 
 seeded JPEGs of ImageNet's mean size (400 x 350) and on large ones (1600 x 1200, the slow tail of a
 real dataset). Every loader delivers the same thing: normalised float32 batches.
 
-- ``torchvision``: what dc-train did before issue 11 (PIL decode, torchvision transforms, ToTensor
+- ``torchvision``: dc-train's original loader (PIL decode, torchvision transforms, ToTensor
   and Normalize per image in the worker);
 - ``draft``: dcbench.imageload.RandomCrop / CentreCrop (reduced-size decode when the box allows),
   uint8 from the worker, one normalise per batch;

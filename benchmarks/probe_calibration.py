@@ -3,8 +3,8 @@
 Linear-probe accuracy (standardised features, sklearn LogisticRegression), train -> val, from
 (a) raw pixels downsampled to 32x32 and (b) every conv layer of a randomly initialised
 AlexNet-BN (dcbench.models, or a local copy of the same trunk if models is absent), average
-pooled to 2-3.5k dimensions. The target (DESIGN.md §7: "hard enough that a random network does
-not already solve them"): random conv features roughly 30-60 % on the 10 classes, raw pixels
+pooled to 2-3.5k dimensions. The target (the embedded sets must be hard enough that a random network does
+not already solve them): random conv features roughly 30-60 % on the 10 classes, raw pixels
 lower, both well below 100 %. Images are rendered exactly as dc-data writes them (JPEG round
 trip in memory), nothing is written to disk but the JSON.
 

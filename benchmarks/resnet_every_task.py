@@ -1,4 +1,4 @@
-"""A torchvision ResNet-50 through dc-convert and every transfer task (issue 16's closing check).
+"""A torchvision ResNet-50 through dc-convert and every transfer task, end to end.
 
 1. Builds a randomly initialised torchvision ``resnet50`` (seed 0, ``weights=None``) and saves its
    state dict behind each prefix real releases use: ``module.``, ``module.encoder_q.``,

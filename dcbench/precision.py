@@ -1,4 +1,4 @@
-"""``--precision``: fp32, or bf16 autocast with channels_last activations (issue 11).
+"""``--precision``: fp32, or bf16 autocast with channels_last activations.
 
 "auto" means bf16 on CUDA (tensor cores) and fp32 on the CPU, where bf16 autocast is slower on
 most CPUs and would change the numbers the CPU tests pin. Runs record the resolved value.

@@ -7,7 +7,7 @@ texture, on cluttered textured backgrounds with distractors and partial occlusio
 information lives in shape and structure; colour and texture are drawn independently of the
 class, so they carry none.
 
-Four datasets, in the layouts of the real ones (see DESIGN.md §7-8)::
+Four datasets, in the on-disk layouts of the real ones, so every loader runs on them unchanged::
 
     OUT/classification/{train,val}/<class>/<class>_NNNNN.jpg          ImageNet-style ImageFolder
     OUT/places/images/<l>/<scene>/NNNNNNNN.jpg                          Places205-style images

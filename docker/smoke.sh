@@ -1,5 +1,5 @@
 #!/bin/bash
-# The container stage of CI (issue #6): build the images and run them end to end, for real.
+# The container stage of CI: build the images and run them end to end, for real.
 #
 #   bash docker/smoke.sh            (as root; tox -e docker calls it; .ci/run calls tox)
 #

@@ -229,7 +229,7 @@ def render_page(runs: list[Run], made: dict[str, Path], folder_name: str, comman
     for key in missing:
         why = ("no run's log has a PCA spectrum (field `pca_variance`)" if key == "pca_variance"
                else "Per-class ratio box plots (thesis Figure 4.1): no run's log has the per-class ratios (field "
-                    "`ratio_per_class`, logged by dc-train since issue 15)" if key == "ratio_per_class"
+                    "`ratio_per_class`; logs of older dc-train versions lack it)" if key == "ratio_per_class"
                else f"no run's log has the field `{key}`")
         lines.append(f"- {key}: {why}.")
     return "\n".join(lines) + "\n"

@@ -98,7 +98,7 @@ STATIC_TABLES = (
 )
 
 # Chapter 4 (the method itself): the thesis's rows. No result file carries these measurements, so
-# their columns have no task: dc-train --descriptor / --targets labels (issue 15) make the checkpoints
+# their columns have no task: dc-train --descriptor / --targets labels make the checkpoints
 # and logs, the MLP task scores them into Table 5.2's rows, and Table 4.3 is a benchmark script.
 CHAPTER4_TABLES = (
     TableSpec("descriptor", "Descriptor for clustering: MLP on frozen convolutions after 85 epochs", "Table 4.1",

@@ -1,4 +1,4 @@
-"""Issue 15: the chapter-4 options of dc-train each change exactly what they say."""
+"""The chapter-4 options of dc-train each change exactly what they say."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ResNet trunks (issue 16): the registry entries against torchvision's own forward, checkpoint
+"""ResNet trunks: the registry entries against torchvision's own forward, checkpoint
 format v2 (and v1 unchanged), dc-convert from the prefixes real releases use, and the transfer
 tasks' ResNet paths (detector and FCN heads, probes, refusals)."""
 

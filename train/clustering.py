@@ -5,7 +5,7 @@
 - :func:`kmeans` is faiss k-means (GPU index when available); empty clusters never survive.
 - :func:`pic` is the Power Iteration Clustering variant of the original code (thesis §4.6).
 - :func:`pca_whiten_torch` and :func:`kmeans_torch` are the same maths in torch, on whatever
-  device the features are (the GPU engine: faiss-gpu wheels are CUDA 12 only, DESIGN §9); they
+  device the features are (the GPU engine: faiss-gpu wheels exist for CUDA 12 only); they
   read the features in blocks of ``chunk`` rows, so an fp16 buffer is never copied whole.
 """
 

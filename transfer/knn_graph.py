@@ -1,6 +1,6 @@
 """knn-graph: the k-NN-graph diagnostics of thesis §4.1, and the pictures of Figures 5.2-5.3.
 
-Descriptors: by default the clustering features of DESIGN §5 — fc7 before its ReLU (ResNets:
+Descriptors: by default the features dc-train clusters — fc7 before its ReLU (ResNets:
 res5 globally average-pooled, the descriptor dc-train clusters them on), centre crop, PCA-whitened to 256 dims, L2-normalised (``--features pool5`` uses the flattened trunk
 output instead). A 10-NN graph (exact L2 search, faiss) is built over one labelled split. For
 each class C, "ratio edge intra-class" = #edges (i, j) with i and j in C / #edges leaving C,
@@ -52,7 +52,7 @@ DESCRIPTION = "10-NN graph ratio edge intra-class, nearest-neighbour and conv1-f
 
 DEFAULTS = {
     "k": (10, 10),            # thesis §4.1: "10-NN graph"
-    # thesis §4.2 / DESIGN §5: PCA-whitening to 256 dims, then L2. Smoke: 32, as dc-train's smoke
+    # thesis §4.2: PCA-whitening to 256 dims, then L2 (as dc-train). Smoke: 32, as dc-train's smoke
     # scale -- whitening the ~200 embedded val images to ~n dims makes them all equidistant.
     "pca_dim": (256, 32),
     "neighbours": (3, 3),     # thesis §5.3: "its 3 nearest neighbors according to the l2 distance"

@@ -34,7 +34,7 @@ TRANSFER_LOADERS = ("draft", "torchvision")  # nvjpeg is dc-train's: its crops r
 
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags every ``dc-transfer TASK`` takes (DESIGN §8)."""
+    """Flags every ``dc-transfer TASK`` takes (the suite sets --checkpoint, --data, --out, --scale, --device)."""
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory (format v1 or v2)")
     p.add_argument("--data", type=Path, default=None,
                    help="dataset root (default: the embedded data, generated once and cached)")
