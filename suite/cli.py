@@ -7,7 +7,9 @@ is imported here.
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -19,14 +21,25 @@ from pathlib import Path
 from dcbench.errors import ArgumentParser, UserError, run_cli
 from dcbench.provenance import utc_now
 from dcbench.tasks import NEEDS_FC6_FC7
+from dcbench.text import printable
 
 from . import manifest as mf
+from .logs import check_folder
 from .plan import Job, parse_task_args, read_checkpoint
 from .progress import Progress
 from .runner import Interrupted, Outcome, Runner
 from .tasks import dataset_folders, parse_tasks
 
 DEFAULT_IMAGE = "dc-transfer"   # the tag docker/ builds (docker build --target dc-transfer -t dc-transfer)
+
+
+def slurm_name(value: str) -> str:
+    """A Slurm partition/account name: it is written into each job's sbatch script, so only the
+    characters such names use (a newline would start a line of its own in the script)."""
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.,-]{0,127}", value):
+        raise argparse.ArgumentTypeError(f"{printable(value, 60)!r} is not a Slurm name (letters, digits, "
+                                         "'_', '.', '-', and ',' between partitions; at most 128)")
+    return value
 
 
 def add_run_arguments(p: ArgumentParser) -> None:
@@ -39,7 +52,9 @@ def add_run_arguments(p: ArgumentParser) -> None:
     p.add_argument("--data-root", type=Path, default=None,
                    help="ROOT/imagenet/{train,val}, ROOT/places205/..., ROOT/VOCdevkit/VOC2007|VOC2012 "
                         "(README 'Suite data layout'); default: the embedded data")
-    p.add_argument("--engine", choices=("local", "docker", "slurm"), default="local")
+    p.add_argument("--engine", choices=("local", "docker", "slurm"), default="local",
+                   help="where each task runs: local = a dc-transfer process here; docker = a container of "
+                        "--image through the Docker SDK; slurm = a Slurm job through submitit (default: local)")
     p.add_argument("--jobs", type=int, default=None,
                    help="tasks at once (default: 1 locally and in Docker; with Slurm every job is queued at once)")
     p.add_argument("--gpus", default=None, metavar="IDS",
@@ -57,8 +72,11 @@ def add_run_arguments(p: ArgumentParser) -> None:
     d.add_argument("--image", default=DEFAULT_IMAGE, help=f"dc-transfer image (default {DEFAULT_IMAGE})")
     d.add_argument("--docker-host", default=None, help="Docker engine URL (default: $DOCKER_HOST or the local socket)")
     s = p.add_argument_group("slurm engine")
-    s.add_argument("--slurm-partition", default=None)
-    s.add_argument("--slurm-account", default=None)
+    s.add_argument("--slurm-partition", type=slurm_name, default=None,
+                   help="partition (or comma list) each job is queued in, as sbatch --partition "
+                        "(default: the cluster's default partition)")
+    s.add_argument("--slurm-account", type=slurm_name, default=None,
+                   help="account each job is charged to, as sbatch --account (default: the user's default)")
 
 
 def get_args_parser() -> ArgumentParser:
@@ -147,7 +165,7 @@ def summary(outcomes: list[Outcome], run_id: str, engine: str, seconds: float, s
         t = "-" if o.status == "skipped" else f"{o.seconds:.1f}s"
         print(f"  {o.status:<9} {o.job.task:<19} {o.job.checkpoint.label:<32} {t:>8}  {where}", file=stream)
         if o.status == "failed":
-            why = o.message or f"exit {o.exit_code}"
+            why = printable(o.message, 300) if o.message else f"exit {o.exit_code}"
             print(f"      {why}; last lines of its log:", file=stream)
             for line in o.tail or []:
                 print(f"      | {line}", file=stream)
@@ -169,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--results {args.results}: cannot create it ({e.strerror}); choose a writable folder") from None
+    check_folder(mf.folder(results) / "logs", results)
     # A background job of a script starts with SIGINT ignored; a suite must still stop on it, and on TERM.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler), signal.signal(signal.SIGTERM, _sigterm)
     try:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dcbench.errors import UserError
 
+from .logs import open_log
 from .plan import Job, slug
 
 LABEL_RUN = "dcbench.suite.run"
@@ -41,19 +42,21 @@ def container_spec(job: Job, *, image: str, run_id: str, results: Path, data_roo
                    uid: int, gid: int, gpu: str | None) -> dict:
     """Keyword arguments of ``client.containers.create`` for one task (pure: no daemon needed)."""
     ckpt_in = f"{CHECKPOINTS_IN}/{slug(job.checkpoint.path.name, 60)}"
-    volumes = {str(job.checkpoint.path): {"bind": ckpt_in, "mode": "ro"},
-               str(results): {"bind": RESULTS_IN, "mode": "rw"}}
+    # Mount objects, not "src:dst:mode" strings: a ':' or ',' in a host path cannot change them.
+    Mount = _docker().types.Mount
+    mounts = [Mount(ckpt_in, str(job.checkpoint.path), type="bind", read_only=True),
+              Mount(RESULTS_IN, str(results), type="bind", read_only=False)]
     data_in = None
     if job.data is not None:
         if data_root is None:
             raise ValueError("a job with a data folder needs the data root to mount")
-        volumes[str(data_root)] = {"bind": DATA_IN, "mode": "ro"}
+        mounts.append(Mount(DATA_IN, str(data_root), type="bind", read_only=True))
         data_in = f"{DATA_IN}/{job.data.relative_to(data_root).as_posix()}"
     spec = {
         "image": image,
         "command": job.transfer_argv(checkpoint=ckpt_in, data=data_in, out=RESULTS_IN,
                                      device="cpu" if gpu is None else "cuda"),
-        "volumes": volumes,
+        "mounts": mounts,
         "user": f"{uid}:{gid}",
         "labels": {LABEL_RUN: run_id, LABEL_TASK: job.task, "dcbench.suite.checkpoint": job.checkpoint.sha256},
         "name": f"dc-bench-{slug(run_id, 40)}-{job.task}-{job.checkpoint.sha256[:8]}",
@@ -119,7 +122,7 @@ class DockerEngine:
                 if self.stopping:
                     return None, RESULTS_IN, "not started (interrupted)"
                 container = self.client.containers.create(**spec)
-            with open(log, "w", encoding="utf-8") as f:
+            with open_log(log) as f:
                 f.write(f"$ docker run {self.image} {' '.join(spec['command'])}\n")
                 f.flush()
                 container.start()

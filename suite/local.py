@@ -3,13 +3,16 @@ group (so Ctrl-C can end it and every data-loader worker it started)."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import queue
 import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
+from .logs import open_log
 from .plan import Job, local_command
 
 
@@ -40,14 +43,15 @@ class LocalEngine:
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             if gpu is not None:
                 env["CUDA_VISIBLE_DEVICES"] = gpu
-            with open(log, "w", encoding="utf-8") as f:
+            with open_log(log) as f:
                 f.write(f"$ dc-transfer {' '.join(argv)}\n")
                 f.flush()
                 with self.lock:
                     if self.stopping:
                         return None, str(results), "not started (interrupted)"
                     p = subprocess.Popen(local_command(argv), stdout=f, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
                     self.procs.add(p)
                 try:
                     rc = p.wait()
@@ -72,6 +76,30 @@ class LocalEngine:
             except subprocess.TimeoutExpired:
                 _signal_group(p, signal.SIGKILL)
                 p.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the runner dies. The task has its own session (so
+    Ctrl-C handling can end its whole group), hence no terminal hang-up reaches it: without this a
+    ``kill -9`` of dc-bench would leave it running, unrecorded, beside the next run's copy."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() == 1:  # the runner died between fork and prctl
+            os._exit(137)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def process_start(pid: int) -> str | None:
+    """The start time (clock ticks since boot) of process ``pid`` on this host, None if it is gone;
+    with the pid it names one process even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]
 
 
 def _signal_group(p: subprocess.Popen, sig: int) -> None:

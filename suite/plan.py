@@ -25,6 +25,7 @@ from dcbench.checkpoint import read_meta
 from dcbench.errors import ResultError, UserError
 from dcbench.families import family_of
 from dcbench.results import read_result
+from dcbench.text import printable
 
 from .tasks import SPECS
 
@@ -66,16 +67,23 @@ def parse_task_args(items: list[str], tasks: list[str]) -> dict[str, list[str]]:
             words = shlex.split(flags)
         except ValueError as e:
             raise UserError(f"--task-args {item!r}: {e}") from None
-        reserved = [w for w in words if w.split("=")[0] in RESERVED]
+        reserved = [w for w in words if _reaches_reserved(w)]
         if reserved:
-            raise UserError(f"--task-args {item!r}: {reserved[0]} is set by dc-bench itself; "
-                            "use dc-bench's own flag")
+            raise UserError(f"--task-args {printable(item)!r}: {printable(reserved[0])} is (or abbreviates) a flag "
+                            "dc-bench sets itself; use dc-bench's own flag")
         out.setdefault(task, []).extend(words)
     return out
 
 
 # Flags dc-bench sets for every task; --task-args may not override them.
 RESERVED = ("--checkpoint", "--data", "--out", "--scale", "--device")
+
+
+def _reaches_reserved(word: str) -> bool:
+    """Whether ``word`` names a reserved flag, in full or as a prefix argparse could expand to it
+    (``--ou``, ``--check=x``): refused whatever the task's parser would make of it."""
+    name = word.split("=", 1)[0]
+    return name.startswith("--") and len(name) > 2 and any(r.startswith(name) for r in RESERVED)
 
 
 @dataclass

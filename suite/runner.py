@@ -4,15 +4,21 @@ a time, record each end in the manifest, and on Ctrl-C cancel everything the eng
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
+import socket
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from dcbench.errors import UserError
 from dcbench.provenance import utc_now
+from dcbench.text import printable
 
 from . import manifest as mf
+from .local import process_start
+from .logs import check_folder
 from .plan import Job, reusable_result
 from .progress import Progress
 
@@ -34,11 +40,16 @@ class Outcome:
 def log_tail(path: Path, n: int = TAIL_LINES) -> list[str]:
     """The last ``n`` lines of a log, each bounded (a task's output is not ours to trust)."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = deque((line.rstrip("\n")[:300] for line in f), maxlen=n)
+        with _read(path) as f:
+            lines = deque((printable(line.rstrip("\n"), 300) for line in f), maxlen=n)
     except OSError:
         return []
     return list(lines)
+
+
+def _read(path: Path):
+    """A task's log for reading, never through a link."""
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), encoding="utf-8", errors="replace")
 
 
 def result_from_log(log: Path, out_seen: str, results: Path) -> str | None:
@@ -47,7 +58,7 @@ def result_from_log(log: Path, out_seen: str, results: Path) -> str | None:
     container). None if the task reported none or the path leaves the folder."""
     found = None
     try:
-        with open(log, encoding="utf-8", errors="replace") as f:
+        with _read(log) as f:
             for line in f:
                 if line.startswith("result: "):
                     found = line[len("result: "):].strip()
@@ -72,9 +83,24 @@ class Runner:
         self.logs = mf.folder(results) / "logs"
         self.cancelled = threading.Event()
 
+    def _check_not_running(self, jobs: list[Job], entries: dict) -> None:
+        """Refuse a task that another dc-bench on this host is running now; a 'running' entry whose
+        runner is gone (killed) only means the task did not finish: it runs again."""
+        host = socket.gethostname()
+        for job in jobs:
+            e = entries.get(job.id) or {}
+            if e.get("status") != "running" or e.get("host") != host:
+                continue
+            pid, start = e.get("runner_pid"), e.get("runner_start")
+            if isinstance(pid, int) and pid != os.getpid() and start is not None and process_start(pid) == start:
+                raise UserError(f"{job.label} is being run by another dc-bench (pid {pid}, run "
+                                f"{printable(e.get('run_id'), 60)}) on this results folder; wait for it, or stop it")
+
     def plan(self, jobs: list[Job]) -> tuple[list[Outcome], list[Job]]:
         """(skipped outcomes, jobs to run)."""
-        entries = {} if self.force else self.manifest.entries()
+        entries = self.manifest.entries()
+        self._check_not_running(jobs, entries)
+        entries = {} if self.force else entries
         skipped, todo = [], []
         for job in jobs:
             found = None if self.force else reusable_result(job, entries.get(job.id), self.results)
@@ -88,11 +114,13 @@ class Runner:
 
     def _run_one(self, job: Job) -> Outcome:
         log = self.logs / job.log_name
+        check_folder(log.parent, self.results)
         log.parent.mkdir(parents=True, exist_ok=True)
         rel_log = log.relative_to(self.results).as_posix()
         if self.cancelled.is_set():
             return Outcome(job, "cancelled", log=rel_log, message="not started (interrupted)")
         self.progress.started(job)
+        self._record_start(job, rel_log)
         t0 = time.monotonic()
         try:
             rc, out_seen, message = self.engine.run(job, log, self.results)
@@ -113,6 +141,13 @@ class Runner:
         self._record(o)
         self.progress.finished(o)
         return o
+
+    def _record_start(self, job: Job, rel_log: str) -> None:
+        self.manifest.record_task(job.id, {
+            "task": job.task, "checkpoint": str(job.checkpoint.path), "checkpoint_sha256": job.checkpoint.sha256,
+            "scale": job.scale, "request": job.request(), "request_key": job.request_key(), "status": "running",
+            "log": rel_log, "engine": self.engine.name, "run_id": self.run_id, "started": utc_now(),
+            "host": socket.gethostname(), "runner_pid": os.getpid(), "runner_start": process_start(os.getpid())})
 
     def _record(self, o: Outcome) -> None:
         self.manifest.record_task(o.job.id, {

@@ -85,7 +85,7 @@ def test_missing_data_folders_are_all_named_before_anything_starts(tmp_path, ckp
 
 
 @pytest.mark.parametrize("bad, expect", [
-    (["--task-args", "knn-graph=--out /tmp/x"], "set by dc-bench itself"),
+    (["--task-args", "knn-graph=--out /tmp/x"], "a flag dc-bench sets itself"),
     (["--task-args", "nope=--k 1"], "TASK=FLAGS"),
     (["--tasks", "knn-graph", "--task-args", "mlp=--epochs 1"], "not among --tasks"),
     (["--jobs", "0"], "--jobs"),
@@ -249,9 +249,9 @@ def test_container_spec_mounts_user_labels_and_gpu_request(tmp_path, ckpt):
     spec = containers.container_spec(_job(ckpt, root / "VOCdevkit"), image="dc-transfer:test", run_id="r1",
                                      results=tmp_path / "res", data_root=root, uid=1234, gid=567, gpu="1")
     assert spec["image"] == "dc-transfer:test" and spec["user"] == "1234:567"
-    assert spec["volumes"] == {str(ckpt.resolve()): {"bind": "/checkpoints/rand64", "mode": "ro"},
-                               str(tmp_path / "res"): {"bind": "/results", "mode": "rw"},
-                               str(root): {"bind": "/data", "mode": "ro"}}
+    assert [(m["Source"], m["Target"], m["Type"], m["ReadOnly"]) for m in spec["mounts"]] == [
+        (str(ckpt.resolve()), "/checkpoints/rand64", "bind", True), (str(tmp_path / "res"), "/results", "bind", False),
+        (str(root), "/data", "bind", True)]
     assert spec["command"] == ["voc-detection", "--checkpoint", "/checkpoints/rand64", "--out", "/results",
                                "--scale", "full", "--device", "cuda", "--data", "/data/VOCdevkit", "--layers", "all"]
     assert spec["labels"][containers.LABEL_RUN] == "r1" and spec["labels"][containers.LABEL_TASK] == "voc-detection"
@@ -264,7 +264,7 @@ def test_container_spec_without_data_root_or_gpus_mounts_no_data_and_runs_on_cpu
     spec = containers.container_spec(_job(ckpt), image="dc-transfer", run_id="r", results=tmp_path,
                                      data_root=None, uid=0, gid=0, gpu=None)
     assert "--data" not in spec["command"] and spec["command"][spec["command"].index("--device") + 1] == "cpu"
-    assert "/data" not in [v["bind"] for v in spec["volumes"].values()]
+    assert "/data" not in [m["Target"] for m in spec["mounts"]]
     assert "device_requests" not in spec
 
 
