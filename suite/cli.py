@@ -204,6 +204,7 @@ def _run(args, argv, jobs: list[Job], engine, results: Path, run_id: str, t0: fl
     runner = Runner(engine, results, jobs=n, force=args.force, run_id=run_id, progress=progress)
     run = {"run_id": run_id, "engine": args.engine, "argv": list(sys.argv[1:] if argv is None else argv),
            "started": utc_now(), "pid": os.getpid()}
+    runner.preflight(jobs)
     runner.manifest.record_run(run)
     try:
         outcomes = runner.run(jobs)

@@ -96,10 +96,19 @@ class Runner:
                 raise UserError(f"{job.label} is being run by another dc-bench (pid {pid}, run "
                                 f"{printable(e.get('run_id'), 60)}) on this results folder; wait for it, or stop it")
 
-    def plan(self, jobs: list[Job]) -> tuple[list[Outcome], list[Job]]:
-        """(skipped outcomes, jobs to run)."""
+    def preflight(self, jobs: list[Job]) -> dict:
+        """What must hold before anything is recorded or started; returns the manifest's entries."""
         entries = self.manifest.entries()
         self._check_not_running(jobs, entries)
+        for job in jobs:  # open_log refuses a link planted later, too
+            if (self.logs / job.log_name).is_symlink():
+                raise UserError(f"{self.logs / job.log_name} is a link; a task log is never written through one: "
+                                "remove it and rerun")
+        return entries
+
+    def plan(self, jobs: list[Job]) -> tuple[list[Outcome], list[Job]]:
+        """(skipped outcomes, jobs to run)."""
+        entries = self.preflight(jobs)
         entries = {} if self.force else entries
         skipped, todo = [], []
         for job in jobs:
