@@ -51,7 +51,7 @@ def add_run_arguments(p: ArgumentParser) -> None:
                    help="results folder (default ./results); the suite's manifest and logs go to RESULTS/suite/")
     p.add_argument("--data-root", type=Path, default=None,
                    help="ROOT/imagenet/{train,val}, ROOT/places205/..., ROOT/VOCdevkit/VOC2007|VOC2012 "
-                        "(README 'Suite data layout'); default: the embedded data")
+                        "(docs/suite.md, 'Suite data layout'); default: the embedded data")
     p.add_argument("--engine", choices=("local", "docker", "slurm"), default="local",
                    help="where each task runs: local = a dc-transfer process here; docker = a container of "
                         "--image through the Docker SDK; slurm = a Slurm job through submitit (default: local)")
@@ -98,7 +98,7 @@ def make_jobs(args) -> list[Job]:
     if args.data_root is not None:
         if not args.data_root.is_dir():
             raise UserError(f"--data-root {args.data_root} is not a directory; pass the folder laid out as "
-                            "the README's 'Suite data layout' says")
+                            "docs/suite.md ('Suite data layout') says")
         root = args.data_root.resolve()
         folders: dict[str, Path | None] = dataset_folders(root, embedded=False, tasks=tasks)
         scale = args.scale or "full"

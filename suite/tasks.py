@@ -13,7 +13,7 @@ from pathlib import Path
 from dcbench.errors import UserError
 from dcbench.tasks import TASKS
 
-# --data-root layout (README "Suite data layout"): dataset -> folder under the root. The embedded
+# --data-root layout (docs/suite.md, "Suite data layout"): dataset -> folder under the root. The embedded
 # data names two of them differently (it predates the suite), so it has its own map.
 LAYOUT = {"imagenet": "imagenet", "places205": "places205", "VOCdevkit": "VOCdevkit"}
 EMBEDDED_LAYOUT = {"imagenet": "classification", "places205": "places", "VOCdevkit": "VOCdevkit"}
@@ -84,6 +84,6 @@ def dataset_folders(root: Path, embedded: bool, tasks: list[str]) -> dict[str, P
         folders[t] = folder
     if missing:
         what = "; ".join(f"{p} (for {', '.join(ts)})" for p, ts in missing.items())
-        raise UserError(f"--data-root {root}: missing {what}; lay the data out as the README's "
+        raise UserError(f"--data-root {root}: missing {what}; lay the data out as docs/suite.md's "
                         "'Suite data layout' says, or pass --tasks without those tasks")
     return folders

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Issue 11's GPU measurements in one call on a lent H200 (16 cores), every stage time-boxed so that
-# one failure does not cost the others. Expects, beside the working tree (benchmarks/h200_prepare.sh
-# makes them and says how to call the device tool):
+# The GPU measurements in one call on a lent GPU machine (an H200 with 16 cores in mind), every stage
+# time-boxed so that one failure does not cost the others. Expects, beside the working tree
+# (benchmarks/gpu_kit_prepare.sh makes them and says how to call the device tool):
 #   .whl/      faiss-cpu, jsonschema and its needs as cp312 wheels (the machine has neither)
-#   .before/   `git archive ee62095` (the code the issue measured), for the side-by-side "before"
+#   .before/   `git archive ee62095` (the trainer before the GPU work), for the side-by-side "before"
 #   .gpudata/  a copy of the embedded demo data's classification split (train_learns.py)
-# Writes everything to $OUT (at most 8 files come back): run.log and one JSON per benchmark.
+#   .kit-sha   the commit the kit was prepared from (recorded in every result: the copy has no .git)
+# Writes everything to $OUT: run.log and one JSON per benchmark.
 set -u
-OUT=${OUT:-/tmp/h200-out}
+OUT=${OUT:-/tmp/gpu-kit-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 repo=$(pwd)
@@ -20,10 +21,12 @@ START=$(date +%s)
 BUDGET=${BUDGET:-$([ "${DRY:-0}" = 1 ] && echo 3600 || echo 540)}
 step() { echo; echo "=== $(date -u +%T) [$(( $(date +%s) - START )) s of $BUDGET] $*"; }
 tb() {  # tb SECONDS CMD...: CMD under `timeout SECONDS`, or less if the budget has less left
-  local left=$(( BUDGET - ($(date +%s) - START) - 5 )) t=$1; shift
+  local left=$(( BUDGET - ($(date +%s) - START) - 5 )) t=$1 rc; shift
   [ "$t" -gt "$left" ] && t=$left
   if [ "$t" -lt 10 ]; then echo "skipped, budget spent: $*"; return 124; fi
-  timeout "$t" "$@"
+  timeout "$t" "$@"; rc=$?
+  [ $rc -eq 124 ] && echo "cut by its time box after $t s (its output so far is above): $*"
+  return $rc
 }
 
 step setup
@@ -35,6 +38,9 @@ fi
 python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target ${T:-/tmp}/dcb . || exit 1
 python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target ${T:-/tmp}/before .before || exit 1
 export PYTHONPATH=${T:-/tmp}/dcb:${T:-/tmp}/site DCBENCH_DATA_CACHE="$repo/.gpudata"
+# the results name the commit they measured, from the file the prepare script wrote
+DCBENCH_GIT_SHA=$(cat .kit-sha 2>/dev/null || git rev-parse HEAD 2>/dev/null || echo unknown)
+export DCBENCH_GIT_SHA; echo "git sha: $DCBENCH_GIT_SHA"
 W=${WORK:-/tmp/work}; mkdir -p $W
 # DRY=1: the same steps at toy sizes on the CPU, to check this script before spending device time.
 if [ "${DRY:-0}" = 1 ]; then
@@ -44,6 +50,10 @@ if [ "${DRY:-0}" = 1 ]; then
 else
   DEV=cuda; CL=""; EP="--n 100000 --workers 15"; NB=25600; BK=1000; BW=15; NBK=""; TL="--epochs 6 --lr 0.02"
 fi
+
+step "0. nvJPEG decode while a backward is queued, direct vs synchronised, against the CPU decode"
+tb 60 python3 benchmarks/nvjpeg_stream_race.py $([ "${DRY:-0}" = 1 ] && echo "--rounds 2 --batch-size 8") \
+    --out "$OUT/nvjpeg_stream_race.json"
 
 step "1. clustering stage at 1.28M x 4096 -> 256 -> 10,000 (torch on the GPU) + agreement with faiss-cpu / pca_whiten"
 tb 240 python3 benchmarks/gpu_clustering.py $CL --out "$OUT/gpu_clustering.json"
@@ -56,7 +66,7 @@ tb 360 python3 benchmarks/gpu_epoch.py $EP --compare-loaders --workdir $W/e100k 
 step "2b. nvjpeg breakdown: batched decode, per-image vs packed crop (crop_packed), side by side"
 tb 60 python3 benchmarks/nvjpeg_breakdown.py --root $W/e100k/data $NBK --device $DEV --out "$OUT/nvjpeg_breakdown.json"
 
-step "3. before, side by side: ee62095's dc-train (the issue's measurement), 25,600 JPEGs, k=1000, 15 workers"
+step "3. before, side by side: ee62095's dc-train (before the GPU work), 25,600 JPEGs, k=1000, 15 workers"
 (cd /tmp && python3 -c "import sys; sys.path.insert(0, '$repo/benchmarks'); from jpeg_data import make_jpegs; \
 make_jpegs('$W/b25k', $NB, 400, 350, classes=1000, seed=0)")
 for tree in before after; do
@@ -73,6 +83,6 @@ for p in fp32 bf16; do
       --workdir $W/tl-$p --out "$OUT/train_learns_${p}_cuda.json" | grep -v '^{' ; \
   python3 -c "import json; d=json.load(open('$OUT/train_learns_${p}_cuda.json')); print('$p', d.get('summary'))"
 done
-step "5. gpu_epoch, ResNet-50 (issue 16), last: the same JPEGs and settings, in what is left"
+step "5. gpu_epoch, ResNet-50, last: the same JPEGs and settings, in what is left"
 tb 300 python3 benchmarks/gpu_epoch.py $EP --arch resnet50 --workdir $W/e100k --out "$OUT/gpu_epoch_cuda_100000_resnet50.json"
 step done
