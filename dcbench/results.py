@@ -87,7 +87,7 @@ def validate_result(result: dict, source: str = "result") -> dict:
     pattern = METRIC_NAMES[result["task"]]
     for name, value in result["metrics"].items():
         if not re.fullmatch(pattern, name):
-            raise ResultError(f"{source}: metrics: {printable(name, 60)!r} is not a metric of {result['task']} "
+            raise ResultError(f"{source}: metrics: '{printable(name, 60)}' is not a metric of {result['task']} "
                               f"(names: {pattern})")
         if not math.isfinite(value):
             raise ResultError(f"{source}: metrics/{name} is not finite")

@@ -37,7 +37,7 @@ def slurm_name(value: str) -> str:
     """A Slurm partition/account name: it is written into each job's sbatch script, so only the
     characters such names use (a newline would start a line of its own in the script)."""
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.,-]{0,127}", value):
-        raise argparse.ArgumentTypeError(f"{printable(value, 60)!r} is not a Slurm name (letters, digits, "
+        raise argparse.ArgumentTypeError(f"'{printable(value, 60)}' is not a Slurm name (letters, digits, "
                                          "'_', '.', '-', and ',' between partitions; at most 128)")
     return value
 

@@ -57,7 +57,7 @@ class Manifest:
         bad = [k for k, v in data["tasks"].items() if not isinstance(v, dict)][:1] or \
               [f"runs[{i}]" for i, r in enumerate(data["runs"]) if not isinstance(r, dict)][:1]
         if bad:
-            raise self._fail(f"entry {printable(bad[0], 80)!r} is not an object")
+            raise self._fail(f"entry '{printable(bad[0], 80)}' is not an object")
         return data
 
     def _locked(self):

@@ -69,7 +69,7 @@ def parse_task_args(items: list[str], tasks: list[str]) -> dict[str, list[str]]:
             raise UserError(f"--task-args {item!r}: {e}") from None
         reserved = [w for w in words if _reaches_reserved(w)]
         if reserved:
-            raise UserError(f"--task-args {printable(item)!r}: {printable(reserved[0])} is (or abbreviates) a flag "
+            raise UserError(f"--task-args '{printable(item)}': {printable(reserved[0])} is (or abbreviates) a flag "
                             "dc-bench sets itself; use dc-bench's own flag")
         out.setdefault(task, []).extend(words)
     return out

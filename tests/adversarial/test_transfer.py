@@ -121,10 +121,10 @@ def test_a_link_inside_out_that_leads_elsewhere_is_refused(base, cls, tmp_path, 
 def test_out_that_is_an_existing_file_is_one_line(base, cls, tmp_path, capfd):
     out = tmp_path / "out"
     out.write_text("precious")
-    cache = tmp_path / "cache"  # the features are cached before the pictures fail: the only new files
+    cache = tmp_path / "cache"  # refused before any work: not even features are cached
     expect(capfd, transfer_main, ["knn-graph", "--checkpoint", base.ckpt, "--data", cls, "--out", out,
                                   "--cache-dir", cache, "--workers", "0"],
-           root=tmp_path, out=cache, code=2, match="a file is in the way")
+           root=tmp_path, out=None, code=2, match="is a file; --out is the folder result files go in")
     assert out.read_text() == "precious"
 
 
