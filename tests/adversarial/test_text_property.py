@@ -37,7 +37,7 @@ MARKUP = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "![i](htt
           "> quote", "1. item", "- item", "+ item", "===", "<div>", "</td>", "{", "}", "|", "\t"]
 TEXT = st.lists(st.one_of(st.sampled_from(MARKUP), st.text(st.characters(exclude_categories=["Cs"]), max_size=8)),
                 max_size=6).map("".join)
-SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
