@@ -29,13 +29,36 @@ def knn(x: np.ndarray, k: int, use_gpu: bool = False) -> tuple[np.ndarray, np.nd
     return dist[keep].reshape(n, k), idx[keep].reshape(n, k).astype(np.int64)
 
 
-def knn_torch(x, k: int, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`knn` in torch on ``x``'s device (exact; ties may order differently from faiss)."""
+# Rows per block when the free memory cannot be told.
+FALLBACK_CHUNK = 4096
+
+
+def choose_chunk(n_rows: int, free_bytes: int, bytes_per_row_pair: int = 4, blocks_live: int = 3,
+                 headroom: float = 0.5) -> int:
+    """The most rows per block (1..n_rows) whose ``blocks_live`` blocks of chunk x n_rows pairwise
+    values fit in ``headroom`` of ``free_bytes``."""
+    n_rows = max(1, int(n_rows))
+    per_row = blocks_live * n_rows * bytes_per_row_pair
+    return max(1, min(n_rows, int(headroom * max(0, free_bytes)) // per_row))
+
+
+def knn_torch(x, k: int, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`knn` in torch on ``x``'s device (exact; ties may order differently from faiss).
+
+    ``chunk`` rows per block; None = as many as the free memory of the device allows
+    (:func:`choose_chunk`): each block holds chunk x n distances, so a fixed chunk that suits a
+    small set exhausts the memory at ImageNet's 1.28M rows."""
     import torch
+
+    from dcbench.resources import available_bytes
 
     x = torch.as_tensor(x).to(torch.float32)
     n = x.shape[0]
     k = min(k, n - 1)
+    if chunk is None:
+        free = available_bytes(x.device)
+        # the block's product, its distances and topk's working copy are live at once
+        chunk = FALLBACK_CHUNK if free is None else choose_chunk(n, free)
     sq = (x * x).sum(1)
     dist = np.empty((n, k), dtype=np.float32)
     idx = np.empty((n, k), dtype=np.int64)

@@ -15,6 +15,7 @@ from dcbench.imageload import CROPS, FLIPS, LOADERS
 from dcbench.models import ARCHS
 from dcbench.precision import PRECISIONS
 from dcbench.train.config import (
+    BLOCK_ROWS,
     CLUSTER_ENGINES,
     DESCRIPTORS,
     HEADS,
@@ -116,7 +117,8 @@ def build_parser(argv: Sequence[str] | None = None) -> ArgumentParser:
       help="PCA + k-means engine: faiss (CPU, or faiss-gpu), torch (either device); "
            "auto = torch on CUDA unless faiss-gpu is installed, faiss on the CPU")
     o("--cluster-chunk", type=int,
-      help="points per block in the torch engine's PCA and k-means; lower it if the GPU runs out of memory")
+      help="points per block in the torch engine's PCA, k-means and k-NN graph; lower it if the GPU runs out "
+           "of memory", shown=f"{BLOCK_ROWS:,} for PCA and k-means, the k-NN graph's from the free memory")
     o("--loader", choices=LOADERS,
       help="draft = PIL decoding at reduced size when the crop allows (same crops as torchvision), "
            "torchvision = full decode, nvjpeg = batched decode + crop on the GPU (CUDA only)")

@@ -171,7 +171,7 @@ def cluster(x, cfg, seed: int, use_gpu: bool = True, engine: str = "faiss") -> n
     """The configured clustering on already whitened, normalised features (numpy for faiss, a tensor for torch)."""
     if engine == "torch":
         if cfg.clustering == "kmeans":
-            labels, _ = kmeans_torch(x, cfg.k, niter=cfg.kmeans_iters, seed=seed, chunk=cfg.cluster_chunk)
+            labels, _ = kmeans_torch(x, cfg.k, niter=cfg.kmeans_iters, seed=seed, chunk=cfg.block_rows)
             return labels
         from dcbench.knn_graph import knn_torch
 

@@ -65,7 +65,9 @@ class TrainConfig:
     # --- GPU scale (issue 11). "auto" is resolved when the run starts and recorded resolved.
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast + channels_last)
     cluster_engine: str = "auto"  # auto (torch on CUDA unless faiss-gpu is installed; faiss on CPU) | faiss | torch
-    cluster_chunk: int = 16384  # points per block in the torch engine's PCA and k-means (lower it on GPU OOM)
+    # points per block in the torch engine's PCA, k-means and k-NN graph (lower it on GPU OOM); None =
+    # BLOCK_ROWS for PCA and k-means, and for the k-NN graph as many as the free memory allows
+    cluster_chunk: int | None = None
     loader: str = "draft"  # draft (PIL reduced-size decode) | torchvision (the original path) | nvjpeg (GPU decode)
     prefetch: int = 4  # batches each DataLoader worker keeps ready
     diag_sample: int = 20_000  # diagnostics (NMI with labels, 10-NN ratio) on this many images (0 = all)
@@ -79,6 +81,11 @@ class TrainConfig:
     val_data: str | None = None  # --targets labels: val ImageFolder for centre-crop top-1; None = the train root's sibling val/
     quiet: bool = False  # no progress bars
     extra: dict = field(default_factory=dict)  # free-form notes recorded with the run
+
+    @property
+    def block_rows(self) -> int:
+        """Rows per block of PCA and k-means, whose blocks are chunk x (features or k) wide."""
+        return self.cluster_chunk or BLOCK_ROWS
 
     def validate(self) -> None:
         if self.preset not in PRESETS and self.preset not in SUPERVISED_PRESETS:
@@ -143,11 +150,12 @@ class TrainConfig:
                                 "drop --head/--descriptor, or use --arch alexnet or vgg16")
         for flag, v, lo in (("--cluster-chunk", self.cluster_chunk, 1), ("--prefetch", self.prefetch, 1),
                             ("--diag-sample", self.diag_sample, 0), ("--diag-every", self.diag_every, 0)):
-            if v < lo:
+            if v is not None and v < lo:
                 raise UserError(f"{flag} must be at least {lo}, got {v}")
 
 
 CLUSTER_ENGINES = ("auto", "faiss", "torch")
+BLOCK_ROWS = 16384
 DESCRIPTORS = ("pre-relu", "post-relu")
 HEADS = ("full", "2fc", "no-relu")
 TARGETS = ("clusters", "labels", "fixed-clusters")

@@ -324,7 +324,7 @@ def diagnose(model, ds, items: np.ndarray, y: np.ndarray, feed, cfg: TrainConfig
     if f.shape[0] < 12:
         return {}
     if torch_engine:
-        xw = pca_whiten_torch(f.to(device), cfg.pca_dim, chunk=cfg.cluster_chunk)
+        xw = pca_whiten_torch(f.to(device), cfg.pca_dim, chunk=cfg.block_rows)
         _, nbrs = knn_torch(xw, 10, chunk=cfg.cluster_chunk)
     else:
         xw = pca_whiten(f.numpy(), cfg.pca_dim)
@@ -678,14 +678,14 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
                 raise UserError(f"every image of {root} failed to decode; check the data folder")
             if cfg.clustering == "kmeans" and not held and x.shape[0] < cfg.k:
                 raise UserError(f"only {x.shape[0]} readable images for {cfg.k} clusters in {root}; lower --k")
-            if not _all_finite(x, cfg.cluster_chunk):
+            if not _all_finite(x, cfg.block_rows):
                 raise TrainingDiverged(f"non-finite features at epoch {epoch + 1}; lower --lr; {_last_good(ckpt)}")
             stage = "PCA-whitening"
             try:
                 t = time.perf_counter()
                 spectrum: dict = {}
                 if torch_engine:
-                    xw = pca_whiten_torch(x.to(device), cfg.pca_dim, chunk=cfg.cluster_chunk, stats=spectrum)
+                    xw = pca_whiten_torch(x.to(device), cfg.pca_dim, chunk=cfg.block_rows, stats=spectrum)
                 else:
                     xw = pca_whiten(x.numpy(), cfg.pca_dim, stats=spectrum)
                 del x
@@ -737,7 +737,7 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
                 times["metrics"] = _now(device) - t
             except _oom_types():
                 hint = {"the diagnostics": f"lower --diag-sample (now {cfg.diag_sample})"}.get(
-                    stage, f"lower --cluster-chunk (now {cfg.cluster_chunk})")
+                    stage, f"lower --cluster-chunk (now {cfg.cluster_chunk or 'chosen from the free memory'})")
                 raise UserError(f"the GPU ran out of memory during {stage} (epoch {epoch + 1}); {hint}, or "
                                 f"cluster on the CPU (--cluster-engine faiss --no-faiss-gpu); the last "
                                 f"checkpoint {ckpt} is intact") from None
