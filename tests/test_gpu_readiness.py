@@ -43,3 +43,49 @@ def test_knn_torch_without_chunk_uses_the_free_memory_and_explicit_chunk_is_hono
     d_fix, i_fix = knn_torch(x, 5, chunk=20)
     assert sizes == [20, 20, 10]
     np.testing.assert_allclose(d_auto, d_fix, rtol=1e-5, atol=1e-5)
+
+
+_GATHER_SCRIPT = r"""
+import os, sys
+import torch
+import torch.distributed as dist
+from dcbench.train import distributed as D
+
+dist.init_process_group("gloo")
+r, total, d = D.rank(), 11, 3
+pos = torch.tensor([p for p in range(r, total, 2) if p != 7])  # image 7 unreadable: on no rank
+local = pos[:, None].float() * 10 + torch.arange(d, dtype=torch.float32)
+got = D.gather_rows(local, pos, total, chunk_bytes=2 * d * 4)  # two rows per collective
+torch.save(got, sys.argv[1])
+dist.destroy_process_group()
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_gather_rows_gives_rank0_every_row_in_order_and_other_ranks_none(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    port = str(_free_port())
+    procs = []
+    for r in range(2):
+        env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=port, OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, "-c", _GATHER_SCRIPT, str(tmp_path / f"r{r}.pt")], env=env,
+                                      stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+    rows, valid = torch.load(tmp_path / "r0.pt")
+    expect = torch.tensor([p for p in range(11) if p != 7])
+    assert valid.tolist() == [p != 7 for p in range(11)]
+    assert torch.equal(rows, expect[:, None].float() * 10 + torch.arange(3, dtype=torch.float32))
+    assert torch.load(tmp_path / "r1.pt") is None

@@ -1,6 +1,6 @@
 """torchrun / DDP plumbing. Without WORLD_SIZE > 1 everything degrades to a single process.
 
-Features are extracted on every rank for a strided shard and gathered; clustering runs on rank 0;
+Features are extracted on every rank for a strided shard and gathered to rank 0, which clusters them;
 assignments are broadcast; training uses DistributedDataParallel (gloo on CPU, NCCL on GPU).
 """
 
@@ -45,39 +45,57 @@ def barrier() -> None:
         dist.barrier()
 
 
-def gather_rows(local: torch.Tensor, local_pos: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gather (features, positions) of every rank onto all ranks; rows are placed by position.
+# Bytes of feature rows each rank sends per collective: bounds rank 0's receive buffers.
+GATHER_CHUNK_BYTES = 64 * 2**20
 
-    Returns (features (total, d), valid mask (total,)). Positions missing everywhere (unreadable
-    images) stay invalid.
+
+def gather_rows(local: torch.Tensor, local_pos: torch.Tensor, total: int,
+                chunk_bytes: int = GATHER_CHUNK_BYTES) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Gather the (features, positions) of every rank onto rank 0, which alone clusters them.
+
+    Rank 0 gets (the readable rows ordered by position (n_valid, d), on the host; valid mask
+    (total,)); positions no rank has (unreadable images) are invalid. The other ranks get None.
+    Rows travel ``chunk_bytes`` per rank at a time and land straight in the one host buffer.
     """
     d = local.shape[1]
+    local_pos = local_pos.to(torch.int64)
     if not is_dist():
-        out = torch.zeros(total, d, dtype=local.dtype)
         valid = torch.zeros(total, dtype=torch.bool)
-        out[local_pos] = local
         valid[local_pos] = True
+        slot = torch.cumsum(valid, 0) - 1
+        out = torch.empty(int(valid.sum()), d, dtype=local.dtype)
+        out[slot[local_pos]] = local.cpu()
         return out, valid
-    backend_dev = local.device
-    n = torch.tensor([local.shape[0]], device=backend_dev)
-    sizes = [torch.zeros_like(n) for _ in range(world())]
+    main, dev, w = rank() == 0, local.device, world()
+    n = torch.tensor([local.shape[0]], device=dev)
+    sizes = [torch.zeros_like(n) for _ in range(w)]
     dist.all_gather(sizes, n)
     m = int(max(s.item() for s in sizes))
-    pad = torch.zeros(m, d, dtype=local.dtype, device=backend_dev)
-    pad[: local.shape[0]] = local
-    ppad = torch.full((m,), -1, dtype=torch.int64, device=backend_dev)
-    ppad[: local.shape[0]] = local_pos.to(backend_dev)
-    feats = [torch.zeros_like(pad) for _ in range(world())]
-    poss = [torch.zeros_like(ppad) for _ in range(world())]
-    dist.all_gather(feats, pad)
-    dist.all_gather(poss, ppad)
-    out = torch.zeros(total, d, dtype=local.dtype)
-    valid = torch.zeros(total, dtype=torch.bool)
-    for f, p in zip(feats, poss):
-        keep = p >= 0
-        out[p[keep].cpu()] = f[keep].cpu()
-        valid[p[keep].cpu()] = True
-    return out, valid
+    ppad = torch.full((m,), -1, dtype=torch.int64, device=dev)
+    ppad[: local.shape[0]] = local_pos.to(dev)
+    poss = [torch.empty_like(ppad) for _ in range(w)] if main else None
+    dist.gather(ppad, poss, dst=0)
+    if main:
+        poss = [p.cpu() for p in poss]
+        valid = torch.zeros(total, dtype=torch.bool)
+        for p in poss:
+            valid[p[p >= 0]] = True
+        slot = torch.cumsum(valid, 0) - 1
+        out = torch.empty(int(valid.sum()), d, dtype=local.dtype)
+    step = max(1, chunk_bytes // max(1, d * local.element_size()))
+    for s in range(0, m, step):
+        e = min(m, s + step)
+        block = torch.zeros(e - s, d, dtype=local.dtype, device=dev)
+        mine = local[s:e]
+        block[: mine.shape[0]] = mine
+        got = [torch.empty_like(block) for _ in range(w)] if main else None
+        dist.gather(block, got, dst=0)
+        if main:
+            for p, f in zip(poss, got):
+                p = p[s:e]
+                keep = p >= 0
+                out[slot[p[keep]]] = f[keep].cpu()
+    return (out, valid) if main else None
 
 
 def broadcast_array(t: torch.Tensor | None, src: int = 0, device: torch.device | None = None) -> torch.Tensor:

@@ -663,9 +663,10 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, ddp_device) ->
             raise UserError(f"the GPU ran out of memory computing features (epoch {epoch + 1}); lower "
                             f"--batch-size (now {cfg.batch_size}); the last checkpoint {ckpt} is intact") from None
         if D.is_dist():
-            feats, valid = D.gather_rows(f_local.to(device) if ddp_device is not None else f_local,
-                                         p_local, len(subset))
-            x = feats[valid]
+            gathered = D.gather_rows(f_local.to(device) if ddp_device is not None else f_local,
+                                     p_local, len(subset))
+            x, valid = gathered if main else (None, None)
+            del gathered
         else:  # rows are in reading order: the readable images' features are the buffer itself
             valid = torch.zeros(len(subset), dtype=torch.bool)
             valid[p_local] = True
