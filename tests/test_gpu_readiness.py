@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from dcbench.knn_graph import choose_chunk, knn_torch
@@ -89,3 +90,30 @@ def test_gather_rows_gives_rank0_every_row_in_order_and_other_ranks_none(tmp_pat
     assert valid.tolist() == [p != 7 for p in range(11)]
     assert torch.equal(rows, expect[:, None].float() * 10 + torch.arange(3, dtype=torch.float32))
     assert torch.load(tmp_path / "r1.pt") is None
+
+
+def test_dc_train_dist_timeout_min_reaches_init_process_group(monkeypatch, tmp_path):
+    import datetime
+
+    import torch.distributed as dist
+
+    from dcbench.train.cli import main
+    from dcbench.train.config import make_config
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def init_process_group(backend, **kw):
+        seen.update(kw, backend=backend)
+        raise Stop
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", init_process_group)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(Stop):
+        main(["--out", str(tmp_path / "run"), "--quiet", "--dist-timeout-min", "7"])
+    assert seen["timeout"] == datetime.timedelta(minutes=7) and seen["backend"] == "gloo"
+    assert make_config().dist_timeout_min == 120

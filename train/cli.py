@@ -108,6 +108,8 @@ def build_parser(argv: Sequence[str] | None = None) -> ArgumentParser:
     o("--workers", type=int, help="DataLoader worker processes")
     o("--seed", type=int, help="random seed (a fixed seed gives the same weights on the CPU)")
     o("--device", choices=("auto", "cpu", "cuda"), help="auto = cuda when available, else cpu")
+    o("--dist-timeout-min", type=int, metavar="MIN",
+      help="under torchrun: minutes a rank waits for the others (rank 0 clusters alone) before failing")
     o("--no-faiss-gpu", dest="faiss_gpu", action="store_false", default=None,
       help="keep faiss on the CPU even when CUDA and faiss-gpu are present",
       shown="faiss on the GPU when both are present" if cfg.faiss_gpu else "CPU")

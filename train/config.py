@@ -61,6 +61,8 @@ class TrainConfig:
     workers: int = 4  # DataLoader workers (original code: 4)
     snapshot_every: int = 50  # keep a snapshot every N epochs (0 = never)
     device: str = "auto"  # auto | cpu | cuda
+    # rank 0 alone runs PCA, clustering and the checkpoint while the others wait: can pass NCCL's 10-min default
+    dist_timeout_min: int = 120
     faiss_gpu: bool = True  # use a faiss GPU index when CUDA and faiss-gpu are present (DESIGN §9)
     # --- GPU scale (issue 11). "auto" is resolved when the run starts and recorded resolved.
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast + channels_last)
@@ -111,7 +113,8 @@ class TrainConfig:
                   ("--pca-dim", self.pca_dim, 1), ("--kmeans-iters", self.kmeans_iters, 1),
                   ("--epoch-multiplier", self.epoch_multiplier, 1), ("--workers", self.workers, 0),
                   ("--sgt", self.sgt, 0), ("--snapshot-every", self.snapshot_every, 0),
-                  ("--pic-knn", self.pic_knn, 1), ("--pic-iters", self.pic_iters, 1)]
+                  ("--pic-knn", self.pic_knn, 1), ("--pic-iters", self.pic_iters, 1),
+                  ("--dist-timeout-min", self.dist_timeout_min, 1)]
         for flag, v, lo in checks:
             if v < lo:
                 raise UserError(f"{flag} must be at least {lo}, got {v}")
@@ -234,6 +237,7 @@ def make_config(preset: str = "km-ImNet-Sob", scale: str = "smoke", **overrides)
 # The engine, loader and diagnostic knobs change how (and how fast), not what, is computed; like
 # --device they may differ in the last bits. --precision changes the training itself, so it may not.
 RESUME_FREE = {"out", "epochs", "workers", "quiet", "snapshot_every", "device", "faiss_gpu", "data", "extra",
+               "dist_timeout_min",
                "cluster_engine", "cluster_chunk", "loader", "prefetch", "diag_sample", "diag_every", "val_data"}
 # What a run saved before a field existed did, for resuming it (issue 11 added --precision, issue 15
 # the chapter-4 options).

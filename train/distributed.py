@@ -6,25 +6,29 @@ assignments are broadcast; training uses DistributedDataParallel (gloo on CPU, N
 
 from __future__ import annotations
 
+import datetime
 import os
 
 import torch
 import torch.distributed as dist
 
 
-def init() -> tuple[int, int, torch.device | None]:
-    """Initialise the process group if launched by torchrun; returns (rank, world, cuda device or None)."""
+def init(timeout_min: int = 120) -> tuple[int, int, torch.device | None]:
+    """Initialise the process group if launched by torchrun; returns (rank, world, cuda device or None).
+
+    ``timeout_min``: how long a collective waits for every rank before failing."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or dist.is_initialized():
         return (dist.get_rank(), dist.get_world_size(), None) if dist.is_initialized() else (0, 1, None)
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    timeout = datetime.timedelta(minutes=timeout_min)
     device = None
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
-        dist.init_process_group("nccl")
+        dist.init_process_group("nccl", timeout=timeout)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=timeout)
     return dist.get_rank(), dist.get_world_size(), device
 
 

@@ -533,7 +533,7 @@ def _check_resumable(saved: dict, cfg: TrainConfig, ckpt: Path) -> None:
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Run (or resume) a training; returns a summary. Works alone or under torchrun."""
     cfg.validate()
-    rank, world, ddp_device = D.init()
+    rank, world, ddp_device = D.init(cfg.dist_timeout_min)
     try:
         return _train(cfg, resume, rank, world, ddp_device)
     finally:
