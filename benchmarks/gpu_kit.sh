@@ -83,6 +83,9 @@ for p in fp32 bf16; do
       --workdir $W/tl-$p --out "$OUT/train_learns_${p}_cuda.json" | grep -v '^{' ; \
   python3 -c "import json; d=json.load(open('$OUT/train_learns_${p}_cuda.json')); print('$p', d.get('summary'))"
 done
-step "5. gpu_epoch, ResNet-50, last: the same JPEGs and settings, in what is left"
+step "5. --deterministic: its cost, and whether runs with it give the same weights on the GPU"
+tb 90 python3 benchmarks/deterministic_cost.py --device $DEV --epochs $([ "${DRY:-0}" = 1 ] && echo 1 || echo 2) \
+    --rounds 2 --out "$OUT/deterministic_cost_$DEV.json"
+step "6. gpu_epoch, ResNet-50, last: the same JPEGs and settings, in what is left"
 tb 300 python3 benchmarks/gpu_epoch.py $EP --arch resnet50 --workdir $W/e100k --out "$OUT/gpu_epoch_cuda_100000_resnet50.json"
 step done

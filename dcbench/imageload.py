@@ -243,15 +243,28 @@ def collate_bytes(batch: list):
             torch.tensor([b[1] for b in batch], dtype=torch.int64))
 
 
+def _wait_for_queued_work(device: torch.device) -> None:
+    """Block until the kernels already queued on ``device``'s current stream have run.
+
+    torchvision allocates the decoded images on the caller's stream but decodes on a stream of its
+    own that does not wait for it, and the training loop runs ahead of the GPU: without this wait a
+    decode can write into memory the previous step's backward still reads (wrong numbers, no error).
+    The decode blocks the host anyway, so the wait costs only the overlap it removes."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+
+
 def _decode_all(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
     try:
+        _wait_for_queued_work(device)
         return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
     except RuntimeError:  # one bad or non-JPEG file fails the batch: decode one by one
         out: list[torch.Tensor | None] = []
         for d in datas:
             try:
+                _wait_for_queued_work(device)
                 out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
             except RuntimeError:
                 try:

@@ -117,3 +117,176 @@ def test_dc_train_dist_timeout_min_reaches_init_process_group(monkeypatch, tmp_p
         main(["--out", str(tmp_path / "run"), "--quiet", "--dist-timeout-min", "7"])
     assert seen["timeout"] == datetime.timedelta(minutes=7) and seen["backend"] == "gloo"
     assert make_config().dist_timeout_min == 120
+
+
+# ---- nvJPEG decode waits for the work already queued on the stream
+
+
+class _FakeStream:
+    def __init__(self, events):
+        self.events = events
+
+    def synchronize(self):
+        self.events.append("wait")
+
+
+def _recording_decode(monkeypatch, fail_batch: bool):
+    import torchvision.io
+
+    events: list = []
+
+    def decode_jpeg(data, mode=None, device=None):
+        if isinstance(data, list):
+            if fail_batch:
+                raise RuntimeError("one bad file")
+            events.append(f"decode x{len(data)}")
+            return [torch.zeros(3, 2, 2, dtype=torch.uint8) for _ in data]
+        events.append("decode x1")
+        return torch.zeros(3, 2, 2, dtype=torch.uint8)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", decode_jpeg)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _FakeStream(events))
+    return events
+
+
+def test_cuda_decode_waits_for_the_queued_kernels_before_each_decode(monkeypatch):
+    from dcbench import imageload as IL
+
+    datas = [torch.zeros(4, dtype=torch.uint8)] * 3
+    events = _recording_decode(monkeypatch, fail_batch=False)
+    IL._decode_all(datas, torch.device("cuda"))
+    assert events == ["wait", "decode x3"]
+    events = _recording_decode(monkeypatch, fail_batch=True)  # the one-by-one fallback
+    IL._decode_all(datas, torch.device("cuda"))
+    assert events == ["wait"] + ["wait", "decode x1"] * 3
+
+
+def test_cpu_decode_does_not_touch_cuda_streams(monkeypatch):
+    from dcbench import imageload as IL
+
+    events = _recording_decode(monkeypatch, fail_batch=False)
+    IL._decode_all([torch.zeros(4, dtype=torch.uint8)] * 2, torch.device("cpu"))
+    assert events == ["decode x2"]
+
+
+# ---- the feature buffer is gone before the training pass
+
+
+def test_feature_buffer_is_freed_before_the_training_pass(tiny_data, tmp_path, monkeypatch):
+    import weakref
+
+    import tiny_runs
+
+    from dcbench.train import loop as L
+
+    buffers: list = []
+    alive_at_train: list = []
+    real_features, real_pass = L.compute_features, L._train_pass
+
+    def compute_features(*a, **kw):
+        f, p = real_features(*a, **kw)
+        buffers.append(weakref.ref(f))
+        return f, p
+
+    def train_pass(*a, **kw):
+        alive_at_train.append([r() is not None for r in buffers])
+        return real_pass(*a, **kw)
+
+    monkeypatch.setattr(L, "compute_features", compute_features)
+    monkeypatch.setattr(L, "_train_pass", train_pass)
+    L.train(tiny_runs.tiny(tiny_data, tmp_path / "run", epochs=2))
+    assert len(buffers) == 2 and alive_at_train == [[False], [False, False]]
+
+
+# ---- the loader ceiling is a steady-state figure
+
+
+def test_loader_ceiling_is_timed_after_warm_up_for_at_least_the_asked_seconds(tiny_data, monkeypatch):
+    import sys
+    import time
+    from pathlib import Path
+
+    import tiny_runs
+
+    from dcbench.train import loop as L
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    monkeypatch.setattr(sys, "path", sys.path)
+    import gpu_epoch
+
+    decoded = [0]
+    clock_at_batch: list = []
+    real_inputs, real_clock = L._inputs, time.perf_counter
+
+    def inputs(*a, **kw):
+        decoded[0] += 1
+        return real_inputs(*a, **kw)
+
+    def clock():
+        clock_at_batch.append(decoded[0])
+        return real_clock()
+
+    monkeypatch.setattr(L, "_inputs", inputs)
+    monkeypatch.setattr(time, "perf_counter", clock)
+    cfg = tiny_runs.tiny(tiny_data, "unused", batch_size=8)
+    got = gpu_epoch.loader_ceiling(cfg, tiny_data, torch.device("cpu"), images=16, min_seconds=0.3,
+                                   warmup_batches=3)
+    assert got["warmup_images"] == 24 and clock_at_batch[0] == 3  # the clock starts after the warm-up
+    assert got["timed_s"] >= 0.3 and got["timed_images"] == 16 * got["passes"]
+    assert got["img_per_s"] == pytest.approx(got["timed_images"] / got["timed_s"])
+
+
+# ---- --deterministic
+
+
+def test_deterministic_flag_sets_the_kernels_for_the_run_only_and_keeps_cpu_numbers(tiny_data, tmp_path,
+                                                                                      monkeypatch):
+    import json
+
+    import tiny_runs
+
+    from dcbench.train import cli as train_cli
+    from dcbench.train import loop as L
+
+    seen: list = []
+    real_pass = L._train_pass
+
+    def train_pass(*a, **kw):
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+                     torch.backends.cudnn.benchmark, "CUBLAS_WORKSPACE_CONFIG" in __import__("os").environ))
+        return real_pass(*a, **kw)
+
+    monkeypatch.setattr(L, "_train_pass", train_pass)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
+    args = ["--data", str(tiny_data), "--scale", "smoke", "--k", "4", "--pca-dim", "8", "--batch-size", "16",
+            "--steps-per-epoch", "2", "--epochs", "1", "--workers", "0", "--seed", "1", "--quiet"]
+    assert train_cli.main(args + ["--out", str(tmp_path / "det"), "--deterministic"]) == 0
+    assert seen == [(True, True, False, True)]
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic) == before
+    assert "CUBLAS_WORKSPACE_CONFIG" not in __import__("os").environ
+    assert json.loads((tmp_path / "det" / "config.json").read_text())["config"]["deterministic"] is True
+    L.train(tiny_runs.tiny(tiny_data, tmp_path / "plain"))
+    a, b = tiny_runs.weights(tmp_path / "det"), tiny_runs.weights(tmp_path / "plain")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- JPEG bytes are not pinned
+
+
+def test_only_decoded_crops_are_pinned_for_the_gpu(tiny_data):
+    import tiny_runs
+
+    from dcbench.datasets import ImageFolder
+    from dcbench.train import loop as L
+
+    ds = ImageFolder(tiny_data)
+    cuda = torch.device("cuda")
+    for loader, workers, pinned in (("nvjpeg", 0, False), ("nvjpeg", 1, False), ("draft", 0, True),
+                                    ("draft", 1, True)):
+        cfg = tiny_runs.tiny(tiny_data, "unused", loader=loader, workers=workers)
+        fn, _ = L.crop_loaders(cfg, loader)
+        dl = L.Feed(ds, fn, cfg, cuda)(np.arange(4), np.zeros(4, dtype=np.int64), 2, 0)
+        assert dl.pin_memory is pinned, (loader, workers)
+    cfg = tiny_runs.tiny(tiny_data, "unused", loader="draft")
+    assert L._pin(cfg, torch.device("cpu")) is False

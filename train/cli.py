@@ -124,6 +124,9 @@ def build_parser(argv: Sequence[str] | None = None) -> ArgumentParser:
     o("--loader", choices=LOADERS,
       help="draft = PIL decoding at reduced size when the crop allows (same crops as torchvision), "
            "torchvision = full decode, nvjpeg = batched decode + crop on the GPU (CUDA only)")
+    o("--deterministic", action="store_true", default=None,
+      help="deterministic cuDNN and CUDA kernels, so a resumed GPU run repeats the same numbers (slower; "
+           "the CPU is deterministic without it)")
     o("--prefetch", type=int, help="batches each DataLoader worker prepares ahead")
     o("--diag-sample", type=int,
       help="NMI-with-labels and 10-NN ratio on a fixed random sample of this many images (0 = all)")

@@ -71,6 +71,8 @@ class TrainConfig:
     # BLOCK_ROWS for PCA and k-means, and for the k-NN graph as many as the free memory allows
     cluster_chunk: int | None = None
     loader: str = "draft"  # draft (PIL reduced-size decode) | torchvision (the original path) | nvjpeg (GPU decode)
+    # deterministic cuDNN/CUDA kernels (bit-identical GPU resumes); off as in the original code, which is faster
+    deterministic: bool = False
     prefetch: int = 4  # batches each DataLoader worker keeps ready
     diag_sample: int = 20_000  # diagnostics (NMI with labels, 10-NN ratio) on this many images (0 = all)
     # --- chapter-4 ablations (issue 15). Each default is the thesis's final choice (today's behaviour).
@@ -237,7 +239,7 @@ def make_config(preset: str = "km-ImNet-Sob", scale: str = "smoke", **overrides)
 # The engine, loader and diagnostic knobs change how (and how fast), not what, is computed; like
 # --device they may differ in the last bits. --precision changes the training itself, so it may not.
 RESUME_FREE = {"out", "epochs", "workers", "quiet", "snapshot_every", "device", "faiss_gpu", "data", "extra",
-               "dist_timeout_min",
+               "dist_timeout_min", "deterministic",
                "cluster_engine", "cluster_chunk", "loader", "prefetch", "diag_sample", "diag_every", "val_data"}
 # What a run saved before a field existed did, for resuming it (issue 11 added --precision, issue 15
 # the chapter-4 options).
