@@ -48,7 +48,7 @@ def model_ceiling(cfg, device: torch.device, iters: int) -> dict:
 
     from dcbench.models import build_model
     from dcbench.precision import autocast, memory_format
-    from dcbench.train.loop import _Net, reset_top_layer, trunk_parameters
+    from dcbench.train.update import TopNet, reset_top_layer, trunk_parameters
 
     model = build_model(cfg.arch, sobel=cfg.sobel, batchnorm=True, input_size=cfg.input_size, num_classes=cfg.k,
                         seed=0).to(device, memory_format=memory_format(cfg.precision))
@@ -67,7 +67,7 @@ def model_ceiling(cfg, device: torch.device, iters: int) -> dict:
                 model.penultimate(x)
         _sync(device)
     out["features_img_per_s"] = iters * cfg.batch_size / (time.perf_counter() - t)
-    net = _Net(model)
+    net = TopNet(model)
     opt = torch.optim.SGD(trunk_parameters(model) + list(model.top_layer.parameters()), lr=0.001, momentum=0.9)
     model.train()
     for i in range(iters + 2):
@@ -92,7 +92,7 @@ def loader_ceiling(cfg, root: Path, device: torch.device, images: int, min_secon
     ``warmup_batches``, by default two per worker. Then passes over ``images`` images run until at
     least ``min_seconds`` have been timed, so a figure is not a loader's start-up cost."""
     from dcbench.datasets import ImageFolder
-    from dcbench.train.loop import Feed, _inputs, crop_loaders
+    from dcbench.train.feed import Feed, crop_loaders, to_inputs
 
     ds = ImageFolder(root, verify=False)
     rng = np.random.default_rng(0)
@@ -103,7 +103,7 @@ def loader_ceiling(cfg, root: Path, device: torch.device, images: int, min_secon
     def one_pass(chosen: np.ndarray, seed: int) -> int:
         n = 0
         for batch in feed(chosen, np.zeros(len(chosen), dtype=np.int64), cfg.batch_size, seed):
-            x, _ = _inputs(batch, cfg, device, centre=False)
+            x, _ = to_inputs(batch, cfg, device, centre=False)
             n += x.shape[0]
         _sync(device)
         return n
@@ -147,9 +147,10 @@ def main() -> None:
 
     from dcbench.precision import resolve_precision
     from dcbench.provenance import environment, git_sha, utc_now
-    from dcbench.train.clustering import _faiss_gpu_available
+    from dcbench.train.clustering import faiss_gpu_available
     from dcbench.train.config import make_config
-    from dcbench.train.loop import read_log, train
+    from dcbench.train.loop import train
+    from dcbench.train.run_state import read_log
 
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
@@ -166,7 +167,7 @@ def main() -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
     extra = {} if args.diag_sample is None else {"diag_sample": args.diag_sample}
     # faiss on CUDA without faiss-gpu: the CPU index, as dc-train's --no-faiss-gpu (the landed path).
-    faiss_gpu = not (args.cluster_engine == "faiss" and not _faiss_gpu_available())
+    faiss_gpu = not (args.cluster_engine == "faiss" and not faiss_gpu_available())
     cfg = make_config("km-ImNet-Sob", "full", data=str(root), out=str(run_dir), epochs=2, k=args.k, arch=args.arch,
                       batch_size=args.batch_size, workers=args.workers, device=device.type, loader=loader,
                       precision=resolve_precision(args.precision, device), cluster_engine=args.cluster_engine,

@@ -106,7 +106,9 @@ def main() -> None:
 
     torch.set_num_threads(1)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="dcbench-loader-"))
-    resize = int(round(args.size * 256 / 224))
+    from dcbench import imageload as IL
+
+    resize = IL.resize_for(args.size)
     result = {"benchmark": "loader_speed", "device": "cpu", "args": vars(args), "git_sha": git_sha(),
               "environment": environment(), "created": utc_now(), "cpu_count": os.cpu_count(), "sizes": {}}
     for w, h, n in ((400, 350, args.n), (1600, 1200, max(16, args.n // 4))):

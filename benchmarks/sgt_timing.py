@@ -4,7 +4,7 @@
     python benchmarks/sgt_timing.py --device cuda                                                # thesis sizes
 
 Each variant (no approximation, then SGT 256 ... 4096) runs dc-train's own update
-(``dcbench.train.loop.sgd_step`` and ``sgt_rows``) on the same network, with the top layer's k
+(``dcbench.train.update.sgd_step`` and ``sgt_rows``) on the same network, with the top layer's k
 rows, for ``--steps`` updates per round; the variants alternate within every round, so a change of
 machine load hits all of them alike, and the median over rounds is reported. Inputs are random
 tensors already on the device and targets are drawn uniformly over the k clusters: the time is the
@@ -60,7 +60,7 @@ def main() -> None:
     from dcbench.precision import memory_format
     from dcbench.provenance import environment, git_sha, utc_now
     from dcbench.train.config import make_config
-    from dcbench.train.loop import _Net, sgd_step, sgt_rows
+    from dcbench.train.update import TopNet, sgd_step, sgt_rows
 
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
@@ -72,7 +72,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = build_model(args.arch, sobel=args.sobel, input_size=args.input_size, num_classes=args.k, seed=args.seed)
     model.to(device, memory_format=memory_format(cfg.precision)).train()
-    net = _Net(model)
+    net = TopNet(model)
     trunk = [p for n, p in model.named_parameters() if not n.startswith("top_layer") and p.requires_grad]
     opt = torch.optim.SGD(trunk, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     top = model.top_layer

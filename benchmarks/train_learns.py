@@ -31,7 +31,7 @@ def conv_features(model, ds, tf, batch=100) -> dict[str, np.ndarray]:
     from dcbench.datasets import collate_skip_none
     from dcbench.imageload import normalise
     from dcbench.models import IMAGENET_MEAN, IMAGENET_STD
-    from dcbench.train.loop import _View
+    from dcbench.train.feed import _View
 
     pools = [4, 3, 3, 3, 3]  # output grid per conv layer: dims 1536, 2304, 3456, 3456, 2304
     view = _View(ds, np.arange(len(ds)), np.asarray(ds.targets), tf)
@@ -86,7 +86,9 @@ def main() -> None:
     from dcbench.models import build_model
     from dcbench.provenance import environment
     from dcbench.train.config import make_config
-    from dcbench.train.loop import crop_loaders, read_log, train
+    from dcbench.train.feed import crop_loaders
+    from dcbench.train.loop import train
+    from dcbench.train.run_state import read_log
 
     root = Path(embedded_data(scale=args.data_scale, seed=0)) / "classification"
     train_ds = ImageFolder(root / "train")

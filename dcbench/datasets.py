@@ -108,7 +108,7 @@ def walk_files(top: Path):
         yield dirpath, sorted(filenames)
 
 
-def _load_or_skip(dataset, path, loader: Callable = pil_loader):
+def load_or_skip(dataset, path, loader: Callable = pil_loader):
     """``loader(path)`` (default: decode to RGB); an unreadable image is recorded in
     ``dataset.skipped``, reported once, and None."""
     try:
@@ -157,9 +157,9 @@ class _SkippingDataset(torch.utils.data.Dataset):
         path, label = self.samples[index]
         if getattr(self.transform, "reads_path", False):
             # The transform decodes itself (dcbench.imageload: at reduced size when its crop allows).
-            img = _load_or_skip(self, path, self.transform)
+            img = load_or_skip(self, path, self.transform)
             return None if img is None else (img, label)
-        img = _load_or_skip(self, path)
+        img = load_or_skip(self, path)
         if img is None:
             return None
         if self.transform is not None:
@@ -386,7 +386,7 @@ class VOCDetection(torch.utils.data.Dataset):
         )
 
     def __getitem__(self, index: int):
-        img = _load_or_skip(self, self.root / f"{self.ids[index]}.jpg")
+        img = load_or_skip(self, self.root / f"{self.ids[index]}.jpg")
         if img is None:
             return None
         target = self.target(index)
@@ -432,7 +432,7 @@ class VOCClassification(torch.utils.data.Dataset):
         return len(self.ids)
 
     def __getitem__(self, index: int):
-        img = _load_or_skip(self, self.root / f"{self.ids[index]}.jpg")
+        img = load_or_skip(self, self.root / f"{self.ids[index]}.jpg")
         if img is None:
             return None
         if self.transform is not None:

@@ -31,6 +31,13 @@ from PIL import Image
 
 from dcbench.datasets import open_image, pil_loader
 
+
+def resize_for(size: int) -> int:
+    """The side an image is resized to before a centre (or fixed-size) crop of ``size``: ImageNet's
+    256 -> 224 convention, scaled to other input sizes."""
+    return int(round(size * 256 / 224))
+
+
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's aspect-ratio range (torchvision default, original code)
 LOADERS = ("draft", "torchvision", "nvjpeg")
 # Training-crop choices of thesis §4.3 (Figure 4.4): RandomResizedCrop, a fixed-size crop at a random
@@ -120,7 +127,7 @@ class RandomCrop:
         if crop not in CROPS or flip not in FLIPS:
             raise ValueError(f"crop must be one of {CROPS} and flip one of {FLIPS}")
         self.crop, self.flip = crop, flip
-        self.resize = int(resize if resize is not None else round(self.size * 256 / 224))
+        self.resize = int(resize if resize is not None else resize_for(self.size))
 
     def __call__(self, path: str) -> torch.Tensor:
         if self.crop != "random-sized":

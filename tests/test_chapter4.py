@@ -13,8 +13,11 @@ from PIL import Image
 
 from dcbench import imageload as IL
 from dcbench.models import build_model
+from dcbench.train import diagnostics as DG
+from dcbench.train import feed as FD
 from dcbench.train import heads as H
 from dcbench.train import loop as L
+from dcbench.train import run_state as RS
 from dcbench.train.clustering import pca_whiten, pca_whiten_torch
 from dcbench.train.config import make_config
 
@@ -38,7 +41,7 @@ def _draft(crop, flip):
 def _torchvision(crop, flip):
     cfg = make_config("km-ImNet-Sob", "smoke", input_size=SIZE, crop=crop, flip=flip)
     cfg.input_size = SIZE  # RESIZE = round(32 * 256 / 224)
-    return IL.TorchvisionCrop(L.transforms(cfg)[0])
+    return IL.TorchvisionCrop(FD.transforms(cfg)[0])
 
 
 class _Nvjpeg:
@@ -165,12 +168,12 @@ def test_pca_spectrum_is_monotone_at_most_one_and_engine_independent(n):
 
 def test_diag_hook_runs_at_multiples_of_n_inside_the_epoch():
     diags = []
-    hook = L._diag_hook(diags, 3, 10, lambda: {"ratio_edge_intra_class": 0.5})
+    hook = DG.diag_hook(diags, 3, 10, lambda: {"ratio_edge_intra_class": 0.5})
     for n in range(1, 11):
         hook(n)
     assert [d["step"] for d in diags] == [3, 6, 9]
     diags.clear()
-    hook = L._diag_hook(diags, 5, 10, dict)
+    hook = DG.diag_hook(diags, 5, 10, dict)
     for n in range(1, 11):
         hook(n)
     assert [d["step"] for d in diags] == [5]  # the 10th is the next epoch's first diagnostic
@@ -246,11 +249,11 @@ _weights = tiny_runs.weights
 def test_diag_every_logs_at_its_steps_and_changes_nothing_else(tiny_data, tmp_path):
     L.train(tiny(tiny_data, tmp_path / "plain"))
     L.train(tiny(tiny_data, tmp_path / "diag", diag_every=2))
-    log = L.read_log(tmp_path / "diag")
+    log = RS.read_log(tmp_path / "diag")
     for r in log:
         assert [d["step"] for d in r["diag"]] == [2]  # 4 steps: after update 2 (update 4 is the next epoch's)
         assert 0 <= r["diag"][0]["ratio_edge_intra_class"] <= 1 and 0 <= r["diag"][0]["nmi_labels"] <= 1
-    assert all("diag" not in r for r in L.read_log(tmp_path / "plain"))
+    assert all("diag" not in r for r in RS.read_log(tmp_path / "plain"))
     a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "diag")
     assert all(torch.equal(a[k], b[k]) for k in a)  # only the log differs
     assert all(len(r["pca_variance"]) == 8 for r in log)
@@ -276,9 +279,9 @@ def test_fixed_clusters_never_recluster(tiny_data, tmp_path, monkeypatch):
     out = tmp_path / "fixed"
     L.train(tiny(tiny_data, out, targets="fixed-clusters", epochs=3))
     assert len(calls) == 1
-    first = L.load_assignments(out / "assignments" / "epoch_0001.npz")
+    first = RS.load_assignments(out / "assignments" / "epoch_0001.npz")
     for e in (2, 3):
-        again = L.load_assignments(out / "assignments" / f"epoch_{e:04d}.npz")
+        again = RS.load_assignments(out / "assignments" / f"epoch_{e:04d}.npz")
         assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
     # and a resumed run holds the same clusters
     L.train(tiny(tiny_data, out, targets="fixed-clusters", epochs=4))
@@ -321,7 +324,7 @@ def test_targets_labels_beats_chance_on_embedded_val(embedded_root, tmp_path):
     cfg = make_config("sup-ImNet-Sob", "smoke", data=str(embedded_root / "classification" / "train"),
                       out=str(out), quiet=True)
     L.train(cfg)
-    log = L.read_log(out)
+    log = RS.read_log(out)
     chance = 10.0  # 10 balanced classes, 200 val images
     assert json.loads((out / "config.json").read_text())["val_root"].endswith("val")
     # 200 val images: one standard error at chance is 2.1 points; ask for more than two
@@ -332,13 +335,13 @@ def test_a_run_saved_before_these_options_resumes_and_another_choice_is_refused(
     from dcbench.errors import UserError
 
     cfg = make_config("km-ImNet-Sob", "smoke")
-    saved = L._config_json(cfg)
+    saved = RS.config_json(cfg)
     for k in ("descriptor", "head", "crop", "flip", "diag_every", "targets", "val_data"):
         saved.pop(k)
-    L._check_resumable(saved, cfg, tmp_path)  # the defaults are what older runs did
-    L._check_resumable(saved, make_config("km-ImNet-Sob", "smoke", diag_every=5), tmp_path)  # logging only
+    RS.check_resumable(saved, cfg, tmp_path)  # the defaults are what older runs did
+    RS.check_resumable(saved, make_config("km-ImNet-Sob", "smoke", diag_every=5), tmp_path)  # logging only
     with pytest.raises(UserError, match="head"):
-        L._check_resumable(saved, make_config("km-ImNet-Sob", "smoke", head="2fc"), tmp_path)
+        RS.check_resumable(saved, make_config("km-ImNet-Sob", "smoke", head="2fc"), tmp_path)
 
 
 def test_nvjpeg_training_crops_go_through_the_loop_like_drafts(tiny_data):
@@ -354,9 +357,9 @@ def test_nvjpeg_training_crops_go_through_the_loop_like_drafts(tiny_data):
     xs = {}
     for loader in ("draft", "nvjpeg"):
         c = dataclasses.replace(cfg, loader=loader)
-        train_fn, _ = L.crop_loaders(c, loader)
-        batch = next(iter(L.Feed(ds, train_fn, c, torch.device("cpu"))(items, np.zeros(len(items), np.int64), 12, 0)))
-        xs[loader], _ = L._inputs(batch, c, torch.device("cpu"), centre=False)
+        train_fn, _ = FD.crop_loaders(c, loader)
+        batch = next(iter(FD.Feed(ds, train_fn, c, torch.device("cpu"))(items, np.zeros(len(items), np.int64), 12, 0)))
+        xs[loader], _ = FD.to_inputs(batch, c, torch.device("cpu"), centre=False)
     a, b = xs["draft"].flatten(1), xs["nvjpeg"].flatten(1)
     assert torch.nn.functional.cosine_similarity(a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)).min() > 0.95
 

@@ -181,7 +181,7 @@ def test_feature_buffer_is_freed_before_the_training_pass(tiny_data, tmp_path, m
 
     buffers: list = []
     alive_at_train: list = []
-    real_features, real_pass = L.compute_features, L._train_pass
+    real_features, real_pass = L.compute_features, L.train_pass
 
     def compute_features(*a, **kw):
         f, p = real_features(*a, **kw)
@@ -193,7 +193,7 @@ def test_feature_buffer_is_freed_before_the_training_pass(tiny_data, tmp_path, m
         return real_pass(*a, **kw)
 
     monkeypatch.setattr(L, "compute_features", compute_features)
-    monkeypatch.setattr(L, "_train_pass", train_pass)
+    monkeypatch.setattr(L, "train_pass", train_pass)
     L.train(tiny_runs.tiny(tiny_data, tmp_path / "run", epochs=2))
     assert len(buffers) == 2 and alive_at_train == [[False], [False, False]]
 
@@ -208,7 +208,7 @@ def test_loader_ceiling_is_timed_after_warm_up_for_at_least_the_asked_seconds(ti
 
     import tiny_runs
 
-    from dcbench.train import loop as L
+    from dcbench.train import feed as FD
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     monkeypatch.setattr(sys, "path", sys.path)
@@ -216,7 +216,7 @@ def test_loader_ceiling_is_timed_after_warm_up_for_at_least_the_asked_seconds(ti
 
     decoded = [0]
     clock_at_batch: list = []
-    real_inputs, real_clock = L._inputs, time.perf_counter
+    real_inputs, real_clock = FD.to_inputs, time.perf_counter
 
     def inputs(*a, **kw):
         decoded[0] += 1
@@ -226,7 +226,7 @@ def test_loader_ceiling_is_timed_after_warm_up_for_at_least_the_asked_seconds(ti
         clock_at_batch.append(decoded[0])
         return real_clock()
 
-    monkeypatch.setattr(L, "_inputs", inputs)
+    monkeypatch.setattr(FD, "to_inputs", inputs)
     monkeypatch.setattr(time, "perf_counter", clock)
     cfg = tiny_runs.tiny(tiny_data, "unused", batch_size=8)
     got = gpu_epoch.loader_ceiling(cfg, tiny_data, torch.device("cpu"), images=16, min_seconds=0.3,
@@ -249,14 +249,14 @@ def test_deterministic_flag_sets_the_kernels_for_the_run_only_and_keeps_cpu_numb
     from dcbench.train import loop as L
 
     seen: list = []
-    real_pass = L._train_pass
+    real_pass = L.train_pass
 
     def train_pass(*a, **kw):
         seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
                      torch.backends.cudnn.benchmark, "CUBLAS_WORKSPACE_CONFIG" in __import__("os").environ))
         return real_pass(*a, **kw)
 
-    monkeypatch.setattr(L, "_train_pass", train_pass)
+    monkeypatch.setattr(L, "train_pass", train_pass)
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
     args = ["--data", str(tiny_data), "--scale", "smoke", "--k", "4", "--pca-dim", "8", "--batch-size", "16",
@@ -278,7 +278,7 @@ def test_only_decoded_crops_are_pinned_for_the_gpu(tiny_data):
     import tiny_runs
 
     from dcbench.datasets import ImageFolder
-    from dcbench.train import loop as L
+    from dcbench.train import feed as L
 
     ds = ImageFolder(tiny_data)
     cuda = torch.device("cuda")

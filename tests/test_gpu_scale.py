@@ -24,7 +24,9 @@ from dcbench.knn_graph import knn, knn_torch
 from dcbench.train import cli as train_cli
 from dcbench.train import clustering as C
 from dcbench.train.config import make_config
-from dcbench.train.loop import diag_rows, read_log, train
+from dcbench.train.diagnostics import diag_rows
+from dcbench.train.loop import train
+from dcbench.train.run_state import read_log
 
 faiss = pytest.importorskip("faiss")
 
@@ -101,7 +103,7 @@ def test_knn_torch_matches_faiss_knn(one_thread):
 
 def test_cluster_engine_resolution_and_faiss_gpu_refusal(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(C, "_faiss_gpu_available", lambda: False)
+    monkeypatch.setattr(C, "faiss_gpu_available", lambda: False)
     assert C.resolve_engine("auto", cpu) == "faiss"
     assert C.resolve_engine("auto", cuda) == "torch"
     assert C.resolve_engine("faiss", cuda, faiss_gpu=False) == "faiss"  # --no-faiss-gpu: faiss on the CPU
@@ -109,7 +111,7 @@ def test_cluster_engine_resolution_and_faiss_gpu_refusal(monkeypatch):
         C.resolve_engine("faiss", cuda)
     msg = str(e.value)
     assert "\n" not in msg and "--cluster-engine torch" in msg and "--no-faiss-gpu" in msg
-    monkeypatch.setattr(C, "_faiss_gpu_available", lambda: True)
+    monkeypatch.setattr(C, "faiss_gpu_available", lambda: True)
     assert C.resolve_engine("auto", cuda) == "faiss"
 
 
@@ -297,7 +299,8 @@ def test_torch_engine_trains_kmeans_and_pic(tiny_data, tmp_path):
 def test_batched_decode_path_in_the_feature_stage_on_cpu(tiny_data, one_thread):
     from dcbench.datasets import ImageFolder
     from dcbench.models import build_model
-    from dcbench.train import loop as L
+    from dcbench.train.features import compute_features
+    from dcbench.train.feed import crop_loaders
 
     cfg = tiny(tiny_data, "unused", input_size=64)
     ds = ImageFolder(tiny_data)
@@ -306,8 +309,8 @@ def test_batched_decode_path_in_the_feature_stage_on_cpu(tiny_data, one_thread):
     feats = {}
     for loader in ("draft", "nvjpeg"):  # nvjpeg's batched decode_jpeg, here on the CPU
         c = dataclasses.replace(cfg, loader=loader)
-        _, centre = L.crop_loaders(c, loader)
-        f, pos = L.compute_features(model, ds, items, np.arange(len(items)), centre, c, torch.device("cpu"), 0, False)
+        _, centre = crop_loaders(c, loader)
+        f, pos = compute_features(model, ds, items, np.arange(len(items)), centre, c, torch.device("cpu"), 0, False)
         assert pos.tolist() == list(range(len(items)))
         feats[loader] = f
     cos = torch.nn.functional.cosine_similarity(feats["draft"], feats["nvjpeg"], dim=1)

@@ -368,7 +368,8 @@ def test_dc_train_resnet50_checkpoint_runs_through_dc_bench(tiny_data, tmp_path,
 
     from dcbench.suite.cli import main as bench_main
     from dcbench.train.config import make_config
-    from dcbench.train.loop import read_log, train
+    from dcbench.train.loop import train
+    from dcbench.train.run_state import read_log
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("DCBENCH_CACHE", str(tmp_path / "features"))

@@ -15,7 +15,8 @@ import torch
 from dcbench.checkpoint import load_checkpoint
 from dcbench.train import cli as train_cli
 from dcbench.train.config import make_config
-from dcbench.train.loop import load_assignments, read_log, train
+from dcbench.train.loop import train
+from dcbench.train.run_state import load_assignments, read_log
 
 
 def tiny(data, out, **kw):
@@ -125,18 +126,19 @@ def test_bad_input_one_line_exit_2(tiny_data, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_nan_loss_exit_1_and_no_space_exit_2_keep_last_checkpoint(tiny_data, tmp_path, capsys, monkeypatch):
-    import dcbench.train.loop as L
 
     out = tmp_path / "nan"
     args = ["--data", str(tiny_data), "--out", str(out), "--scale", "smoke", "--k", "4", "--pca-dim", "8",
             "--batch-size", "16", "--steps-per-epoch", "2", "--seed", "1", "--quiet"]
     assert _cli(args + ["--epochs", "1"], capsys)[0] == 0
     good = weights(out)
-    real_ce = L.F.cross_entropy
-    monkeypatch.setattr(L.F, "cross_entropy", lambda *a, **k: real_ce(*a, **k) * float("nan"))
+    import torch.nn.functional as F
+
+    real_ce = F.cross_entropy
+    monkeypatch.setattr(F, "cross_entropy", lambda *a, **k: real_ce(*a, **k) * float("nan"))
     rc, err = _cli(args + ["--epochs", "2"], capsys)
     assert rc == 1 and "loss is nan" in err[-1] and "intact" in err[-1]
-    monkeypatch.setattr(L.F, "cross_entropy", real_ce)
+    monkeypatch.setattr(F, "cross_entropy", real_ce)
     assert load_checkpoint(out / "checkpoint").meta["epoch"] == 1
     assert all(torch.equal(good[k], v) for k, v in weights(out).items())
 

@@ -28,7 +28,7 @@ from dcbench.whitening import (  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------
 # faiss helpers
-def _faiss_gpu_available() -> bool:
+def faiss_gpu_available() -> bool:
     try:
         import faiss
         return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
@@ -39,7 +39,7 @@ def _faiss_gpu_available() -> bool:
 def _flat_index(d: int, use_gpu: bool):
     import faiss
 
-    if use_gpu and _faiss_gpu_available():
+    if use_gpu and faiss_gpu_available():
         res = faiss.StandardGpuResources()
         cfg = faiss.GpuIndexFlatConfig()
         cfg.device = 0
@@ -199,13 +199,13 @@ def resolve_engine(name: str, device: torch.device, faiss_gpu: bool = True) -> s
     """--cluster-engine: auto = faiss-gpu or torch on CUDA, faiss (else torch) on the CPU."""
     if name == "auto":
         if device.type == "cuda":
-            return "faiss" if faiss_gpu and _faiss_gpu_available() else "torch"
+            return "faiss" if faiss_gpu and faiss_gpu_available() else "torch"
         return "faiss" if faiss_installed() else "torch"
     if name == "faiss":
         if not faiss_installed():
             raise UserError("--cluster-engine faiss, but faiss is not installed; pip install faiss-cpu "
                             "(or faiss-gpu-cu12), or use --cluster-engine torch")
-        if device.type == "cuda" and faiss_gpu and not _faiss_gpu_available():
+        if device.type == "cuda" and faiss_gpu and not faiss_gpu_available():
             raise UserError("--cluster-engine faiss on CUDA, but the installed faiss has no GPU support; use "
                             "--cluster-engine torch, or add --no-faiss-gpu to cluster with faiss on the CPU")
     elif name != "torch":

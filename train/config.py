@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from dcbench.errors import UserError
 from dcbench.imageload import CROPS, FLIPS, LOADERS
+from dcbench.models import ARCHS
 from dcbench.precision import PRECISIONS
 from dcbench.resources import MAX_INPUT_SIZE, MAX_SEED
 
@@ -19,71 +20,135 @@ FLOAT32_MAX = 3.4e38  # torch applies hyperparameters in float32: a larger value
 IMAGENET_SIZE = 1_281_167  # images in ImageNet-1k train (thesis §3.3)
 
 
+CHAPTER4 = "chapter-4 comparisons (thesis §4.2-4.7; each default is the thesis's choice)"
+
+
+def option(default=None, help: str | None = None, *, kind: str | None = None, flag: str | None = None,  # noqa: A002
+           choices: tuple | None = None, minimum: float | None = None, positive: bool = False,
+           group: str | None = None, metavar: str | None = None, shown: str | None = None):
+    """A :class:`TrainConfig` field with its ``dc-train`` flag, declared once.
+
+    ``help`` makes it a flag (``flag``, default ``--field-name``); ``kind`` is int/float/str for a
+    None default, or for a bool: ``switch`` (``--x`` turns it on), ``negated`` (``--no-x`` turns
+    it off), ``either`` (``--x``/``--no-x``). ``choices``, ``minimum`` and ``positive`` are checked
+    by :meth:`TrainConfig.validate`, for the flag and for a config built in Python alike."""
+    meta = {"help": help, "kind": kind or type(default).__name__, "flag": flag, "choices": choices,
+            "minimum": minimum, "positive": positive, "group": group, "metavar": metavar, "shown": shown}
+    return field(default=default, metadata={"dc_train": meta})
+
+
+CLUSTER_ENGINES = ("auto", "faiss", "torch")
+BLOCK_ROWS = 16384
+DESCRIPTORS = ("pre-relu", "post-relu")
+HEADS = ("full", "2fc", "no-relu")
+TARGETS = ("clusters", "labels", "fixed-clusters")
+DEVICES = ("auto", "cpu", "cuda")
+
+
 @dataclass
 class TrainConfig:
-    # --- what and where
-    data: str | None = None  # ImageFolder root; None = the embedded data (DESIGN §8)
+    # --- what and where (their flags are dc-train's own, not preset overrides)
+    data: str | None = None  # ImageFolder root; None = the embedded data, made once and cached
     out: str = "dc-train-out"  # output directory (checkpoint/, snapshots/, log.jsonl, ...)
     preset: str = "km-ImNet-Sob"  # thesis Table 5.1 model name
     scale: str = "smoke"  # smoke = embedded-data sizes, full = thesis sizes
     # --- network (thesis §3.3)
-    arch: str = "alexnet"  # AlexNet with batch norm, LRN removed (thesis §3.3)
-    sobel: bool = True  # Sobel input (thesis §3.3, Table 5.1)
-    input_size: int = 224  # RandomResizedCrop / centre-crop size (thesis §3.3: 224*224 crops)
-    crop_min_scale: float = 0.08  # RandomResizedCrop's smallest area fraction (torchvision default, original code)
+    arch: str = option("alexnet", "network architecture (dcbench.models registry)",
+                       choices=ARCHS)  # AlexNet with batch norm, LRN removed (thesis §3.3)
+    sobel: bool = option(True, "Sobel input layer", kind="either")  # thesis §3.3, Table 5.1
+    input_size: int = option(224, "training crop and centre-crop size in pixels")  # thesis §3.3: 224*224 crops
+    # torchvision default, original code
+    crop_min_scale: float = option(0.08, "RandomResizedCrop's smallest area fraction")
     # --- clustering (thesis §3.3, §4.6; original DeepCluster code)
-    clustering: str = "kmeans"  # kmeans | pic (Table 5.1)
-    k: int = 10_000  # k-means clusters (Table 5.1: 10K-means)
-    pca_dim: int = 256  # PCA-whitening output dims (original code: faiss.PCAMatrix(d, 256, -0.5))
-    kmeans_iters: int = 20  # original code: clus.niter = 20
+    clustering: str = option("kmeans", "k-means (faiss) or Power Iteration Clustering",
+                             choices=("kmeans", "pic"))  # Table 5.1
+    k: int = option(10_000, "number of k-means clusters", minimum=2)  # Table 5.1: 10K-means
+    # original code: faiss.PCAMatrix(d, 256, -0.5)
+    pca_dim: int = option(256, "PCA-whitening dimensions before clustering", minimum=1)
+    kmeans_iters: int = option(20, "k-means iterations", minimum=1)  # original code: clus.niter = 20
     max_points_per_centroid: int = 10_000_000  # original code: no subsampling in k-means training
-    pic_knn: int = 5  # 5-NN graph (thesis §4.6, eq. 4.1)
-    pic_sigma: float = 0.2  # Gaussian kernel bandwidth (original code's PIC default)
-    pic_alpha: float = 0.001  # power-iteration damping (original code's PIC default)
-    pic_iters: int = 200  # power iterations (original code's PIC)
+    pic_knn: int = option(5, "PIC: neighbours per node of the k-NN graph", minimum=1)  # thesis §4.6, eq. 4.1
+    pic_sigma: float = option(0.2, "PIC: Gaussian kernel bandwidth")  # original code's PIC default
+    pic_alpha: float = option(0.001, "PIC: power-iteration damping")  # original code's PIC default
+    pic_iters: int = option(200, "PIC: power iterations", minimum=1)  # original code's PIC
     pic_singletons: bool = True  # redistribute singletons to the nearest non-singleton's cluster (thesis §4.6)
     # --- optimisation (thesis §3.3, Table 5.1)
-    epochs: int = 500  # 500 on ImageNet, 167 on YFCC100m (thesis §5)
-    lr: float = 0.02  # Table 5.1
-    weight_decay: float = 1e-5  # Table 5.1
-    momentum: float = 0.9  # thesis §3.3
-    top_momentum: float = 0.9  # thesis §3.3 (momentum 0.9 throughout); the original code's top layer used 0
-    batch_size: int = 256  # thesis §3.3
-    steps_per_epoch: int | None = None  # None = epoch_multiplier * |X~| // batch (thesis §3.3)
-    epoch_multiplier: int = 1  # epoch length in passes over X~ (the YFCC presets set steps_per_epoch instead)
-    sampler: str = "uniform"  # uniform over clusters (thesis §3.3) | proportional (to cluster size)
-    sgt: int = 0  # >0: update only N rows of the last layer per batch (thesis §4.7, SGT 256/512)
+    epochs: int = option(500, "epochs, one clustering each", minimum=1)  # 500 on ImageNet, 167 on YFCC100m (thesis §5)
+    lr: float = option(0.02, "SGD learning rate (constant)")  # Table 5.1
+    weight_decay: float = option(1e-5, "weight decay", flag="--wd")  # Table 5.1
+    momentum: float = option(0.9, "SGD momentum")  # thesis §3.3
+    # thesis §3.3 (momentum 0.9 throughout); the original code's top layer used 0
+    top_momentum: float = option(0.9, "momentum of the per-epoch top layer (original code: 0)")
+    batch_size: int = option(256, "images per SGD step", minimum=1)  # thesis §3.3
+    # None = epoch_multiplier * |X~| // batch (thesis §3.3)
+    steps_per_epoch: int | None = option(None, "updates between two clusterings", kind="int", positive=True)
+    # epoch length in passes over X~ (the YFCC presets set steps_per_epoch instead)
+    epoch_multiplier: int = option(1, "epoch length in |X~|/batch units (YFCC: 3)", minimum=1)
+    sampler: str = option("uniform", "batches uniform over clusters (thesis) or proportional to cluster size",
+                          choices=("uniform", "proportional"))  # uniform over clusters (thesis §3.3)
+    # >0: update only N rows of the last layer per batch (thesis §4.7, SGT 256/512)
+    sgt: int = option(0, "SGT: update only N last-layer rows per batch (0 = all)", minimum=0)
     # --- Algorithm 2 (thesis §4.8)
-    pool_size: int | None = None  # |X|: None = the whole dataset
-    subset_size: int | None = None  # |X~| drawn from the pool each epoch; None = the whole pool
+    pool_size: int | None = option(None, "Algorithm 2: size of the fixed pool X", kind="int",
+                                   positive=True)  # |X|: None = the whole dataset
+    subset_size: int | None = option(None, "Algorithm 2: |X~| drawn from the pool each epoch", kind="int",
+                                     positive=True)  # None = the whole pool
     # --- run
-    seed: int = 31  # original code's default seed
-    workers: int = 4  # DataLoader workers (original code: 4)
-    snapshot_every: int = 50  # keep a snapshot every N epochs (0 = never)
-    device: str = "auto"  # auto | cpu | cuda
+    seed: int = option(31, "random seed (a fixed seed gives the same weights on the CPU)")  # original code's default
+    workers: int = option(4, "DataLoader worker processes", minimum=0)  # original code: 4
+    snapshot_every: int = option(50, "keep snapshots/epoch_NNNN every N epochs (0 = never)", minimum=0)
+    device: str = option("auto", "auto = cuda when available, else cpu", choices=DEVICES)
     # rank 0 alone runs PCA, clustering and the checkpoint while the others wait: can pass NCCL's 10-min default
-    dist_timeout_min: int = 120
-    faiss_gpu: bool = True  # use a faiss GPU index when CUDA and faiss-gpu are present (DESIGN §9)
-    # --- GPU scale (issue 11). "auto" is resolved when the run starts and recorded resolved.
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast + channels_last)
-    cluster_engine: str = "auto"  # auto (torch on CUDA unless faiss-gpu is installed; faiss on CPU) | faiss | torch
+    dist_timeout_min: int = option(120, "under torchrun: minutes a rank waits for the others (rank 0 clusters "
+                                        "alone) before failing", minimum=1, metavar="MIN")
+    # faiss's GPU index when CUDA and faiss-gpu are both present: the original code clusters on the GPU
+    faiss_gpu: bool = option(True, "keep faiss on the CPU even when CUDA and faiss-gpu are present", kind="negated",
+                             flag="--no-faiss-gpu", shown="faiss on the GPU when both are present")
+    # --- GPU scale. "auto" is resolved when the run starts and recorded resolved.
+    precision: str = option("auto", "fp32, or bf16 autocast + channels_last; auto = bf16 on CUDA, fp32 on the CPU",
+                            choices=PRECISIONS)  # the thesis trained in fp32; bf16 is this project's GPU default
+    cluster_engine: str = option("auto", "PCA + k-means engine: faiss (CPU, or faiss-gpu), torch (either device); "
+                                         "auto = torch on CUDA unless faiss-gpu is installed, faiss on the CPU",
+                                 choices=CLUSTER_ENGINES)  # the original code: faiss
     # points per block in the torch engine's PCA, k-means and k-NN graph (lower it on GPU OOM); None =
     # BLOCK_ROWS for PCA and k-means, and for the k-NN graph as many as the free memory allows
-    cluster_chunk: int | None = None
-    loader: str = "draft"  # draft (PIL reduced-size decode) | torchvision (the original path) | nvjpeg (GPU decode)
+    cluster_chunk: int | None = option(
+        None, "points per block in the torch engine's PCA, k-means and k-NN graph; lower it if the GPU runs out "
+              "of memory", kind="int", minimum=1,
+        shown=f"{BLOCK_ROWS:,} for PCA and k-means, the k-NN graph's from the free memory")
+    loader: str = option("draft", "draft = PIL decoding at reduced size when the crop allows (same crops as "
+                                  "torchvision), torchvision = full decode, nvjpeg = batched decode + crop on the "
+                                  "GPU (CUDA only)", choices=LOADERS)  # draft: the same crops as the original's
     # deterministic cuDNN/CUDA kernels (bit-identical GPU resumes); off as in the original code, which is faster
-    deterministic: bool = False
-    prefetch: int = 4  # batches each DataLoader worker keeps ready
-    diag_sample: int = 20_000  # diagnostics (NMI with labels, 10-NN ratio) on this many images (0 = all)
-    # --- chapter-4 ablations (issue 15). Each default is the thesis's final choice (today's behaviour).
-    descriptor: str = "pre-relu"  # cluster the penultimate FC before its ReLU (thesis §3.3, §4.2, Table 4.1) | post-relu
-    head: str = "full"  # full = FC-ReLU-FC-ReLU-FC (thesis §4.2) | 2fc = FC-ReLU-FC | no-relu = FC-ReLU-FC-FC (Fig 4.2)
-    crop: str = "random-sized"  # RandomResizedCrop (thesis §3.3, §4.3) | random (fixed size, random place) | central
-    flip: str = "horizontal"  # flip with p = 0.5 (thesis §3.3, §4.3) | vertical | none (Figure 4.4)
-    diag_every: int = 0  # also log the 10-NN ratio every N updates within an epoch (thesis §4.4, Fig 4.5); 0 = never
-    targets: str = "clusters"  # clusters (DeepCluster) | labels (supervised, thesis §4.7) | fixed-clusters (Fig 4.8b)
-    val_data: str | None = None  # --targets labels: val ImageFolder for centre-crop top-1; None = the train root's sibling val/
-    quiet: bool = False  # no progress bars
+    deterministic: bool = option(False, "deterministic cuDNN and CUDA kernels, so a resumed GPU run repeats the "
+                                        "same numbers (slower; the CPU is deterministic without it)", kind="switch")
+    prefetch: int = option(4, "batches each DataLoader worker prepares ahead", minimum=1)  # torch's default is 2
+    # diagnostics (NMI with labels, 10-NN ratio) on this many images (0 = all)
+    diag_sample: int = option(20_000, "NMI-with-labels and 10-NN ratio on a fixed random sample of this many "
+                                      "images (0 = all)", minimum=0)
+    # --- chapter-4 ablations. Each default is the thesis's final choice.
+    # cluster the penultimate FC before its ReLU (thesis §3.3, §4.2, Table 4.1)
+    descriptor: str = option("pre-relu", "cluster the penultimate FC's output before or after its ReLU",
+                             choices=DESCRIPTORS, group=CHAPTER4)
+    # full = FC-ReLU-FC-ReLU-FC (thesis §4.2) | 2fc = FC-ReLU-FC | no-relu = FC-ReLU-FC-FC (Fig 4.2)
+    head: str = option("full", "full = FC-ReLU-FC-ReLU-FC, 2fc = FC-ReLU-FC (fc7 unused, left at its "
+                               "initialisation), no-relu = FC-ReLU-FC-FC (fc7 feeds the top layer without a ReLU)",
+                       choices=HEADS, group=CHAPTER4)
+    # RandomResizedCrop (thesis §3.3, §4.3) | random (fixed size, random place) | central
+    crop: str = option("random-sized", "training crop: random-sized (RandomResizedCrop), random (fixed size, "
+                                       "random place), central", choices=CROPS, group=CHAPTER4)
+    # flip with p = 0.5 (thesis §3.3, §4.3) | vertical | none (Figure 4.4)
+    flip: str = option("horizontal", "training flip, with probability 0.5", choices=FLIPS, group=CHAPTER4)
+    # also log the 10-NN ratio every N updates within an epoch (thesis §4.4, Fig 4.5); 0 = never
+    diag_every: int = option(0, "also log the 10-NN ratio every N updates within an epoch (0 = per epoch)",
+                             minimum=0, metavar="N", group=CHAPTER4)
+    # clusters (DeepCluster) | labels (supervised, thesis §4.7) | fixed-clusters (Fig 4.8b)
+    targets: str = option("clusters", "clusters (DeepCluster), labels (the folder's classes: supervised), "
+                                      "fixed-clusters (clustered once, then held)", choices=TARGETS, group=CHAPTER4)
+    # --targets labels: val ImageFolder for centre-crop top-1; None = the train root's sibling val/
+    val_data: str | None = option(None, "--targets labels: ImageFolder scored each epoch, centre-crop top-1",
+                                  kind="str", metavar="DIR", group=CHAPTER4)
+    quiet: bool = option(False, "no progress bars or epoch lines", kind="switch")
     extra: dict = field(default_factory=dict)  # free-form notes recorded with the run
 
     @property
@@ -92,38 +157,30 @@ class TrainConfig:
         return self.cluster_chunk or BLOCK_ROWS
 
     def validate(self) -> None:
+        """Every value checked once, for the command line and for a config built in Python alike."""
         if self.preset not in PRESETS and self.preset not in SUPERVISED_PRESETS:
             raise UserError(f"unknown preset {self.preset!r}; choose one of "
                             f"{', '.join([*PRESETS, *SUPERVISED_PRESETS])} (--preset)")
         if self.scale not in ("smoke", "full"):
             raise UserError(f"--scale must be smoke or full, not {self.scale!r}")
-        if self.clustering not in ("kmeans", "pic"):
-            raise UserError(f"--clustering must be kmeans or pic, not {self.clustering!r}")
-        if self.sampler not in ("uniform", "proportional"):
-            raise UserError(f"--sampler must be uniform or proportional, not {self.sampler!r}")
-        for f in dataclasses.fields(self):  # NaN passes every "<" check; inf passes "> 0"
+        for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, float) and not (math.isfinite(v) and abs(v) <= FLOAT32_MAX):
-                raise UserError(f"--{f.name.replace('_', '-')} must be a finite number of float32 range, got {v}"
-                                .replace("--weight-decay", "--wd"))
+            if isinstance(v, float) and not (math.isfinite(v) and abs(v) <= FLOAT32_MAX):  # NaN passes "<" checks
+                raise UserError(f"{flag_of(f)} must be a finite number of float32 range, got {v}")
+            meta = f.metadata.get("dc_train")
+            if meta is None or v is None:
+                continue
+            if meta["choices"] is not None and v not in meta["choices"]:
+                raise UserError(f"{flag_of(f)} must be one of {', '.join(meta['choices'])}, not {v!r}")
+            if meta["minimum"] is not None and v < meta["minimum"]:
+                raise UserError(f"{flag_of(f)} must be at least {meta['minimum']}, got {v}")
+            if meta["positive"] and v < 1:
+                raise UserError(f"{flag_of(f)} must be positive, got {v}")
         if not (0 <= self.seed <= MAX_SEED):
             raise UserError(f"--seed must be in [0, {MAX_SEED}], got {self.seed}")
         if not (32 <= self.input_size <= MAX_INPUT_SIZE):
             raise UserError(f"--input-size must be in [32, {MAX_INPUT_SIZE}] pixels (the thesis: 224), "
                             f"got {self.input_size}")
-        checks = [("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1), ("--k", self.k, 2),
-                  ("--pca-dim", self.pca_dim, 1), ("--kmeans-iters", self.kmeans_iters, 1),
-                  ("--epoch-multiplier", self.epoch_multiplier, 1), ("--workers", self.workers, 0),
-                  ("--sgt", self.sgt, 0), ("--snapshot-every", self.snapshot_every, 0),
-                  ("--pic-knn", self.pic_knn, 1), ("--pic-iters", self.pic_iters, 1),
-                  ("--dist-timeout-min", self.dist_timeout_min, 1)]
-        for flag, v, lo in checks:
-            if v < lo:
-                raise UserError(f"{flag} must be at least {lo}, got {v}")
-        for flag, v in (("--steps-per-epoch", self.steps_per_epoch), ("--pool-size", self.pool_size),
-                        ("--subset-size", self.subset_size)):
-            if v is not None and v < 1:
-                raise UserError(f"{flag} must be positive, got {v}")
         if self.pool_size and self.subset_size and self.subset_size > self.pool_size:
             raise UserError(f"--subset-size {self.subset_size} is larger than --pool-size {self.pool_size}")
         if not (self.lr > 0):
@@ -134,18 +191,6 @@ class TrainConfig:
             raise UserError("--wd must be >= 0 and --momentum in [0, 1)")
         if self.pic_sigma <= 0 or not (0 < self.pic_alpha <= 1):
             raise UserError("--pic-sigma must be > 0 and --pic-alpha in (0, 1]")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise UserError(f"--device must be auto, cpu or cuda, not {self.device!r}")
-        for flag, v, allowed in (("--precision", self.precision, PRECISIONS),
-                                 ("--cluster-engine", self.cluster_engine, CLUSTER_ENGINES),
-                                 ("--loader", self.loader, LOADERS)):
-            if v not in allowed:
-                raise UserError(f"{flag} must be one of {', '.join(allowed)}, not {v!r}")
-        for flag, v, allowed in (("--descriptor", self.descriptor, DESCRIPTORS), ("--head", self.head, HEADS),
-                                 ("--crop", self.crop, CROPS), ("--flip", self.flip, FLIPS),
-                                 ("--targets", self.targets, TARGETS)):
-            if v not in allowed:
-                raise UserError(f"{flag} must be one of {', '.join(allowed)}, not {v!r}")
         if (self.head, self.descriptor) != ("full", "pre-relu"):
             from dcbench.models import get_architecture
 
@@ -153,17 +198,20 @@ class TrainConfig:
                 raise UserError(f"--head {self.head} --descriptor {self.descriptor}: these choose among fc6/fc7 "
                                 f"variants, and {self.arch} has no fc6/fc7 (it clusters its pooled res5); "
                                 "drop --head/--descriptor, or use --arch alexnet or vgg16")
-        for flag, v, lo in (("--cluster-chunk", self.cluster_chunk, 1), ("--prefetch", self.prefetch, 1),
-                            ("--diag-sample", self.diag_sample, 0), ("--diag-every", self.diag_every, 0)):
-            if v is not None and v < lo:
-                raise UserError(f"{flag} must be at least {lo}, got {v}")
 
 
-CLUSTER_ENGINES = ("auto", "faiss", "torch")
-BLOCK_ROWS = 16384
-DESCRIPTORS = ("pre-relu", "post-relu")
-HEADS = ("full", "2fc", "no-relu")
-TARGETS = ("clusters", "labels", "fixed-clusters")
+def flag_of(f: dataclasses.Field) -> str:
+    """The dc-train flag of a TrainConfig field (``--field-name`` unless its option names another)."""
+    meta = f.metadata.get("dc_train") or {}
+    if meta.get("kind") == "negated":
+        return f"--{f.name.replace('_', '-')}"  # the value's name, not the flag that turns it off
+    return meta.get("flag") or f"--{f.name.replace('_', '-')}"
+
+
+def command_line_options() -> list[dataclasses.Field]:
+    """The TrainConfig fields that are dc-train flags, in declaration order."""
+    return [f for f in dataclasses.fields(TrainConfig) if (f.metadata.get("dc_train") or {}).get("help")]
+
 
 
 # YFCC100m models train 167 epochs, each 3x as long, to get as many updates as ImageNet's 500 (thesis

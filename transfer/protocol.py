@@ -185,11 +185,6 @@ def normalize(meta: dict) -> T.Normalize:
     return T.Normalize(pre.mean, pre.std)
 
 
-def resize_for(size: int) -> int:
-    """The ImageNet convention 256 -> 224, scaled to other input sizes."""
-    return round(size * 256 / 224)
-
-
 class PathCrop:
     """``path -> normalised float (C, H, W)`` through a :mod:`dcbench.imageload` crop (``--loader
     draft``): the JPEG is decoded at reduced size when the crop allows, and otherwise the pixels are
@@ -227,7 +222,7 @@ def train_transform(meta: dict, size: int, kind: str, loader: str = "draft") -> 
     check_loader(loader)
     norm = [T.ToTensor(), normalize(meta)]
     if kind == "crop-flip":
-        big = resize_for(size)
+        big = IL.resize_for(size)
         if loader == "draft":
             return PathCrop(IL.CentreCrop(big, big), meta, then=T.Compose([T.RandomCrop(size), T.RandomHorizontalFlip()]))
         return T.Compose([T.Resize(big), T.CenterCrop(big), T.RandomCrop(size), T.RandomHorizontalFlip(), *norm])
@@ -251,8 +246,8 @@ def check_loader(loader: str) -> None:
 def center_crop_transform(meta: dict, size: int, loader: str = "draft") -> Callable:
     check_loader(loader)
     if loader == "draft":
-        return PathCrop(IL.CentreCrop(resize_for(size), size), meta)
-    return T.Compose([T.Resize(resize_for(size)), T.CenterCrop(size), T.ToTensor(), normalize(meta)])
+        return PathCrop(IL.CentreCrop(IL.resize_for(size), size), meta)
+    return T.Compose([T.Resize(IL.resize_for(size)), T.CenterCrop(size), T.ToTensor(), normalize(meta)])
 
 
 class _StackCrops:
@@ -265,7 +260,7 @@ class _StackCrops:
 
 def ten_crop_transform(meta: dict, size: int) -> T.Compose:
     """Resize(256) then the 4 corners + centre, and their mirrors: a (10, C, H, W) tensor."""
-    return T.Compose([T.Resize(resize_for(size)), T.TenCrop(size), _StackCrops(meta)])
+    return T.Compose([T.Resize(IL.resize_for(size)), T.TenCrop(size), _StackCrops(meta)])
 
 
 class RepeatedCrops:
@@ -287,7 +282,7 @@ def eval_crops_transform(meta: dict, size: int, crops: int, loader: str = "draft
         return ten_crop_transform(meta, size)
     if crops == 1:
         if loader == "draft":
-            return PathCrop(IL.CentreCrop(resize_for(size), size), meta, batch_dim=True)
+            return PathCrop(IL.CentreCrop(IL.resize_for(size), size), meta, batch_dim=True)
         center = center_crop_transform(meta, size, loader)
         return lambda img: center(img).unsqueeze(0)
     raise UserError(f"--eval-crops {crops}: choose 1 (centre) or 10 (ten-crop)")
