@@ -1,4 +1,4 @@
-"""Issue 11 on the CPU: the torch clustering engine against faiss / pca_whiten, the fast loaders'
+"""The GPU-scale paths on the CPU: the torch clustering engine against faiss / pca_whiten, the fast loaders'
 crop geometry against torchvision's, --precision, the diagnostic sample, and their bad input.
 
 The CUDA paths use this same code on another device; they are not run here (no GPU).
@@ -376,7 +376,7 @@ def test_gpu_oom_in_clustering_names_stage_and_flag_keeps_checkpoint(tiny_data, 
 
 @pytest.mark.slow
 def test_run_from_before_the_new_flags_resumes_on_cpu(tiny_data, tmp_path):
-    # A checkpoint written before issue 11 has no precision/engine/loader fields: it was fp32.
+    # A checkpoint written before --precision, --cluster-engine and --loader existed lacks those fields: it was fp32.
     out = tmp_path / "legacy"
     train(tiny(tiny_data, out))
     meta_path = out / "checkpoint" / "meta.json"

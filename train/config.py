@@ -289,7 +289,7 @@ def make_config(preset: str = "km-ImNet-Sob", scale: str = "smoke", **overrides)
 RESUME_FREE = {"out", "epochs", "workers", "quiet", "snapshot_every", "device", "faiss_gpu", "data", "extra",
                "dist_timeout_min", "deterministic",
                "cluster_engine", "cluster_chunk", "loader", "prefetch", "diag_sample", "diag_every", "val_data"}
-# What a run saved before a field existed did, for resuming it (issue 11 added --precision, issue 15
-# the chapter-4 options).
+# What a run saved before a field existed did, for resuming it (--precision came with the GPU work,
+# then the chapter-4 options).
 LEGACY_DEFAULTS = {"precision": "fp32", "descriptor": "pre-relu", "head": "full", "crop": "random-sized",
                    "flip": "horizontal", "targets": "clusters"}

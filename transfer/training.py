@@ -129,7 +129,27 @@ def assert_unchanged(module: nn.Module, snapshot: dict[str, torch.Tensor], what:
 # The checkpoint's conv trunk and fc6/fc7 (detection, segmentation)
 
 
-class ConvTrunk(nn.Module):
+class StoredStatisticsTrunk(nn.Module):
+    """The base of every trunk the dense tasks fine-tune: BatchNorm always on the checkpoint's stored
+    statistics (their batches of one or two images make batch statistics noise, as in Fast R-CNN and
+    FCN), the Sobel filter fixed, and with ``frozen`` the whole trunk in eval mode."""
+
+    frozen = False
+
+    def fix_sobel(self, sobel: nn.Module | None) -> None:
+        if sobel is not None:
+            for p in sobel.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode and not self.frozen)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+
+class ConvTrunk(StoredStatisticsTrunk):
     """The checkpoint's Sobel (frozen) + conv trunk, with BatchNorm always on stored statistics.
 
     ``drop_last_pool``: conv5 at stride 16 (detection) instead of pool5 at stride 32 (FCN).
@@ -149,17 +169,8 @@ class ConvTrunk(nn.Module):
         self.out_channels = next(m.out_channels for m in reversed(layers) if isinstance(m, nn.Conv2d))
         for p in self.parameters():
             p.requires_grad = not frozen
-        if self.sobel is not None:
-            for p in self.sobel.parameters():
-                p.requires_grad = False
+        self.fix_sobel(self.sobel)
         self.train(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode and not self.frozen)
-        for m in self.modules():  # BN on stored statistics in every variant (see module doc)
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.sobel is not None:

@@ -83,7 +83,13 @@ from dcbench.transfer.protocol import (
     resolve_protocol,
     save_and_report,
 )
-from dcbench.transfer.training import ConvTrunk, assert_unchanged, fc_layers, parameter_snapshot
+from dcbench.transfer.training import (
+    ConvTrunk,
+    StoredStatisticsTrunk,
+    assert_unchanged,
+    fc_layers,
+    parameter_snapshot,
+)
 from dcbench.transfer.voc_eval import eval_detection_files, write_detection_files
 
 DESCRIPTION = "VOC07 detection, Faster/Fast R-CNN on conv5 + fc6/fc7 box head (Table 5.5); mAP@0.5"
@@ -167,27 +173,18 @@ FPN_ANCHORS = ([32, 64, 128, 256, 512], [16, 32, 64, 128, 256])  # (full: torchv
 FPN_LR = (0.0025, 0.001)
 
 
-class ResNetFPN(nn.Module):
+class ResNetFPN(StoredStatisticsTrunk):
     """The checkpoint's ResNet (res2..res5; BatchNorm on stored statistics) under torchvision's FPN."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.body = copy.deepcopy(model)
         self.body.top_layer = None
-        if self.body.sobel is not None:
-            for p in self.body.sobel.parameters():
-                p.requires_grad = False
+        self.fix_sobel(self.body.sobel)
         chans = [int(m[-1].conv3.out_channels) for m in self.body.stages]
         self.fpn = FeaturePyramidNetwork(chans, 256, extra_blocks=LastLevelMaxPool())
         self.out_channels = 256
         self.train(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for m in self.body.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        return self
 
     def forward(self, x: torch.Tensor) -> OrderedDict:
         outs = self.body.tap_outputs(x)[1:]

@@ -53,7 +53,13 @@ from dcbench.transfer.protocol import (
     resolve_protocol,
     save_and_report,
 )
-from dcbench.transfer.training import ConvTrunk, assert_unchanged, fc_layers, parameter_snapshot
+from dcbench.transfer.training import (
+    ConvTrunk,
+    StoredStatisticsTrunk,
+    assert_unchanged,
+    fc_layers,
+    parameter_snapshot,
+)
 from dcbench.transfer.voc_eval import confusion_matrix, segmentation_scores
 
 DESCRIPTION = "VOC2012 semantic segmentation, FCN-32s from conv trunk + fc6/fc7 (Table 5.5); mean IoU"
@@ -135,7 +141,7 @@ class FCN32s(nn.Module):
         return F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
 
 
-class ResNetTrunk(nn.Module):
+class ResNetTrunk(StoredStatisticsTrunk):
     """The checkpoint's ResNet with a dilated res5 (stride 16), BatchNorm on stored statistics."""
 
     def __init__(self, model: nn.Module):
@@ -143,17 +149,7 @@ class ResNetTrunk(nn.Module):
         self.net = make_network(model.spec, dilate_res5=True)  # same parameters, dilation instead of stride
         self.net.load_state_dict(model.state_dict())
         self.net.top_layer = None
-        self.frozen = False
-        if self.net.sobel is not None:
-            for p in self.net.sobel.parameters():
-                p.requires_grad = False
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        return self
+        self.fix_sobel(self.net.sobel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.trunk(x)
