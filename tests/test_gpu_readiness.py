@@ -202,7 +202,6 @@ def test_feature_buffer_is_freed_before_the_training_pass(tiny_data, tmp_path, m
 
 
 def test_loader_ceiling_is_timed_after_warm_up_for_at_least_the_asked_seconds(tiny_data, monkeypatch):
-    import sys
     import time
     from pathlib import Path
 
@@ -210,8 +209,7 @@ def test_loader_ceiling_is_timed_after_warm_up_for_at_least_the_asked_seconds(ti
 
     from dcbench.train import feed as FD
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-    monkeypatch.setattr(sys, "path", sys.path)
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
     import gpu_epoch
 
     decoded = [0]
@@ -242,6 +240,7 @@ def test_loader_ceiling_is_timed_after_warm_up_for_at_least_the_asked_seconds(ti
 def test_deterministic_flag_sets_the_kernels_for_the_run_only_and_keeps_cpu_numbers(tiny_data, tmp_path,
                                                                                       monkeypatch):
     import json
+    import os
 
     import tiny_runs
 
@@ -253,7 +252,7 @@ def test_deterministic_flag_sets_the_kernels_for_the_run_only_and_keeps_cpu_numb
 
     def train_pass(*a, **kw):
         seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
-                     torch.backends.cudnn.benchmark, "CUBLAS_WORKSPACE_CONFIG" in __import__("os").environ))
+                     torch.backends.cudnn.benchmark, "CUBLAS_WORKSPACE_CONFIG" in os.environ))
         return real_pass(*a, **kw)
 
     monkeypatch.setattr(L, "train_pass", train_pass)
@@ -264,7 +263,7 @@ def test_deterministic_flag_sets_the_kernels_for_the_run_only_and_keeps_cpu_numb
     assert train_cli.main(args + ["--out", str(tmp_path / "det"), "--deterministic"]) == 0
     assert seen == [(True, True, False, True)]
     assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic) == before
-    assert "CUBLAS_WORKSPACE_CONFIG" not in __import__("os").environ
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
     assert json.loads((tmp_path / "det" / "config.json").read_text())["config"]["deterministic"] is True
     L.train(tiny_runs.tiny(tiny_data, tmp_path / "plain"))
     a, b = tiny_runs.weights(tmp_path / "det"), tiny_runs.weights(tmp_path / "plain")

@@ -77,7 +77,7 @@ def build_parser(argv: Sequence[str] | None = None) -> ArgumentParser:
             kw = {**kw, "choices": meta["choices"]}
         if meta["metavar"] is not None:
             kw = {**kw, "metavar": meta["metavar"]}
-        groups[meta["group"]].add_argument(flag_of(f) if meta["kind"] != "negated" else meta["flag"], dest=f.name,
+        groups[meta["group"]].add_argument(meta["flag"] or flag_of(f), dest=f.name,
                                            help=f"{meta['help']} (default: {shown})", **kw)
     return p
 
