@@ -16,7 +16,7 @@ literature into plain :class:`Table` objects; :mod:`render` writes them as markd
   baselines (random-init rows, checkpoints of origin ``random``) and baseline columns (the
   k-NN graph's ``random_*`` metrics).
 - Architecture families have separate tables: AlexNet/VGG16 results fill the thesis's tables, ResNet
-  results (``dcbench.families``) their own "ResNets:" tables, which have no reported rows (no
+  results (``dcbench.models.family_of``) their own "ResNets:" tables, which have no reported rows (no
   published ResNet number with a named source is in literature.csv).
 """
 
@@ -69,7 +69,7 @@ class TableSpec:
     kinds: tuple[RowKind, ...] = (LAST, BEST)
     plot: str | None = None   # "conv" or "lowshot"
     caption: str = ""
-    family: str = "convfc"    # which results fill it (dcbench.families)
+    family: str = "convfc"    # which results fill it (dcbench.models.family_of)
 
 
 def _conv(task: str, prefix: str) -> tuple[Column, ...]:

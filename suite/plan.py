@@ -23,7 +23,7 @@ from pathlib import Path
 
 from dcbench.checkpoint import read_meta
 from dcbench.errors import ResultError, UserError
-from dcbench.families import family_of
+from dcbench.models import family_of
 from dcbench.results import read_result
 from dcbench.text import printable
 
@@ -39,7 +39,7 @@ def slug(text: str, limit: int = 40) -> str:
 class Checkpoint:
     path: Path
     sha256: str
-    family: str = "convfc"  # dcbench.families: a ResNet has no fc6/fc7 for the tasks that need them
+    family: str = "convfc"  # dcbench.models.family_of: a ResNet has no fc6/fc7 for the tasks that need them
 
     @property
     def label(self) -> str:
