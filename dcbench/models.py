@@ -164,6 +164,13 @@ ARCHITECTURES: dict[str, Architecture] = {
 ARCHS = tuple(ARCHITECTURES)
 
 
+def family_of(arch) -> str:
+    """The family of ``arch`` (a result file's, so any JSON value); one this dcbench does not know
+    counts as ``convfc``, where every result went before families existed."""
+    known = ARCHITECTURES.get(arch) if isinstance(arch, str) else None
+    return known.family if known else "convfc"
+
+
 def get_architecture(name: str) -> Architecture:
     """The registry entry of ``name``; an unknown name is a one-line user error."""
     try:

@@ -19,17 +19,15 @@ from dcbench.atomic import write_json_atomic
 from dcbench.errors import ResultError
 from dcbench.provenance import environment, utc_now
 from dcbench.safepath import safe_slug
-from dcbench.tasks import METRIC_NAMES
-from dcbench.tasks import TASKS as TASK_MODULES
+from dcbench.tasks import registry
 from dcbench.text import printable
 
 SCHEMA_NAME = "dcbench-result"
 SCHEMA_VERSION = 1
-TASKS = tuple(TASK_MODULES)  # the task registry, dcbench/tasks.py
 SCALES = ("full", "smoke")
 
 _scalar = {"type": ["string", "number", "integer", "boolean", "null"]}
-RESULT_SCHEMA = {
+_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "dcbench result v1",
     "type": "object",
@@ -38,7 +36,9 @@ RESULT_SCHEMA = {
     "properties": {
         "schema": {"const": SCHEMA_NAME},
         "schema_version": {"const": SCHEMA_VERSION},
-        "task": {"enum": list(TASKS)},
+        # the registered tasks, filled in by result_schema(): the task modules that register them
+        # import this module, so they are not known yet when it is imported
+        "task": {"enum": []},
         # What distinguishes two results of one task on one checkpoint: dataset, layer, fc6-8/all,
         # shots, run. Scalars only, so it can key a table row.
         "variant": {"type": "object", "required": ["dataset"], "additionalProperties": _scalar,
@@ -69,7 +69,21 @@ RESULT_SCHEMA = {
     },
     "additionalProperties": False,
 }
-_validator = jsonschema.Draft202012Validator(RESULT_SCHEMA)
+_validator: tuple[tuple[str, ...], jsonschema.Draft202012Validator] | None = None
+
+
+def result_schema() -> dict:
+    """Schema v1 as JSON Schema, ``task`` one of the registered tasks (:mod:`dcbench.tasks`)."""
+    names = list(registry())
+    return {**_SCHEMA, "properties": {**_SCHEMA["properties"], "task": {"enum": names}}}
+
+
+def _schema_validator() -> jsonschema.Draft202012Validator:
+    global _validator
+    names = tuple(registry())
+    if _validator is None or _validator[0] != names:
+        _validator = (names, jsonschema.Draft202012Validator(result_schema()))
+    return _validator[1]
 
 
 def validate_result(result: dict, source: str = "result") -> dict:
@@ -79,12 +93,12 @@ def validate_result(result: dict, source: str = "result") -> dict:
     if result.get("schema") == SCHEMA_NAME and result.get("schema_version") != SCHEMA_VERSION:
         raise ResultError(f"{source}: schema version {result.get('schema_version')!r} is not "
                           f"{SCHEMA_VERSION}; regenerate it with this dcbench")
-    errors = sorted(_validator.iter_errors(result), key=lambda e: list(e.absolute_path))
+    errors = sorted(_schema_validator().iter_errors(result), key=lambda e: list(e.absolute_path))
     if errors:
         e = errors[0]
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         raise ResultError(printable(f"{source}: {where}: {e.message}", 400))
-    pattern = METRIC_NAMES[result["task"]]
+    pattern = registry()[result["task"]].metrics
     for name, value in result["metrics"].items():
         if not re.fullmatch(pattern, name):
             raise ResultError(f"{source}: metrics: '{printable(name, 60)}' is not a metric of {result['task']} "

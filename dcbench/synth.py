@@ -35,6 +35,8 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image, ImageDraw
 
+from dcbench.datasets import VOC_CLASSES  # one list: the generator draws the classes the readers accept
+
 GENERATOR_VERSION = 2
 JPEG_QUALITY = 90
 
@@ -65,12 +67,6 @@ DIFFICULTY = dict(
     cls_scale=(0.26, 0.42),  # classification object half-size, as a fraction of the image side
     jitter=0.03,            # per-vertex jitter in unit coordinates
     pixel_noise=0.03,
-)
-
-VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
 )
 
 # The standard PASCAL VOC colour map (bit-interleaved), 256 entries.

@@ -28,7 +28,8 @@ import pandas as pd
 import yaml
 
 from dcbench.errors import UserError
-from dcbench.results import SCALES, TASKS
+from dcbench.results import SCALES
+from dcbench.tasks import task_names
 
 DEFAULT_TOLERANCE = 0.1
 _REQUIRED = ("task", "checkpoint", "metric", "value")
@@ -58,8 +59,8 @@ def load_expected(path: str | Path) -> list[dict]:
         unknown = sorted(set(e) - _ALLOWED)
         if unknown:
             raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_ALLOWED))}")
-        if e["task"] not in TASKS:
-            raise UserError(f"{where}: unknown task {e['task']!r}; one of {', '.join(TASKS)}")
+        if e["task"] not in task_names():
+            raise UserError(f"{where}: unknown task {e['task']!r}; one of {', '.join(task_names())}")
         if "scale" in e and e["scale"] not in SCALES:
             raise UserError(f"{where}: scale must be one of {', '.join(SCALES)}")
         if "variant" in e and not isinstance(e["variant"], dict):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from dcbench.errors import ResultError, UserError
-from dcbench.families import family_of
+from dcbench.models import family_of
 from dcbench.results import SCHEMA_NAME, SCHEMA_VERSION, validate_result
 
 # Columns of the frame that :func:`newest_runs` returns (one row per result group).

@@ -16,7 +16,7 @@ literature into plain :class:`Table` objects; :mod:`render` writes them as markd
   baselines (random-init rows, checkpoints of origin ``random``) and baseline columns (the
   k-NN graph's ``random_*`` metrics).
 - Architecture families have separate tables: AlexNet/VGG16 results fill the thesis's tables, ResNet
-  results (``dcbench.families``) their own "ResNets:" tables, which have no reported rows (no
+  results (``dcbench.models.family_of``) their own "ResNets:" tables, which have no reported rows (no
   published ResNet number with a named source is in literature.csv).
 """
 
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from dcbench.tasks import Task, registry
 from dcbench.text import md_text
 
 # --------------------------------------------------------------------------- specs
@@ -69,7 +70,7 @@ class TableSpec:
     kinds: tuple[RowKind, ...] = (LAST, BEST)
     plot: str | None = None   # "conv" or "lowshot"
     caption: str = ""
-    family: str = "convfc"    # which results fill it (dcbench.families)
+    family: str = "convfc"    # which results fill it (dcbench.models.family_of)
 
 
 def _conv(task: str, prefix: str) -> tuple[Column, ...]:
@@ -174,10 +175,21 @@ def knn_spec(metric_names: set[str], family: str = "convfc") -> TableSpec:
                      caption="ratio_intra: mean share of a node's k-NN edges that stay within its class, %.")
 
 
-def tasks_with_a_table() -> set[str]:
-    """Every task that some table has a column for (the task-registry test requires all of them)."""
-    dynamic = (lowshot_spec({"n4_mean"}), knn_spec({"ratio_intra"}))
-    return {c.task for spec in (*STATIC_TABLES, *dynamic) for c in spec.columns if c.task is not None}
+def task_tables() -> dict[str, str]:
+    """Task -> the key of the table its results fill, as each task declares it (:mod:`dcbench.tasks`)."""
+    return {name: task.table for name, task in registry().items()}
+
+
+LAID_OUT = {s.key for s in STATIC_TABLES} | {"lowshot", "knn-graph"}  # tables with a layout above
+
+
+def own_spec(task: Task, metric_names: set[str], family: str = "convfc") -> TableSpec:
+    """The table of a task whose declared table has no layout here: one column per metric name its
+    results carry, so a new task is on the leaderboard before anyone lays its table out."""
+    cols = tuple(Column(m, task.name, m) for m in sorted(metric_names) if not m.endswith("_best"))
+    key, title = _family_prefix(family)
+    return TableSpec(f"{key}{task.table}", f"{title}{task.description}", f"dc-transfer {task.name}", None,
+                     cols, family=family)
 
 
 # --------------------------------------------------------------------------- tables
@@ -381,13 +393,15 @@ def build_table(spec: TableSpec, newest: pd.DataFrame, literature: pd.DataFrame,
 
 
 def specs_for(newest: pd.DataFrame, family: str = "convfc") -> list[TableSpec]:
-    """The static thesis tables, the data-driven low-shot and k-NN-graph ones, then chapter 4's;
-    for ResNets, their own tables (``newest``: that family's results)."""
+    """The static thesis tables, the data-driven low-shot and k-NN-graph ones (and one per task
+    without a laid-out table), then chapter 4's; for ResNets, their own tables (``newest``: that
+    family's results)."""
     def names(task: str) -> set[str]:
         sub = newest[newest["task"] == task] if not newest.empty else newest
         return set().union(*sub["metrics"].map(set)) if len(sub) else set()
 
-    dynamic = [lowshot_spec(names("lowshot"), family), knn_spec(names("knn-graph"), family)]
+    dynamic = [lowshot_spec(names("lowshot"), family), knn_spec(names("knn-graph"), family),
+               *(own_spec(t, names(t.name), family) for t in registry().values() if t.table not in LAID_OUT)]
     if family == "resnet":
         return [*RESNET_TABLES, *dynamic]
     return [*STATIC_TABLES, *dynamic, *CHAPTER4_TABLES]

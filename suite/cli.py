@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dcbench.errors import ArgumentParser, UserError, run_cli
 from dcbench.provenance import utc_now
-from dcbench.tasks import NEEDS_FC6_FC7
+from dcbench.tasks import registry
 from dcbench.text import printable
 
 from . import manifest as mf
@@ -107,9 +107,10 @@ def make_jobs(args) -> list[Job]:
         folders = dict.fromkeys(tasks)
         scale = args.scale or "smoke"
     jobs = []
+    declared = registry()
     for c in checkpoints:
         for t in tasks:
-            if t in NEEDS_FC6_FC7 and c.family != "convfc":
+            if declared[t].needs_fc6_fc7 and c.family != "convfc":
                 print(f"note: {t} left out for {c.label}: it retrains fc6-fc8, and a {c.family} has none",
                       file=sys.stderr)
                 continue

@@ -23,11 +23,10 @@ from pathlib import Path
 
 from dcbench.checkpoint import read_meta
 from dcbench.errors import ResultError, UserError
-from dcbench.families import family_of
+from dcbench.models import family_of
 from dcbench.results import read_result
+from dcbench.tasks import task_names
 from dcbench.text import printable
-
-from .tasks import SPECS
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -39,7 +38,7 @@ def slug(text: str, limit: int = 40) -> str:
 class Checkpoint:
     path: Path
     sha256: str
-    family: str = "convfc"  # dcbench.families: a ResNet has no fc6/fc7 for the tasks that need them
+    family: str = "convfc"  # dcbench.models.family_of: a ResNet has no fc6/fc7 for the tasks that need them
 
     @property
     def label(self) -> str:
@@ -59,8 +58,8 @@ def parse_task_args(items: list[str], tasks: list[str]) -> dict[str, list[str]]:
     for item in items:
         task, sep, flags = item.partition("=")
         task = task.strip()
-        if not sep or task not in SPECS:
-            raise UserError(f"--task-args {item!r}: write TASK=FLAGS with TASK one of {','.join(SPECS)}")
+        if not sep or task not in task_names():
+            raise UserError(f"--task-args {item!r}: write TASK=FLAGS with TASK one of {','.join(task_names())}")
         if task not in tasks:
             raise UserError(f"--task-args {item!r}: {task} is not among --tasks")
         try:

@@ -33,6 +33,7 @@ from dcbench.errors import UserError
 from dcbench.knn_graph import knn, random_graph_ratio, ratio_edge_intra_class
 from dcbench.results import checkpoint_block, make_result
 from dcbench.safepath import output_dir, plot_text
+from dcbench.tasks import Resources, Task, register
 from dcbench.transfer import training
 from dcbench.transfer.protocol import (
     Timer,
@@ -47,8 +48,6 @@ from dcbench.transfer.protocol import (
     save_and_report,
 )
 from dcbench.whitening import pca_whiten
-
-DESCRIPTION = "10-NN graph ratio edge intra-class, nearest-neighbour and conv1-filter pictures (§4.1, Figs 5.2-5.3)"
 
 DEFAULTS = {
     "k": (10, 10),            # thesis §4.1: "10-NN graph"
@@ -247,3 +246,13 @@ def run(args: argparse.Namespace) -> Path:
                  "queries": [paths[q] for q in queries], **{f"png_{n}": str(p.relative_to(args.out)) for n, p in pictures.items()},
                  "filters_composed_with_sobel": grey, "feature_cache_hit": hit})
     return save_and_report(args, result)
+
+
+register(Task(
+    name="knn-graph",
+    description="10-NN graph ratio edge intra-class, nearest-neighbour and conv1-filter pictures (§4.1, Figs 5.2-5.3)",
+    add_arguments=add_arguments, run=run,
+    dataset="imagenet", needs=("val",), resources=Resources(1, 8, 32, 2 * 60),
+    metrics=r"ratio_(intra|median|q1|q3|min|max)|random_graph_mean",
+    table="knn-graph",
+))

@@ -25,6 +25,7 @@ Result (one per dataset): metrics ``conv1``..``conv5`` = top-1 (%) after the las
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from dcbench.errors import UserError
 from dcbench.models import conv_shapes, get_architecture
 from dcbench.results import checkpoint_block, make_result
 from dcbench.seeding import seed_everything
+from dcbench.tasks import Resources, Task, register
 from dcbench.transfer import training
 from dcbench.transfer.protocol import (
     Timer,
@@ -57,14 +59,6 @@ from dcbench.transfer.protocol import (
     train_transform,
 )
 
-DESCRIPTION = "linear classifiers on frozen conv1..conv5, average-pooled to <=10k dims (Tables 5.3, 5.4)"
-# One module serves two tasks; dc-transfer shows each its own line.
-DESCRIPTIONS = {
-    "linear-imagenet": "ImageNet (ImageFolder): linear classifiers on frozen conv1..conv5, average-pooled to "
-                       "<=10k dims (Table 5.3)",
-    "linear-places": "Places205 (list files): linear classifiers on frozen conv1..conv5, average-pooled to "
-                     "<=10k dims (Table 5.4)",
-}
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 GAP = "res5_gap"
 MAX_DIM = 10_000  # thesis §5.1: "a dimensionality between 9000 and 10000"
@@ -285,3 +279,25 @@ def run(args: argparse.Namespace) -> Path:
         details={"history_top1": {p.layer: [round(v, 3) for v in h] for p, h in zip(pools, hist)},
                  "classes": n_classes, "feature_cache_hit": cache_hit, "trunk_unchanged": True})
     return save_and_report(args, result)
+
+
+_PROBED = r"(conv[1-5](_[1-9])?|res[2-5]|res5_gap)(_best)?"  # AlexNet/VGG16 convs, ResNet stages
+# One protocol, two tasks: they differ in data only (and Places's --images), not in code.
+register(Task(
+    name="linear-imagenet",
+    description="ImageNet (ImageFolder): linear classifiers on frozen conv1..conv5, average-pooled to "
+                "<=10k dims (Table 5.3)",
+    add_arguments=functools.partial(add_arguments, task="linear-imagenet"), run=run,
+    dataset="imagenet", needs=("train", "val"), resources=Resources(1, 10, 64, 48 * 60),
+    metrics=_PROBED,
+    table="linear-imagenet",
+))
+register(Task(
+    name="linear-places",
+    description="Places205 (list files): linear classifiers on frozen conv1..conv5, average-pooled to "
+                "<=10k dims (Table 5.4)",
+    add_arguments=functools.partial(add_arguments, task="linear-places"), run=run,
+    dataset="places205", needs=("trainvalsplit_places205",), resources=Resources(1, 10, 64, 48 * 60),
+    metrics=_PROBED,
+    table="linear-places",
+))

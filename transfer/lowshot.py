@@ -37,6 +37,7 @@ from dcbench.errors import UserError
 from dcbench.models import build_model
 from dcbench.results import checkpoint_block, make_result
 from dcbench.safepath import output_dir
+from dcbench.tasks import Resources, Task, register
 from dcbench.transfer import training
 from dcbench.transfer.protocol import (
     Timer,
@@ -52,8 +53,6 @@ from dcbench.transfer.protocol import (
     save_and_report,
     train_transform,
 )
-
-DESCRIPTION = "n images per class, whole net fine-tuned from the checkpoint and from random init; 10 draws (Fig. 5.1)"
 
 DEFAULTS = {
     "shots": ("4,8,16,32,64", "4"),  # thesis Fig. 5.1: first point n = 4; the rest: our choice (doublings)
@@ -240,3 +239,13 @@ def run(args: argparse.Namespace) -> Path:
         scale=args.scale, timings=timer.timings, selection={"rule": "final", "epochs": None},
         details={"runs": runs, "classes": n_classes, "image_lists": str(list_dir)})
     return save_and_report(args, result)
+
+
+register(Task(
+    name="lowshot",
+    description="n images per class, whole net fine-tuned from the checkpoint and from random init; 10 draws (Fig. 5.1)",
+    add_arguments=add_arguments, run=run,
+    dataset="imagenet", needs=("train", "val"), resources=Resources(1, 10, 64, 72 * 60),
+    metrics=r"(random_)?n[1-9][0-9]{0,5}_(mean|std)",
+    table="lowshot",
+))

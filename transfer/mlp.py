@@ -24,6 +24,7 @@ from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import ImageFolder, fingerprint
 from dcbench.results import checkpoint_block, make_result
 from dcbench.seeding import seed_everything
+from dcbench.tasks import Resources, Task, register
 from dcbench.transfer import training
 from dcbench.transfer.protocol import (
     Timer,
@@ -40,8 +41,6 @@ from dcbench.transfer.protocol import (
     save_and_report,
     train_transform,
 )
-
-DESCRIPTION = "frozen convs, fc6-fc8 re-initialised and trained; top-1 over 10 crops (Table 5.2)"
 
 # Protocol defaults: (full, smoke). No MLP script was released with DeepCluster; the optimiser
 # follows its eval_linear.py, the epochs and crops the thesis.
@@ -137,3 +136,14 @@ def run(args: argparse.Namespace) -> Path:
         details={"history_top1": [round(v, 3) for v in hist], "classes": len(train.classes),
                  "feature_cache_hit": cache_hit, "trunk_unchanged": True})
     return save_and_report(args, result)
+
+
+register(Task(
+    name="mlp",
+    description="frozen convs, fc6-fc8 re-initialised and trained; top-1 over 10 crops (Table 5.2)",
+    add_arguments=add_arguments, run=run,
+    dataset="imagenet", needs=("train", "val"), resources=Resources(1, 10, 64, 48 * 60),
+    metrics=r"top1(_best)?",
+    table="mlp",
+    needs_fc6_fc7=True,
+))

@@ -36,6 +36,7 @@ from dcbench.datasets import VOC_CLASSES, VOCClassification, collate_skip_none, 
 from dcbench.errors import UserError
 from dcbench.results import checkpoint_block, make_result
 from dcbench.seeding import seed_everything
+from dcbench.tasks import Resources, Task, register
 from dcbench.transfer import training
 from dcbench.transfer.protocol import (
     RepeatedCrops,
@@ -49,7 +50,6 @@ from dcbench.transfer.protocol import (
     save_and_report,
 )
 
-DESCRIPTION = "VOC07 multi-label classification, trainval->test, --layers fc6-8|all (ResNets: res5|all); mAP (Table 5.5)"
 LAYERS = ("fc6-8", "res5", "all")
 
 # Protocol defaults per --layers: (full, smoke).
@@ -260,3 +260,13 @@ def run(args: argparse.Namespace) -> Path:
                  "classes_without_positives": [c for c, d in zip(VOC_CLASSES, defined) if not d],
                  "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)] if losses else None})
     return save_and_report(args, result)
+
+
+register(Task(
+    name="voc-classification",
+    description="VOC07 multi-label classification, trainval->test, --layers fc6-8|all (ResNets: res5|all); mAP (Table 5.5)",
+    add_arguments=add_arguments, run=run,
+    dataset="VOCdevkit", needs=("VOC2007",), resources=Resources(1, 8, 32, 24 * 60),
+    metrics=r"map",
+    table="voc",
+))

@@ -72,6 +72,7 @@ from dcbench.models import DeepClusterNet
 from dcbench.results import checkpoint_block, make_result
 from dcbench.safepath import safe_slug, under
 from dcbench.seeding import seed_everything
+from dcbench.tasks import Resources, Task, register
 from dcbench.transfer import training
 from dcbench.transfer.protocol import (
     Timer,
@@ -92,7 +93,6 @@ from dcbench.transfer.training import (
 )
 from dcbench.transfer.voc_eval import eval_detection_files, write_detection_files
 
-DESCRIPTION = "VOC07 detection, Faster/Fast R-CNN on conv5 + fc6/fc7 box head (Table 5.5); mAP@0.5"
 LAYERS = ("fc6-8", "all")
 METHODS = ("faster-rcnn", "fast-rcnn")
 PROPOSALS_FORMAT = "dcbench-proposals"
@@ -498,3 +498,13 @@ def run(args: argparse.Namespace) -> Path:
                  "seed": args.seed},
     )
     return save_and_report(args, result)
+
+
+register(Task(
+    name="voc-detection",
+    description="VOC07 detection, Faster/Fast R-CNN on conv5 + fc6/fc7 box head (Table 5.5); mAP@0.5",
+    add_arguments=add_arguments, run=run,
+    dataset="VOCdevkit", needs=("VOC2007",), resources=Resources(1, 8, 32, 24 * 60),
+    metrics=r"map",
+    table="voc",
+))

@@ -43,6 +43,7 @@ from dcbench.errors import DataError, UserError
 from dcbench.models import DeepClusterNet, make_network
 from dcbench.results import checkpoint_block, make_result
 from dcbench.seeding import seed_everything
+from dcbench.tasks import Resources, Task, register
 from dcbench.transfer import training
 from dcbench.transfer.protocol import (
     Timer,
@@ -62,7 +63,6 @@ from dcbench.transfer.training import (
 )
 from dcbench.transfer.voc_eval import confusion_matrix, segmentation_scores
 
-DESCRIPTION = "VOC2012 semantic segmentation, FCN-32s from conv trunk + fc6/fc7 (Table 5.5); mean IoU"
 NUM_CLASSES = 21
 IGNORE = 255
 LAYERS = ("fc6-8", "all")
@@ -346,3 +346,13 @@ def run(args: argparse.Namespace) -> Path:
                  "seed": args.seed, "nan_free": all(math.isfinite(v) for v in losses)},
     )
     return save_and_report(args, result)
+
+
+register(Task(
+    name="voc-segmentation",
+    description="VOC2012 semantic segmentation, FCN-32s from conv trunk + fc6/fc7 (Table 5.5); mean IoU",
+    add_arguments=add_arguments, run=run,
+    dataset="VOCdevkit", needs=("VOC2012",), resources=Resources(1, 8, 32, 24 * 60),
+    metrics=r"miou|pixel_acc",
+    table="voc",
+))
