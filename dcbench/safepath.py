@@ -13,10 +13,11 @@ from dcbench.errors import UserError
 MAX_SLUG = 80
 
 
-def safe_slug(text, max_len: int = MAX_SLUG) -> str:
-    """``text`` reduced to ``[A-Za-z0-9.+-]`` runs joined by '-', without leading dots (no '..',
-    no hidden file), at most ``max_len`` characters; 'x' if nothing is left."""
-    s = re.sub(r"[^A-Za-z0-9.+-]+", "-", str(text)).strip("-.")
+def safe_slug(text, max_len: int = MAX_SLUG, keep: str = "+") -> str:
+    """``text`` reduced to runs of ``[A-Za-z0-9.-]`` and the characters in ``keep``, joined by '-',
+    without leading dots (no '..', no hidden file), at most ``max_len`` characters; 'x' if nothing
+    is left. Docker names do not admit '+': pass ``keep=""`` for them."""
+    s = re.sub(f"[^A-Za-z0-9.{re.escape(keep)}-]+", "-", str(text)).strip("-.")
     s = re.sub(r"\.{2,}", ".", s)[:max_len].strip("-.")
     return s or "x"
 

@@ -19,9 +19,10 @@ import threading
 from pathlib import Path
 
 from dcbench.errors import UserError
+from dcbench.safepath import safe_slug
 
 from .logs import open_log
-from .plan import Job, slug
+from .plan import Job
 
 LABEL_RUN = "dcbench.suite.run"
 LABEL_TASK = "dcbench.suite.task"
@@ -41,7 +42,7 @@ def _docker():
 def container_spec(job: Job, *, image: str, run_id: str, results: Path, data_root: Path | None,
                    uid: int, gid: int, gpu: str | None) -> dict:
     """Keyword arguments of ``client.containers.create`` for one task (pure: no daemon needed)."""
-    ckpt_in = f"{CHECKPOINTS_IN}/{slug(job.checkpoint.path.name, 60)}"
+    ckpt_in = f"{CHECKPOINTS_IN}/{safe_slug(job.checkpoint.path.name, 60, keep='')}"
     # Mount objects, not "src:dst:mode" strings: a ':' or ',' in a host path cannot change them.
     Mount = _docker().types.Mount
     mounts = [Mount(ckpt_in, str(job.checkpoint.path), type="bind", read_only=True),
@@ -59,7 +60,7 @@ def container_spec(job: Job, *, image: str, run_id: str, results: Path, data_roo
         "mounts": mounts,
         "user": f"{uid}:{gid}",
         "labels": {LABEL_RUN: run_id, LABEL_TASK: job.task, "dcbench.suite.checkpoint": job.checkpoint.sha256},
-        "name": f"dc-bench-{slug(run_id, 40)}-{job.task}-{job.checkpoint.sha256[:8]}",
+        "name": f"dc-bench-{safe_slug(run_id, 40, keep='')}-{job.task}-{job.checkpoint.sha256[:8]}",
         "network_mode": "none",
         "environment": {"PYTHONUNBUFFERED": "1"},
         "detach": True,

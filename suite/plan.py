@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -25,17 +24,16 @@ from dcbench.checkpoint import read_meta
 from dcbench.errors import ResultError, UserError
 from dcbench.models import family_of
 from dcbench.results import read_result
+from dcbench.safepath import safe_slug
 from dcbench.tasks import task_names
 from dcbench.text import printable
 
 
-def slug(text: str, limit: int = 40) -> str:
-    """A bounded, path-safe rendering of a name (checkpoint folder names are the user's)."""
-    return (re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x")[:limit]
-
-
 @dataclass(frozen=True)
-class Checkpoint:
+class CheckpointRef:
+    """What a job needs to know of a verified checkpoint (where, which weights, which family);
+    the weights themselves are loaded by dc-transfer in the job's own process."""
+
     path: Path
     sha256: str
     family: str = "convfc"  # dcbench.models.family_of: a ResNet has no fc6/fc7 for the tasks that need them
@@ -43,13 +41,13 @@ class Checkpoint:
     @property
     def label(self) -> str:
         """``<folder>-<sha8>``: names its logs; never taken from meta.json (untrusted)."""
-        return f"{slug(self.path.name)}-{self.sha256[:8]}"
+        return f"{safe_slug(self.path.name, 40)}-{self.sha256[:8]}"
 
 
-def read_checkpoint(path: Path) -> Checkpoint:
+def read_checkpoint(path: Path) -> CheckpointRef:
     """Verify a checkpoint (format, sha256 of the weights) before anything starts."""
     meta = read_meta(path)
-    return Checkpoint(path.resolve(), meta["model_sha256"], family_of(meta["arch"]))
+    return CheckpointRef(path.resolve(), meta["model_sha256"], family_of(meta["arch"]))
 
 
 def parse_task_args(items: list[str], tasks: list[str]) -> dict[str, list[str]]:
@@ -88,7 +86,7 @@ def _reaches_reserved(word: str) -> bool:
 @dataclass
 class Job:
     task: str
-    checkpoint: Checkpoint
+    checkpoint: CheckpointRef
     scale: str
     data: Path | None          # the task's dataset folder on this host; None = the embedded data
     data_label: str            # what the request records for the data ("embedded" or the folder)

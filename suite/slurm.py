@@ -25,10 +25,11 @@ from pathlib import Path
 
 from dcbench.atomic import write_json_atomic
 from dcbench.errors import UserError
+from dcbench.safepath import safe_slug
 
 from . import manifest as mf
 from .logs import open_log
-from .plan import Job, local_command, slug
+from .plan import Job, local_command
 from .tasks import resources
 
 POLL_S = 2.0
@@ -130,7 +131,7 @@ class SlurmEngine:
         ex = submitit.SlurmExecutor(folder=str(self.folder / "%j"))
         params = {"job_name": f"dc-{job.task}", "cpus_per_task": r.cpus, "mem": f"{r.mem_gb}GB",
                   "time": r.minutes, "nodes": 1, "ntasks_per_node": 1,
-                  "comment": f"dc-bench run {slug(self.run_id, 40)}"}
+                  "comment": f"dc-bench run {safe_slug(self.run_id, 40)}"}
         if r.gpus:
             params["gpus_per_node"] = r.gpus
         if self.partition:
@@ -149,7 +150,7 @@ class SlurmEngine:
         with open_log(log):
             pass  # truncated here, appended to by the job on its node
         token = secrets.token_hex(16)
-        status = self.folder / "status" / f"{slug(job.log_name, 120)}.{token}.json"
+        status = self.folder / "status" / f"{safe_slug(job.log_name, 120)}.{token}.json"
         status.parent.mkdir(parents=True, exist_ok=True)
         with self.lock:
             if self.stopping:

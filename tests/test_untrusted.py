@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 
@@ -54,6 +55,13 @@ def test_one_line_folds_newlines_and_bounds_length():
                                        ("a..b", "a.b"), ("x" * 500, "x" * 80)])
 def test_safe_slug_never_leaves_its_folder(name, slug):
     assert safe_slug(name) == slug
+
+
+def test_safe_slug_with_keep_empty_gives_a_name_docker_accepts():
+    # Docker container names are [a-zA-Z0-9][a-zA-Z0-9_.-]*: no '+', however the run was named.
+    name = safe_slug("+run a+b/../c", 40, keep="")
+    assert name == "run-a-b-.-c" and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name)
+    assert safe_slug("conv5+sobel") == "conv5+sobel"  # file names keep '+'
 
 
 def test_output_dir_refuses_a_link_that_leads_out_and_a_file_in_the_way(tmp_path):
