@@ -18,7 +18,7 @@ import jsonschema
 from dcbench.atomic import write_json_atomic
 from dcbench.errors import ResultError
 from dcbench.provenance import environment, utc_now
-from dcbench.safepath import safe_slug
+from dcbench.safepath import checkpoint_label, safe_slug
 from dcbench.tasks import registry
 from dcbench.text import printable
 
@@ -150,7 +150,7 @@ def result_filename(result: dict) -> str:
     variant = "_".join(f"{slug(v)}" for k, v in sorted(result["variant"].items()) if v is not None)[:120]
     ckpt = result["checkpoint"]
     stamp = slug(result["created"].replace(":", "").replace("+0000", "Z"))
-    return f"{result['task']}__{variant}__{slug(ckpt['name'])}-{ckpt['sha256'][:8]}__{stamp}.json"
+    return f"{result['task']}__{variant}__{checkpoint_label(ckpt['name'], ckpt['sha256'])}__{stamp}.json"
 
 
 def write_result(result: dict, out: str | os.PathLike) -> Path:

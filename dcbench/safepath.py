@@ -22,6 +22,13 @@ def safe_slug(text, max_len: int = MAX_SLUG, keep: str = "+") -> str:
     return s or "x"
 
 
+def checkpoint_label(name: str, sha256: str) -> str:
+    """``<name>-<sha8>``: how a checkpoint is named in result file names, the suite's logs and its
+    progress lines alike. ``name`` is the checkpoint's own (meta.json's, else its folder's): untrusted,
+    hence slugged."""
+    return f"{safe_slug(name)}-{sha256[:8]}"
+
+
 def under(out: str | os.PathLike, *parts: str) -> Path:
     """``out/part/...`` with every part a safe slug, proven (after resolving links) to lie under ``out``."""
     out = Path(out)

@@ -53,6 +53,10 @@ def find_result_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return unique
 
 
+# dcbench's own documents that share a results folder with the results: dc-bench run keeps its
+# manifest there (RESULTS/suite/). They are not results, nor a problem to report.
+NOT_RESULTS = ("dcbench-suite-manifest",)
+
 MAX_RESULT_BYTES = 64 << 20  # a result is a few KB; k-NN details with per-class lists, a few MB
 
 
@@ -70,6 +74,8 @@ def load_results(files: Iterable[Path]) -> Collection:
             continue
         except RecursionError:
             coll.skipped.append((str(f), "nested too deeply to be a result file"))
+            continue
+        if isinstance(data, dict) and data.get("schema") in NOT_RESULTS:
             continue
         if (isinstance(data, dict) and data.get("schema") == SCHEMA_NAME
                 and data.get("schema_version") != SCHEMA_VERSION):

@@ -64,7 +64,8 @@ def add_run_arguments(p: ArgumentParser) -> None:
     p.add_argument("--task-args", action="append", default=[], metavar="TASK=FLAGS",
                    help="extra dc-transfer flags for one task, e.g. 'knn-graph=--k 5' (repeatable)")
     p.add_argument("--leaderboard", type=Path, default=None,
-                   help="where dc-leaderboard writes (default: LEADERBOARD.md beside the results folder)")
+                   help="where dc-leaderboard writes (default: RESULTS/LEADERBOARD.md, where dc-leaderboard RESULTS "
+                        "writes it too)")
     p.add_argument("--no-leaderboard", action="store_true", help="skip dc-leaderboard at the end")
     p.add_argument("--run-id", default=None, help="label of this run (default: time + random); docker labels "
                                                   "and the manifest carry it")
@@ -217,7 +218,7 @@ def _run(args, argv, jobs: list[Job], engine, results: Path, run_id: str, t0: fl
     code = 1 if any(o.status != "ok" and o.status != "skipped" for o in outcomes) else 0
     board = None
     if not args.no_leaderboard:
-        out = args.leaderboard or results.parent / "LEADERBOARD.md"
+        out = args.leaderboard or results / "LEADERBOARD.md"
         ok, board = run_leaderboard(results, out, progress)
         if not ok and any(o.result for o in outcomes):
             code = 1

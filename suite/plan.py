@@ -24,7 +24,7 @@ from dcbench.checkpoint import read_meta
 from dcbench.errors import ResultError, UserError
 from dcbench.models import family_of
 from dcbench.results import read_result
-from dcbench.safepath import safe_slug
+from dcbench.safepath import checkpoint_label
 from dcbench.tasks import task_names
 from dcbench.text import printable
 
@@ -37,17 +37,19 @@ class CheckpointRef:
     path: Path
     sha256: str
     family: str = "convfc"  # dcbench.models.family_of: a ResNet has no fc6/fc7 for the tasks that need them
+    name: str = ""          # the checkpoint's own name, as its result files carry it
 
     @property
     def label(self) -> str:
-        """``<folder>-<sha8>``: names its logs; never taken from meta.json (untrusted)."""
-        return f"{safe_slug(self.path.name, 40)}-{self.sha256[:8]}"
+        """``<name>-<sha8>``, the rule result file names follow; names its logs and progress lines."""
+        return checkpoint_label(self.name or self.path.name, self.sha256)
 
 
 def read_checkpoint(path: Path) -> CheckpointRef:
     """Verify a checkpoint (format, sha256 of the weights) before anything starts."""
     meta = read_meta(path)
-    return CheckpointRef(path.resolve(), meta["model_sha256"], family_of(meta["arch"]))
+    path = path.resolve()
+    return CheckpointRef(path, meta["model_sha256"], family_of(meta["arch"]), meta.get("name") or path.name)
 
 
 def parse_task_args(items: list[str], tasks: list[str]) -> dict[str, list[str]]:

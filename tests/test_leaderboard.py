@@ -317,6 +317,17 @@ def test_invalid_file_is_named_and_skipped(tmp_path, capsys):
     assert row_by_method(tables[f"{FULL} / {T52}"], "km-test")["Runs"][0] == "1"
 
 
+def test_the_suite_manifest_in_a_results_folder_is_not_reported_as_a_bad_result(tmp_path, capsys):
+    res = tmp_path / "res"
+    write(res, "good.json", result("mlp", {"top1": 30.0}))
+    write(res / "suite", "suite-manifest.json", {"schema": "dcbench-suite-manifest", "schema_version": 1,
+                                                  "runs": [], "tasks": {}})
+    rc, text, tables = run(tmp_path, res)
+    assert rc == 0
+    assert "suite-manifest" not in capsys.readouterr().err and "## Files not included" not in text
+    assert row_by_method(tables[f"{FULL} / {T52}"], "km-test")["Runs"][0] == "1"
+
+
 def test_other_schema_version_is_reported_not_mixed(tmp_path, capsys):
     res = tmp_path / "res"
     write(res, "v1.json", result("mlp", {"top1": 30.0}, created="2025-01-01T00:00:00+00:00"))

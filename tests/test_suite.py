@@ -18,6 +18,7 @@ import pytest
 from dcbench.checkpoint import save_checkpoint
 from dcbench.errors import UserError, run_cli
 from dcbench.models import build_model
+from dcbench.results import result_filename
 from dcbench.suite import containers, tasks
 from dcbench.suite.cli import main
 from dcbench.suite.plan import Job, flag_values, parse_task_args, read_checkpoint
@@ -31,6 +32,17 @@ def ckpt(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("suite-ck") / "rand64"
     save_checkpoint(path, build_model("alexnet", sobel=True, input_size=64, seed=0), origin="random")
     return path
+
+
+def test_a_checkpoint_is_named_in_the_suite_as_in_its_result_files(tmp_path):
+    # dc-train names its checkpoint after the run (meta.json "name"), in a folder called checkpoint
+    path = tmp_path / "my-run" / "checkpoint"
+    save_checkpoint(path, build_model("alexnet", sobel=True, input_size=64, seed=0), origin="dcbench-train",
+                    name="my run+1")
+    ref = read_checkpoint(path)
+    result = {"task": "mlp", "variant": {"dataset": "imagenet"}, "created": "2026-01-01T00:00:00+00:00",
+              "checkpoint": {"name": "my run+1", "sha256": ref.sha256}}
+    assert ref.label == f"my-run+1-{ref.sha256[:8]}" and f"__{ref.label}__" in result_filename(result)
 
 
 @pytest.fixture()
@@ -136,9 +148,13 @@ def test_suite_runs_the_tasks_then_leaderboard_and_a_second_run_skips_them(tmp_p
     assert code == 0, out + err
     files = result_files(res)
     assert sorted(json.loads(f.read_text())["task"] for f in files) == ["knn-graph", "linear-imagenet"]
-    board = (tmp_path / "out" / "LEADERBOARD.md").read_text()
+    board = (res / "LEADERBOARD.md").read_text()  # where dc-leaderboard RESULTS writes it too
     assert "knn-graph" in board or "ratio" in board
+    assert not (tmp_path / "out" / "LEADERBOARD.md").exists()
     m = manifest(res)
+    # the checkpoint has one name: the suite's logs carry the <name>-<sha8> of the result file names
+    labels = {f.name.split("__")[2] for f in files}
+    assert len(labels) == 1 and {e["log"].split("__")[1].removesuffix(".log") for e in m["tasks"].values()} == labels
     assert {e["status"] for e in m["tasks"].values()} == {"ok"}
     for e in m["tasks"].values():
         assert (res / e["log"]).is_file() and (res / e["result"]).is_file()
@@ -175,7 +191,7 @@ def test_failed_task_leaves_the_others_and_exits_1_with_its_log_tail(tmp_path, c
     summary = out[out.index("dc-bench summary"):]
     assert "failed    voc-detection" in summary and f"| error: malformed VOC annotation {ann}" in summary
     assert [json.loads(f.read_text())["task"] for f in result_files(res)] == ["knn-graph"]
-    assert (tmp_path / "LEADERBOARD.md").is_file()  # over what did finish
+    assert (res / "LEADERBOARD.md").is_file()  # over what did finish
 
 
 @pytest.mark.slow

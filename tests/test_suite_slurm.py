@@ -59,7 +59,7 @@ def test_slurm_engine_runs_each_task_as_a_job_and_a_second_run_skips(cluster, ck
     results = [json.loads(f.read_text()) for f in sorted(res.glob("*.json"))]
     assert sorted(r["task"] for r in results) == ["knn-graph", "linear-imagenet"]
     assert all(r["checkpoint"]["sha256"] == sha and r["scale"] == "smoke" and r["metrics"] for r in results)
-    assert (tmp_path / "LEADERBOARD.md").is_file()
+    assert (res / "LEADERBOARD.md").is_file()
     manifest = json.loads((res / "suite" / "suite-manifest.json").read_text())
     assert {e["engine"] for e in manifest["tasks"].values()} == {"slurm"}
     # one sbatch script per task, with the smoke row of the resource table, under the results folder
