@@ -128,7 +128,7 @@ class Runner:
         rel_log = log.relative_to(self.results).as_posix()
         if self.cancelled.is_set():
             return Outcome(job, "cancelled", log=rel_log, message="not started (interrupted)")
-        self.progress.started(job)
+        self.progress.started(job, log)
         self._record_start(job, rel_log)
         t0 = time.monotonic()
         try:
@@ -178,6 +178,7 @@ class Runner:
             pending = set(futures)
             while pending:
                 done, pending = cf.wait(pending, timeout=0.5)
+                self.progress.tick()
                 for f in done:
                     o = f.result()
                     outcomes[o.job.id] = o

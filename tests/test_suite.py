@@ -122,6 +122,21 @@ def test_flag_values_read_both_spellings():
     assert parse_task_args(["knn-graph=--k 5 --pca-dim 8"], ["knn-graph"]) == {"knn-graph": ["--k", "5", "--pca-dim", "8"]}
 
 
+def test_off_a_terminal_a_heartbeat_names_each_running_task_and_the_stage_its_log_shows(ckpt, tmp_path):
+    stream = io.StringIO()
+    p = Progress(stream)
+    job = Job("knn-graph", read_checkpoint(ckpt), "smoke", None, "embedded")
+    log = tmp_path / "task.log"
+    log.write_text("loading\nfeatures: 10/40 in 30s\rfeatures: 20/40 in 60s\n\n", encoding="utf-8")
+    p.planned(1)
+    p.started(job, log)
+    p.tick(every_s=3600)                       # not yet due
+    p.tick(every_s=0)
+    lines = stream.getvalue().splitlines()
+    assert lines[-1].startswith(f"dc-bench: running {job.label} for ")
+    assert lines[-1].endswith("[0/1 done]: features: 20/40 in 60s") and len(lines) == 2
+
+
 def test_progress_is_plain_lines_when_not_a_terminal(ckpt):
     stream = io.StringIO()
     p = Progress(stream)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from dcbench.precision import autocast
+from dcbench.progress import progress
 from dcbench.train import heads as H
 from dcbench.train.config import TrainConfig
 from dcbench.train.feed import Feed, to_inputs
@@ -30,7 +28,7 @@ def compute_features(model, ds, items: np.ndarray, positions: np.ndarray, fn, cf
     buf = torch.empty(len(items), model.arch.descriptor_dim, dtype=buffer_dtype, device=buffer_device or "cpu")
     pos = torch.empty(len(items), dtype=torch.int64)
     filled = 0
-    for batch in tqdm(loader, desc="features", leave=False, disable=not show, file=sys.stderr):
+    for batch in progress(loader, desc="features", show=show):
         if batch is None:
             continue
         x, p = to_inputs(batch, cfg, device, centre=True)

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from dcbench.precision import autocast
+from dcbench.progress import progress
 from dcbench.train import distributed as D
 from dcbench.train import heads as H
 from dcbench.train import sampler as S
@@ -144,8 +143,7 @@ def train_pass(run: Run, ep: Epoch, batches: Batches, after_step=None) -> tuple[
     # read every LOG_EVERY steps, not every step: a read waits for the GPU to finish.
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     loss_n = 0
-    bar = tqdm(loader, total=batches.steps, desc=f"train {ep.index + 1}", leave=False, disable=not run.show,
-               file=sys.stderr)
+    bar = progress(loader, total=batches.steps, desc=f"train {ep.index + 1}", show=run.show)
 
     def check(step: int) -> float:
         total = float(loss_sum)

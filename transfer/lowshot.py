@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from dcbench import argtypes
 from dcbench.atomic import write_text_atomic
@@ -35,6 +34,7 @@ from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import ImageFolder, collate_skip_none, fingerprint
 from dcbench.errors import UserError
 from dcbench.models import build_model
+from dcbench.progress import progress
 from dcbench.results import checkpoint_block, make_result
 from dcbench.safepath import output_dir
 from dcbench.tasks import Resources, Task, register
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> Path:
 
     runs = []
     total = len(shots) * proto["draws"] * len(inits)
-    bar = tqdm(total=total, desc="lowshot runs", leave=False, disable=None)
+    bar = progress(total=total, desc="lowshot runs")
     for n in shots:
         for d in range(proto["draws"]):
             idx = draw_subset(train.targets, n, args.seed, n, d)

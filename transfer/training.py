@@ -25,13 +25,13 @@ from safetensors.numpy import load_file as load_np
 from safetensors.numpy import save_file as save_np
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from dcbench.atomic import write_file_atomic
 from dcbench.datasets import collate_skip_none
 from dcbench.errors import UserError
 from dcbench.models import DeepClusterNet
 from dcbench.precision import autocast, memory_format
+from dcbench.progress import progress
 
 # --------------------------------------------------------------------------------------------
 # Loaders, steps, learning rates
@@ -257,7 +257,7 @@ def extract_cached(args: argparse.Namespace, base_key: dict, names: Sequence[str
     feats: dict[str, list[np.ndarray]] = {n: [] for n in names}
     ys: list[np.ndarray] = []
     with torch.no_grad():
-        for batch in tqdm(batches(), desc=desc, leave=False, disable=None):
+        for batch in progress(batches(), desc=desc):
             if batch is None:
                 continue
             x, y = batch
@@ -290,7 +290,7 @@ def train_heads(heads: nn.ModuleList, train_batches, val_batches, *, epochs: int
     loss_fn = nn.CrossEntropyLoss()
     history: list[list[float]] = [[] for _ in heads]
     step = 0
-    for epoch in tqdm(range(epochs), desc=desc, leave=False, disable=None):
+    for epoch in progress(range(epochs), desc=desc):
         heads.train()
         for feats, y in train_batches(epoch):
             set_lr(opt, inverse_sqrt_lr(lr, weight_decay, step))

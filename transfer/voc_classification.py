@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 from torchvision import transforms as T
-from tqdm import tqdm
 
 from dcbench import argtypes
 from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import VOC_CLASSES, VOCClassification, collate_skip_none, fingerprint
 from dcbench.errors import UserError
+from dcbench.progress import progress
 from dcbench.results import checkpoint_block, make_result
 from dcbench.seeding import seed_everything
 from dcbench.tasks import Resources, Task, register
@@ -140,8 +140,8 @@ def train(net: nn.Module, params, loader, *, iterations: int, lr: float, stepsiz
     for m in net.modules():  # eval_voc_classif.py: "in the batch norms always use global statistics"
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
-    for it, (x, y) in enumerate(tqdm(training.steps(loader, iterations), total=iterations,
-                                     desc="voc train", leave=False, disable=None)):
+    for it, (x, y) in enumerate(progress(training.steps(loader, iterations), total=iterations,
+                                         desc="voc train")):
         if it and it % stepsize == 0:
             for g in opt.param_groups:
                 g["lr"] *= gamma

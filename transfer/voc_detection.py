@@ -62,13 +62,13 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.rpn import AnchorGenerator
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
-from tqdm import tqdm
 
 from dcbench import argtypes
 from dcbench.checkpoint import load_checkpoint, preprocessing
 from dcbench.datasets import VOC_CLASSES, VOCDetection, fingerprint
 from dcbench.errors import DataError, UserError
 from dcbench.models import DeepClusterNet
+from dcbench.progress import progress
 from dcbench.results import checkpoint_block, make_result
 from dcbench.safepath import safe_slug, under
 from dcbench.seeding import seed_everything
@@ -389,8 +389,8 @@ def train_detector(det: FasterRCNN, loader, proto: dict, device, proposals=None,
     det.transform.min_size = tuple(proto["train_scales"])  # drawn per image: multi-scale training
     det.train()
     gen = torch.Generator().manual_seed(int(torch.initial_seed()) % (2 ** 31))
-    bar = tqdm(training.steps(loader, proto["iterations"]), total=proto["iterations"], desc="detector train",
-               leave=False, mininterval=2)
+    bar = progress(training.steps(loader, proto["iterations"]), total=proto["iterations"],
+                   desc="detector train", mininterval=2)
     # Read every step: torchvision's samplers sync the host each step anyway, and NaN boxes would fail
     # inside them before a later read could name the cause.
     losses = training.DeviceLosses(
@@ -426,7 +426,7 @@ def detect(det: FasterRCNN, dataset: DetectionItems, proto: dict, device, propos
     det.eval()
     det.transform.min_size = (proto["test_scale"],)
     out: dict[str, list] = {c: [] for c in VOC_CLASSES}
-    for i in tqdm(range(len(dataset)), desc="detector test", leave=False, mininterval=2):
+    for i in progress(range(len(dataset)), desc="detector test", mininterval=2):
         item = dataset[i]
         if item is None:
             continue

@@ -34,13 +34,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from tqdm import tqdm
 
 from dcbench import argtypes
 from dcbench.checkpoint import load_checkpoint, preprocessing
 from dcbench.datasets import VOCSegmentation, fingerprint
 from dcbench.errors import DataError, UserError
 from dcbench.models import DeepClusterNet, make_network
+from dcbench.progress import progress
 from dcbench.results import checkpoint_block, make_result
 from dcbench.seeding import seed_everything
 from dcbench.tasks import Resources, Task, register
@@ -262,8 +262,8 @@ def train_fcn(net: FCN32s, loader, proto: dict, device: torch.device, seed: int,
                           weight_decay=proto["weight_decay"])
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=proto["lr_steps"], gamma=0.1)
     net.train()
-    bar = tqdm(training.steps(loader, proto["iterations"]), total=proto["iterations"], desc="fcn train",
-               leave=False, mininterval=2)
+    bar = progress(training.steps(loader, proto["iterations"]), total=proto["iterations"], desc="fcn train",
+                   mininterval=2)
     losses = training.DeviceLosses(
         diverged=f"FCN training diverged at lr {proto['lr']} (loss is not finite); pass a lower --lr", bar=bar)
     for x, m in bar:
@@ -288,7 +288,7 @@ def train_fcn(net: FCN32s, loader, proto: dict, device: torch.device, seed: int,
 def evaluate_fcn(net: FCN32s, dataset, device: torch.device, precision: str = "fp32") -> np.ndarray:
     net.eval()
     hist = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
-    for i in tqdm(range(len(dataset)), desc="fcn eval", leave=False, mininterval=2):
+    for i in progress(range(len(dataset)), desc="fcn eval", mininterval=2):
         item = dataset[i]
         if item is None:
             continue
