@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dcbench.choices import CROPS, FLIPS, LOADERS  # noqa: F401  (their names live there, without torch)
 from dcbench.datasets import open_image, pil_loader
 
 
@@ -39,12 +40,6 @@ def resize_for(size: int) -> int:
 
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's aspect-ratio range (torchvision default, original code)
-LOADERS = ("draft", "torchvision", "nvjpeg")
-# Training-crop choices of thesis §4.3 (Figure 4.4): RandomResizedCrop, a fixed-size crop at a random
-# place of the resized image, or its centre; flips with probability 0.5. Flip codes in crop params:
-# 0 = none, 1 = left-right, 2 = top-bottom.
-CROPS = ("random-sized", "random", "central")
-FLIPS = ("horizontal", "vertical", "none")
 
 
 def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch
 import torchvision
 from torch import nn
 
+from dcbench.choices import ARCHS
 from dcbench.errors import UserError
 
 # (out_channels, kernel, stride, padding) or "M"; AlexNet as in Krizhevsky et al. 2012 / DeepCluster.
@@ -161,7 +162,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "resnet50": _resnet_entry("resnet50", torchvision.models.resnet50),
     "resnet101": _resnet_entry("resnet101", torchvision.models.resnet101),
 }
-ARCHS = tuple(ARCHITECTURES)
+if tuple(ARCHITECTURES) != ARCHS:  # the torch-free list that dc-train's flags offer must be these
+    raise ImportError(f"dcbench.choices.ARCHS {ARCHS} differs from the architectures built here")
 
 
 def family_of(arch) -> str:

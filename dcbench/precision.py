@@ -10,9 +10,8 @@ import contextlib
 
 import torch
 
+from dcbench.choices import PRECISIONS
 from dcbench.errors import UserError
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

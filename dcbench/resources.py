@@ -12,10 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dcbench.choices import MAX_INPUT_SIZE, MAX_SEED  # noqa: F401  (their home, without torch)
 from dcbench.errors import UserError
-
-MAX_INPUT_SIZE = 1024  # pixels; the thesis uses 224, the embedded data 64-96
-MAX_SEED = 2**32 - 1  # every RNG the project seeds (numpy, torch, random) takes a 32-bit seed
 
 
 @dataclass(frozen=True)

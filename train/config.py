@@ -10,11 +10,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from dcbench.choices import ARCHS, CROPS, FLIPS, LOADERS, MAX_INPUT_SIZE, MAX_SEED, PRECISIONS
 from dcbench.errors import UserError
-from dcbench.imageload import CROPS, FLIPS, LOADERS
-from dcbench.models import ARCHS
-from dcbench.precision import PRECISIONS
-from dcbench.resources import MAX_INPUT_SIZE, MAX_SEED
 
 FLOAT32_MAX = 3.4e38  # torch applies hyperparameters in float32: a larger value overflows there
 IMAGENET_SIZE = 1_281_167  # images in ImageNet-1k train (thesis §3.3)
