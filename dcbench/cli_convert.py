@@ -54,8 +54,8 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
                                "layout's nesting and an example")
     lay.add_argument("--layout", choices=convert.LAYOUT_CHOICES, default="auto",
                      help="auto (default): try every layout and print which was found and why; "
-                          + "; ".join(f"{n}: {lo.saved_by}" for n, lo in convert.LAYOUTS.items())
-                          + "; generic: --key and --strip-prefix (implied by either)")
+                          + "; ".join(f"{n}: {lo.saved_by}" for n, lo in convert.LAYOUTS.items() if n != "deepclusterv2")
+                          + "; deepclusterv2: the same as swav; generic: --key and --strip-prefix (implied by either)")
     lay.add_argument("--part", choices=("teacher", "student"), default=None,
                      help="DINO: which network to take (default teacher, the one DINO's eval_linear.py evaluates)")
     lay.add_argument("--key", default=None, metavar="PATH",

@@ -1,10 +1,10 @@
 """Import foreign weights as checkpoints (format v1; v2 for ResNets) by renaming keys alone.
 
 Sources: the original DeepCluster release (``checkpoint.pth.tar``), a torchvision ``vgg16_bn``
-state dict, torchvision-layout ResNet-50/101 state dicts as today's self-supervised releases ship
-them (behind ``module.``, ``module.encoder_q.``, ``backbone.`` or ``model.``), and random
-initialisation (the "Random" baselines). Every renamed key and every key left out is reported,
-as detectron2's converters do.
+state dict, torchvision ResNet-50/101 trunks in the files today's self-supervised releases save
+(:data:`LAYOUTS`: VISSL, DINO, MoCo v1-v3, SwAV/DeepCluster-v2, ReSSL; or a ``--key`` and
+``--strip-prefix`` of the user's), and random initialisation (the "Random" baselines). Every
+renamed key and every key left out is reported, as detectron2's converters do.
 """
 
 from __future__ import annotations
@@ -206,29 +206,29 @@ class Layout:
     sequential: bool = False  # --strip-prefix: each prefix removed in turn where present, nothing else dropped
 
 
+# SwAV and DeepCluster-v2 share facebookresearch/swav's ResNet: a DDP state dict, flat in the
+# releases, under state_dict in training checkpoints, with projection_head and prototypes beside
+_SWAV = Layout("swav", "SwAV and DeepCluster-v2, releases and checkpoint.pth.tar",
+               (("state_dict",), ()), ("module.", ""), marker=("projection_head.", "prototypes."))
 LAYOUTS: dict[str, Layout] = {lay.name: lay for lay in (
-    Layout("torchvision", "torchvision state dicts and releases not listed here (DDP module., backbone., model.)",
+    Layout("torchvision", "torchvision state dicts, and releases behind module., backbone. or model.",
            (("state_dict",), ("model",), ()), ("", *RESNET_PREFIXES), fc_is_head=False),
     # VISSL's trainer saves the trunk at classy_state_dict/base_model/model/trunk, its modules in a
     # ModuleDict _feature_blocks with torchvision's names (its extra_scripts/convert_vissl_to_torchvision.py)
-    Layout("vissl", "VISSL (model_final_checkpoint_phase*.torch, model_phase*.torch)",
+    Layout("vissl", "VISSL, model_final_checkpoint_phase*.torch",
            (("classy_state_dict", "base_model", "model", "trunk"),), ("_feature_blocks.",)),
     # DINO's main_dino.py saves student and teacher, each a MultiCropWrapper (backbone + head) that
     # DDP wraps when the network has BatchNorm, as a ResNet does; its eval_linear.py reads the teacher
-    Layout("dino", "DINO (checkpoint.pth with teacher/student)", ((PART,),), ("module.backbone.", "backbone.")),
+    Layout("dino", "DINO, checkpoint.pth with teacher and student", ((PART,),), ("module.backbone.", "backbone.")),
     # MoCo's main_lincls.py keeps module.encoder_q.* (v1/v2) or module.base_encoder.* (v3) minus fc,
     # the embedding (v1) or projection MLP (v2, v3); v3's predictor and momentum encoder lie beside it
-    Layout("moco", "MoCo v1/v2 (checkpoint_*.pth.tar)", (("state_dict",), ()), ("module.encoder_q.", "encoder_q.")),
-    Layout("mocov3", "MoCo v3 (checkpoint_*.pth.tar)", (("state_dict",), ()),
+    Layout("moco", "MoCo v1/v2, checkpoint_*.pth.tar", (("state_dict",), ()), ("module.encoder_q.", "encoder_q.")),
+    Layout("mocov3", "MoCo v3, checkpoint_*.pth.tar", (("state_dict",), ()),
            ("module.base_encoder.", "base_encoder.")),
-    # SwAV and DeepCluster-v2 share facebookresearch/swav's ResNet: a DDP state dict, flat in the
-    # releases, under state_dict in training checkpoints, with projection_head and prototypes beside
-    Layout("swav", "SwAV and DeepCluster-v2 (facebookresearch/swav releases and checkpoint.pth.tar)",
-           (("state_dict",), ()), ("module.", ""), marker=("projection_head.", "prototypes.")),
+    _SWAV, replace(_SWAV, name="deepclusterv2"),  # DeepCluster-v2: the same layout under its own name
     # ReSSL's ressl.py saves {"model": DDP state dict}; the trunk is encoder_q.net (torchvision names, no fc)
-    Layout("ressl", "ReSSL (checkpoints/ressl-*.pth)", (("model",), ()), ("module.encoder_q.net.", "encoder_q.net.")),
+    Layout("ressl", "ReSSL, checkpoints/ressl-*.pth", (("model",), ()), ("module.encoder_q.net.", "encoder_q.net.")),
 )}
-LAYOUTS["deepclusterv2"] = replace(LAYOUTS["swav"], name="deepclusterv2")
 # auto-detection: the layout finding the most trunk keys; on a tie the more specific, in this order
 DETECT_ORDER = ("vissl", "dino", "ressl", "mocov3", "moco", "swav", "torchvision")
 LAYOUT_CHOICES = ("auto", *LAYOUTS, "generic")

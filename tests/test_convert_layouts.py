@@ -193,7 +193,12 @@ def _shown(key: str, dropped: list[str]) -> bool:
                                  for line in dropped)
 
 
-@pytest.mark.parametrize("case,build,flags,detected,heads,part", CASES, ids=[c[0] for c in CASES])
+QUICK = ("moco", "vissl")  # the rest (a ResNet-50 file written, converted and loaded each) in the slow tier
+
+
+@pytest.mark.parametrize("case,build,flags,detected,heads,part",
+                         [pytest.param(*c, marks=() if c[0] in QUICK else pytest.mark.slow) for c in CASES],
+                         ids=[c[0] for c in CASES])
 def test_each_layout_converts_to_the_torchvision_weights_bit_identically(trunk, tmp_path, capsys, one_thread,
                                                                           case, build, flags, detected, heads, part):
     src = tmp_path / f"{case}.pth"
@@ -239,6 +244,7 @@ def test_dino_auto_detection_says_which_part_it_took(trunk, tmp_path):
     assert found.path == ("student",)
 
 
+@pytest.mark.slow
 def test_a_flat_safetensors_release_is_read_as_safetensors(trunk, tmp_path, capsys, one_thread):
     save_file({k: v.contiguous() for k, v in swav_file(trunk).items() if ESC not in k}, str(tmp_path / "swav.safetensors"))
     code, printed, err = _convert(["--from", "torchvision-resnet50", tmp_path / "swav.safetensors", "--out",
@@ -299,8 +305,8 @@ def test_a_layout_whose_nesting_is_absent_says_what_the_file_has(tmp_path, capsy
 
 
 @pytest.mark.parametrize("damage,needle", [
-    ("missing", "weights of resnet50 are missing (first: layer4.2.conv3.weight)"),
-    ("shape", "conv1.weight has shape (64, 3, 3, 3)"),
+    pytest.param("missing", "weights of resnet50 are missing (first: layer4.2.conv3.weight)", marks=pytest.mark.slow),
+    pytest.param("shape", "conv1.weight has shape (64, 3, 3, 3)", marks=pytest.mark.slow),
     ("deeper", "module.encoder_q.layer3.6.conv1.weight is a trunk weight resnet50 does not have"),
 ], ids=["missing", "shape", "deeper"])
 def test_a_missing_misshapen_or_extra_trunk_weight_is_refused_and_nothing_written(trunk, tmp_path, capsys,
