@@ -214,9 +214,10 @@ LAYOUTS: dict[str, Layout] = {lay.name: lay for lay in (
     Layout("torchvision", "torchvision state dicts, and releases behind module., backbone. or model.",
            (("state_dict",), ("model",), ()), ("", *RESNET_PREFIXES), fc_is_head=False),
     # VISSL's trainer saves the trunk at classy_state_dict/base_model/model/trunk, its modules in a
-    # ModuleDict _feature_blocks with torchvision's names (its extra_scripts/convert_vissl_to_torchvision.py)
+    # ModuleDict _feature_blocks with torchvision's names; its extra_scripts/convert_vissl_to_torchvision.py
+    # also reads a model_state_dict entry, or the file itself, as the trunk
     Layout("vissl", "VISSL, model_final_checkpoint_phase*.torch",
-           (("classy_state_dict", "base_model", "model", "trunk"),), ("_feature_blocks.",)),
+           (("classy_state_dict", "base_model", "model", "trunk"), ("model_state_dict",), ()), ("_feature_blocks.",)),
     # DINO's main_dino.py saves student and teacher, each a MultiCropWrapper (backbone + head) that
     # DDP wraps when the network has BatchNorm, as a ResNet does; its eval_linear.py reads the teacher
     Layout("dino", "DINO, checkpoint.pth with teacher and student", ((PART,),), ("module.backbone.", "backbone.")),

@@ -40,7 +40,7 @@ def trunk() -> dict[str, torch.Tensor]:
 
 def _student(trunk: dict) -> dict:
     """Other weights of the same shapes, so the teacher and the student cannot be confused."""
-    return {k: (v + 1 if v.is_floating_point() else v + 1) for k, v in trunk.items()}
+    return {k: v + 1 for k, v in trunk.items()}
 
 
 def _bn1d(prefix: str, n: int, affine: bool = True) -> dict:
@@ -297,9 +297,13 @@ def test_a_key_path_holding_no_tensors_lists_its_entries_bounded(tmp_path, capsy
 def test_a_layout_whose_nesting_is_absent_says_what_the_file_has(tmp_path, capsys):
     src = tmp_path / "moco.pth"
     torch.save({"state_dict": {"module.encoder_q.conv1.weight": torch.zeros(64, 3, 7, 7)}, "epoch": 3}, src)
+    _refused(["--from", "torchvision-resnet50", src, "--out", tmp_path / "ck", "--layout", "dino"], capsys,
+             tmp_path / "ck", str(src), "the dino layout's state dict teacher does not exist",
+             "the top level has no entry 'teacher' (entries state_dict, epoch)",
+             "tensors are under --key state_dict")
     _refused(["--from", "torchvision-resnet50", src, "--out", tmp_path / "ck", "--layout", "vissl"], capsys,
-             tmp_path / "ck", str(src), "classy_state_dict/base_model/model/trunk does not exist",
-             "entries state_dict, epoch")
+             tmp_path / "ck", str(src), "no resnet50 trunk key under '_feature_blocks.' in "
+             "classy_state_dict/base_model/model/trunk, model_state_dict, the top level (entries state_dict, epoch)")
     _refused(["--from", "torchvision-resnet50", src, "--out", tmp_path / "ck", "--layout", "mocov3"], capsys,
              tmp_path / "ck", str(src), "no resnet50 trunk key under 'module.base_encoder.'")
 
