@@ -22,10 +22,12 @@ ORIGIN = {"deepcluster-release": "deepcluster-release", "torchvision-vgg16bn": "
 
 def get_args_parser(add_help: bool = True) -> ArgumentParser:
     p = ArgumentParser("dc-convert", add_help=add_help,
-                       description="Import DeepCluster-release / torchvision vgg16_bn / torchvision-layout "
-                                   "ResNet-50/101 weights (.pth read with weights_only, or .safetensors; "
-                                   "prefixes module., module.encoder_q., backbone., model. stripped) or a random "
-                                   "initialisation as a dcbench checkpoint.")
+                       description="Import DeepCluster-release / torchvision vgg16_bn weights, ResNet-50/101 "
+                                   "trunks as torchvision, VISSL, DINO, MoCo v1-v3, SwAV, DeepCluster-v2 and ReSSL "
+                                   "save them (--layout; any other with --key/--strip-prefix), or a random "
+                                   "initialisation as a dcbench checkpoint. .pth files are read with "
+                                   "weights_only=True, .safetensors as safetensors; every kept, renamed and "
+                                   "dropped key is reported.")
     p.add_argument("--from", dest="source", choices=convert.SOURCES, default=None,
                    help="what SRC is (random needs no SRC); one of --from / --to is required")
     p.add_argument("--to", dest="target", choices=EXPORTS, default=None,
@@ -47,8 +49,65 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="replace an existing checkpoint at --out (with --to: an existing file); a folder that "
                         "holds anything else is never replaced")
-    p.add_argument("--quiet", action="store_true", help="do not list renamed keys")
+    lay = p.add_argument_group("ResNet layouts (--from torchvision-resnet50/101)",
+                               "where a release puts the trunk in its file; docs/checkpoint-format.md has each "
+                               "layout's nesting and an example")
+    lay.add_argument("--layout", choices=convert.LAYOUT_CHOICES, default="auto",
+                     help="auto (default): try every layout and print which was found and why; "
+                          + "; ".join(f"{n}: {lo.saved_by}" for n, lo in convert.LAYOUTS.items() if n != "deepclusterv2")
+                          + "; deepclusterv2: the same as swav; generic: --key and --strip-prefix (implied by either)")
+    lay.add_argument("--part", choices=("teacher", "student"), default=None,
+                     help="DINO: which network to take (default teacher, the one DINO's eval_linear.py evaluates)")
+    lay.add_argument("--key", default=None, metavar="PATH",
+                     help="generic: where the state dict sits in a nested file, entries joined by / (or by . "
+                          "when there is no /), e.g. model/state_dict; '' is the top level")
+    lay.add_argument("--strip-prefix", action="append", default=[], metavar="P",
+                     help="generic: remove P from the start of every key that has it (repeatable, applied in "
+                          "order, e.g. --strip-prefix module. --strip-prefix backbone.)")
+    p.add_argument("--quiet", action="store_true",
+                   help="do not list renamed and kept keys (dropped ones and every count are still printed)")
     return p
+
+
+LIST_KEYS = 20  # keys listed per kind (a stranger's file may hold millions); the counts are complete
+
+
+def dropped_lines(dropped: list[str], prefix: str = "") -> list[str]:
+    """Dropped keys, a module's many keys as one line: ``module.momentum_encoder.* (320 keys)``. The
+    module is the first name after the stripped ``prefix`` (a head beside the trunk: ``fc``) or, for
+    a key outside it, its first two names (``module.predictor``); file entries stay one per line."""
+    groups: dict[str, list[str]] = {}
+    for k in dropped:
+        inside = bool(prefix) and k.startswith(prefix)
+        parts = (k[len(prefix):] if inside else k).split(".")
+        depth = 1 if inside else 2
+        stem = (prefix if inside else "") + ".".join(parts[:depth])
+        groups.setdefault(stem if len(parts) > depth and not k.startswith("(") else k, []).append(k)
+    lines = []
+    for stem, keys in groups.items():
+        lines += [printable(k) for k in keys] if len(keys) <= 2 else [f"{printable(stem)}.* ({len(keys)} keys)"]
+    return lines
+
+
+def report(conv: convert.Conversion, quiet: bool) -> None:
+    """What the import did to the file's keys: each kept weight once, as renamed or kept as it was,
+    each dropped key and each filled counter; every key shown inert (dcbench.text) and bounded."""
+    if conv.layout_line:
+        print(f"layout   {printable(conv.layout_line, 600)}")
+    new_names = {new for _, new in conv.renamed} | set(conv.filled)
+    sections = (
+        ("renamed", [f"{printable(old)} -> {printable(new)}" for old, new in conv.renamed], quiet),
+        ("kept", [printable(k) for k in conv.state_dict if k not in new_names], quiet),
+        ("dropped", dropped_lines(conv.dropped, conv.source_info.get("prefix") or ""), False),
+        ("filled", [f"{printable(k)} (absent in old PyTorch files; set to 0)" for k in conv.filled], False),
+    )
+    for word, lines, hide in sections:
+        if hide:
+            continue
+        for line in lines[:LIST_KEYS]:
+            print(f"{word:8} {line}")
+        if len(lines) > LIST_KEYS:
+            print(f"{word:8} ... and {len(lines) - LIST_KEYS} more")
 
 
 def export(args) -> int:
@@ -76,6 +135,12 @@ def export(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    layout_flags = [f for f, given in (("--layout", args.layout != "auto"), ("--part", args.part is not None),
+                                        ("--key", args.key is not None), ("--strip-prefix", bool(args.strip_prefix)))
+                    if given]
+    if layout_flags and not (args.source or "").startswith("torchvision-resnet"):
+        raise UserError(f"{'/'.join(layout_flags)} describe a ResNet release file; they go with --from "
+                        f"torchvision-resnet50 or torchvision-resnet101, not {args.source and '--from ' + args.source or '--to'}")
     if args.target is not None:
         return export(args)
     if args.source is None:
@@ -101,7 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             arch = args.source[len("torchvision-"):]
             if args.arch not in (None, arch):
                 raise UserError(f"--from {args.source} imports a {arch}; drop --arch {args.arch}")
-            conv = convert.from_torchvision_resnet(args.src, arch, args.input_size)
+            layout = "generic" if args.layout == "auto" and (args.key is not None or args.strip_prefix) \
+                else args.layout
+            conv = convert.from_torchvision_resnet(args.src, arch, args.input_size, layout=layout, part=args.part,
+                                                   key=args.key, strip=tuple(args.strip_prefix))
             if args.sobel is not None and args.sobel != conv.spec.sobel:
                 raise UserError(f"{args.src} is {'a Sobel' if conv.spec.sobel else 'an RGB'} {arch} (conv1 reads "
                                 f"{2 if conv.spec.sobel else 3} channels); drop --{'' if args.sobel else 'no-'}sobel")
@@ -109,20 +177,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.arch not in (None, "vgg16") or args.sobel:
                 raise UserError("torchvision vgg16_bn is vgg16 without Sobel; drop --arch/--sobel")
             conv = convert.from_torchvision_vgg16bn(args.src)
-    if not args.quiet:
-        for old, new in conv.renamed:
-            print(f"renamed  {printable(old)} -> {printable(new)}")
-    for k in conv.dropped:
-        print(f"dropped  {printable(k)}")
-    for k in conv.filled:
-        print(f"filled   {k} (absent in old PyTorch files; set to 0)")
+    report(conv, args.quiet)
     model = convert.build(conv)
     source = str(args.src.resolve()) if args.src else f"seed {args.seed}"
     path = save_checkpoint(args.out, model, origin=ORIGIN[args.source], name=args.name,
                            epoch=conv.source_info.get("epoch"), source=source,
                            train_config={"converted_from": args.source, **conv.source_info})
-    print(f"wrote {printable(path, 1000)} ({conv.spec.arch}, sobel={conv.spec.sobel}, {len(conv.renamed)} renamed, "
-          f"{len(conv.dropped)} dropped, {len(conv.filled)} filled)")
+    print(f"wrote {printable(path, 1000)} ({conv.spec.arch}, sobel={conv.spec.sobel}, {len(conv.state_dict)} weights "
+          f"kept, {len(conv.renamed)} renamed, {len(conv.dropped)} dropped, {len(conv.filled)} filled)")
     return 0
 
 

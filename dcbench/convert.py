@@ -1,16 +1,18 @@
 """Import foreign weights as checkpoints (format v1; v2 for ResNets) by renaming keys alone.
 
 Sources: the original DeepCluster release (``checkpoint.pth.tar``), a torchvision ``vgg16_bn``
-state dict, torchvision-layout ResNet-50/101 state dicts as today's self-supervised releases ship
-them (behind ``module.``, ``module.encoder_q.``, ``backbone.`` or ``model.``), and random
-initialisation (the "Random" baselines). Every renamed key and every key left out is reported,
-as detectron2's converters do.
+state dict, torchvision ResNet-50/101 trunks in the files today's self-supervised releases save
+(:data:`LAYOUTS`: VISSL, DINO, MoCo v1-v3, SwAV/DeepCluster-v2, ReSSL; or a ``--key`` and
+``--strip-prefix`` of the user's), and random initialisation (the "Random" baselines). Every
+renamed key and every key left out is reported, as detectron2's converters do.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -35,6 +37,7 @@ class Conversion:
     dropped: list[str] = field(default_factory=list)
     filled: list[str] = field(default_factory=list)
     source_info: dict = field(default_factory=dict)
+    layout_line: str = ""  # ResNet imports: which layout was read, and why (detected or given)
 
 
 def load_torch_file(path: Path) -> dict:
@@ -42,10 +45,20 @@ def load_torch_file(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist or is not a file; pass the .pth/.pth.tar to convert")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # argparse.Namespace is a bag of attributes (constructing one runs no code of the file's):
+        # DINO stores its command line as one beside the weights
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a foreign file
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} cannot be read as plain tensors ({msg[:160]}); "
+        text = str(e).strip()
+        needs = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if needs:
+            raise CheckpointError(f"{path} needs full unpickling to read (it refers to "
+                                  f"{printable(needs.group(1), 80)}), which can run code: dc-convert reads "
+                                  "only tensors and plain containers; where you trust the file, re-save just its "
+                                  "state dict (torch.save(ckpt['state_dict'], 'weights.pth')) and convert that") from None
+        msg = text.splitlines()[0] if text else type(e).__name__
+        raise CheckpointError(f"{path} cannot be read as plain tensors ({printable(msg, 160)}); "
                               "only weights files are accepted, never pickled objects") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a dict of tensors")
@@ -67,9 +80,21 @@ def load_weights_file(path: Path) -> dict:
     return load_torch_file(path)
 
 
-def _finish(sd: dict, spec: ModelSpec, conv: Conversion, src: Path) -> Conversion:
+def _expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """The architecture's state dict as names and shapes, in order (built on the meta device:
+    nothing is initialised)."""
+    return dict(_shapes_once(spec))
+
+
+@functools.lru_cache(maxsize=16)
+def _shapes_once(spec: ModelSpec) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    with torch.device("meta"):
+        return tuple((k, tuple(v.shape)) for k, v in make_network(spec).state_dict().items())
+
+
+def _finish(sd: dict, spec: ModelSpec, conv: Conversion, src: Path, hint: str | None = None) -> Conversion:
     """Check the renamed dict against the architecture; fill BN counters old PyTorch lacked."""
-    expected = make_network(spec).state_dict()
+    expected = _expected_shapes(spec)
     for k in sorted(set(expected) - set(sd)):
         if k.endswith("num_batches_tracked"):
             sd[k] = torch.zeros((), dtype=torch.long)
@@ -82,9 +107,10 @@ def _finish(sd: dict, spec: ModelSpec, conv: Conversion, src: Path) -> Conversio
         conv.dropped.append(k)
         del sd[k]
     for k, v in expected.items():
-        if tuple(sd[k].shape) != tuple(v.shape):
+        if tuple(sd[k].shape) != v:
             raise CheckpointError(f"{src}: {k} has shape {tuple(sd[k].shape)}, {spec.arch} at input "
-                                  f"{spec.input_size} needs {tuple(v.shape)}; pass the right --input-size")
+                                  f"{spec.input_size} needs {v}; "
+                                  f"{hint or 'pass the right --input-size'}")
     conv.state_dict = {k: sd[k] for k in expected}
     return conv
 
@@ -159,43 +185,272 @@ def from_torchvision_vgg16bn(src: Path) -> Conversion:
     return _finish(renamed, spec, conv, src)
 
 
-def from_torchvision_resnet(src: Path, arch: str, input_size: int = 224) -> Conversion:
-    """A torchvision-layout ResNet state dict, optionally wrapped (``{"state_dict": ...}`` or
-    ``{"model": ...}``) and prefixed (:data:`RESNET_PREFIXES`). A ResNet ``fc`` (one Linear on the
-    2,048-d pooled res5) becomes ``top_layer``; any other head (projection MLPs, prototypes, a
-    momentum encoder, queues) is dropped and listed."""
+# ------------------------------------------------------------------------------------------------
+# ResNet-50/101 trunks as today's self-supervised releases save them. A layout says where in the
+# file the state dict sits and what stands before torchvision's key names; the trunk is then taken
+# by renaming alone (each release below builds torchvision's ResNet, or one with its module names).
+
+PART = "<part>"  # in a layout's path: DINO's --part (teacher or student)
+TRUNK_KEY = re.compile(r"^(conv1|bn1|layer\d+)\.")  # torchvision's names for the trunk's own modules
+LIST_ENTRIES = 12  # entries of a nested dict named in a refusal
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    saved_by: str
+    paths: tuple[tuple[str, ...], ...]  # where the state dict sits, tried in order; () is the top level
+    prefixes: tuple[str, ...]  # what stands before torchvision's names; the one with most trunk keys is stripped
+    fc_is_head: bool = True  # there ``fc.*`` is a projection head, dropped; else a ResNet fc -> top_layer
+    marker: tuple[str, ...] = ()  # auto-detection also needs a key (prefix stripped) starting with one of these
+    sequential: bool = False  # --strip-prefix: each prefix removed in turn where present, nothing else dropped
+
+
+# SwAV and DeepCluster-v2 share facebookresearch/swav's ResNet: a DDP state dict, flat in the
+# releases, under state_dict in training checkpoints, with projection_head and prototypes beside
+_SWAV = Layout("swav", "SwAV and DeepCluster-v2, releases and checkpoint.pth.tar",
+               (("state_dict",), ()), ("module.", ""), marker=("projection_head.", "prototypes."))
+LAYOUTS: dict[str, Layout] = {lay.name: lay for lay in (
+    Layout("torchvision", "torchvision state dicts, and releases behind module., backbone. or model.",
+           (("state_dict",), ("model",), ()), ("", *RESNET_PREFIXES), fc_is_head=False),
+    # VISSL's trainer saves the trunk at classy_state_dict/base_model/model/trunk, its modules in a
+    # ModuleDict _feature_blocks with torchvision's names; its extra_scripts/convert_vissl_to_torchvision.py
+    # also reads a model_state_dict entry, or the file itself, as the trunk
+    Layout("vissl", "VISSL, model_final_checkpoint_phase*.torch",
+           (("classy_state_dict", "base_model", "model", "trunk"), ("model_state_dict",), ()), ("_feature_blocks.",)),
+    # DINO's main_dino.py saves student and teacher, each a MultiCropWrapper (backbone + head) that
+    # DDP wraps when the network has BatchNorm, as a ResNet does; its eval_linear.py reads the teacher
+    Layout("dino", "DINO, checkpoint.pth with teacher and student", ((PART,),), ("module.backbone.", "backbone.")),
+    # MoCo's main_lincls.py keeps module.encoder_q.* (v1/v2) or module.base_encoder.* (v3) minus fc,
+    # the embedding (v1) or projection MLP (v2, v3); v3's predictor and momentum encoder lie beside it
+    Layout("moco", "MoCo v1/v2, checkpoint_*.pth.tar", (("state_dict",), ()), ("module.encoder_q.", "encoder_q.")),
+    Layout("mocov3", "MoCo v3, checkpoint_*.pth.tar", (("state_dict",), ()),
+           ("module.base_encoder.", "base_encoder.")),
+    _SWAV, replace(_SWAV, name="deepclusterv2"),  # DeepCluster-v2: the same layout under its own name
+    # ReSSL's ressl.py saves {"model": DDP state dict}; the trunk is encoder_q.net (torchvision names, no fc)
+    Layout("ressl", "ReSSL, checkpoints/ressl-*.pth", (("model",), ()), ("module.encoder_q.net.", "encoder_q.net.")),
+)}
+# auto-detection: the layout finding the most trunk keys; on a tie the more specific, in this order
+DETECT_ORDER = ("vissl", "dino", "ressl", "mocov3", "moco", "swav", "torchvision")
+LAYOUT_CHOICES = ("auto", *LAYOUTS, "generic")
+
+
+def key_path(text: str) -> tuple[str, ...]:
+    """``--key``: entries separated by ``/`` (or by ``.`` when there is no ``/``); empty: the top level."""
+    text = text.strip()
+    if not text:
+        return ()
+    return tuple(p for p in text.split("/" if "/" in text else ".") if p)
+
+
+def _show_path(path: tuple[str, ...]) -> str:
+    return "/".join(printable(p, 60) for p in path) if path else "the top level"
+
+
+def _show_key(path: tuple[str, ...]) -> str:
+    return "--key " + "/".join(printable(p, 60) for p in path) if path else "the top level (no --key)"
+
+
+def _entries(obj) -> str:
+    """What a nested entry holds, bounded: its first keys, or its type."""
+    if not isinstance(obj, dict):
+        return f"a {type(obj).__name__}, not a dict"
+    if not obj:
+        return "an empty dict"
+    names = [printable(k if isinstance(k, str) else repr(k), 60) for k in list(obj)[:LIST_ENTRIES]]
+    more = f" (+{len(obj) - LIST_ENTRIES} more)" if len(obj) > LIST_ENTRIES else ""
+    return "entries " + ", ".join(names) + more
+
+
+def _tensor_dicts(obj, path=(), depth: int = 5, budget: list | None = None):
+    """Paths of nested dicts that hold tensors (a bounded search, to suggest a --key)."""
+    budget = [400] if budget is None else budget
+    if not isinstance(obj, dict) or depth < 0 or budget[0] <= 0:
+        return
+    budget[0] -= len(obj)
+    if any(isinstance(v, torch.Tensor) for v in obj.values()):
+        yield path
+        return
+    for k, v in list(obj.items())[:LIST_ENTRIES * 4]:
+        if isinstance(k, str) and isinstance(v, dict):
+            yield from _tensor_dicts(v, (*path, k), depth - 1, budget)
+
+
+def _lookup(obj, path: tuple[str, ...]):
+    """(the entry at ``path``, None) or (None, index of the first step that is missing)."""
+    here = obj
+    for i, step in enumerate(path):
+        if not isinstance(here, dict) or step not in here:
+            return None, i
+        here = here[step]
+    return here, None
+
+
+def _missing_step(src: Path, obj, path: tuple[str, ...], i: int, what: str) -> CheckpointError:
+    at, _ = _lookup(obj, path[:i])
+    found = [p for p, _ in zip(_tensor_dicts(obj), range(3))]
+    hint = ("; tensors are under " + ", ".join(_show_key(p) for p in found)) if found else ""
+    return CheckpointError(f"{src}: {what} {_show_path(path)} does not exist: {_show_path(path[:i])} has no "
+                           f"entry {printable(path[i], 60)!r} ({_entries(at)}){hint}")
+
+
+def _no_tensors(src: Path, obj, path: tuple[str, ...], at, what: str) -> CheckpointError:
+    found = [p for p, _ in zip(_tensor_dicts(at, path), range(3))]
+    hint = ("; tensors are under " + ", ".join(_show_key(p) for p in found)) if found else ""
+    return CheckpointError(f"{src}: {what} {_show_path(path)} holds no tensors ({_entries(at)}){hint}")
+
+
+@dataclass
+class _Found:
+    layout: Layout
+    path: tuple[str, ...]
+    sd: dict
+    prefix: str | None  # the stripped prefix (None: --strip-prefix, applied in turn)
+    count: int  # trunk keys found
+
+
+def _resolve(layout: Layout, part: str) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(part if s == PART else s for s in p) for p in layout.paths)
+
+
+def _rename(found: _Found, key: str) -> str | None:
+    if found.layout.sequential:
+        for p in found.layout.prefixes:
+            key = key[len(p):] if key.startswith(p) else key
+        return key
+    return key[len(found.prefix):] if key.startswith(found.prefix) else None
+
+
+def _find(obj, layout: Layout, part: str, trunk: set, detecting: bool = False) -> _Found | None:
+    """Where ``layout`` puts the trunk in ``obj``: the first of its paths holding a dict, and the prefix
+    under which most trunk keys are found; None when the path is absent or no trunk key is there."""
+    for path in _resolve(layout, part):
+        sd, missing = _lookup(obj, path)
+        if missing is None and isinstance(sd, dict):
+            break
+    else:
+        return None
+    keys = [k for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)]
+    if layout.sequential:
+        found = _Found(layout, path, sd, None, 0)
+        found.count = sum(1 for k in keys if _rename(found, k) in trunk)
+        return found
+    counts = {p: sum(1 for k in keys if k.startswith(p) and k[len(p):] in trunk) for p in layout.prefixes}
+    prefix = max(counts, key=counts.get)  # ties: the layout's order
+    if detecting and layout.marker and not any(k.startswith(prefix + m) for k in keys for m in layout.marker):
+        return None
+    return _Found(layout, path, sd, prefix, counts[prefix])
+
+
+def _describe(found: _Found, arch: str) -> str:
+    where = "the top level" if not found.path else _show_path(found.path)
+    under = (f"under {printable(found.prefix, 60)!r}" if found.prefix else "with no prefix") \
+        if found.prefix is not None else "after --strip-prefix"
+    return f"{found.count} {arch} trunk keys {under} in {where}"
+
+
+def locate_trunk(obj, src: Path, arch: str, trunk: set, layout: str = "auto", part: str | None = None,
+                 key: str | None = None, strip: tuple[str, ...] = ()) -> tuple[_Found, str]:
+    """The state dict holding the trunk and how to rename it, with the line that says so.
+
+    ``layout`` is one of :data:`LAYOUT_CHOICES`; ``generic`` reads ``key`` (a :func:`key_path`) and
+    strips ``strip``; ``auto`` tries every layout (:data:`DETECT_ORDER`) and takes the one that finds
+    the most trunk keys."""
+    if part is not None and layout not in ("auto", "dino"):
+        raise UserError(f"--part {part} picks DINO's teacher or student; it needs --layout dino (or auto)")
+    if layout != "generic" and (key is not None or strip):
+        raise UserError(f"--key/--strip-prefix describe a layout of your own: use them with --layout generic "
+                        f"(or leave --layout out), not with --layout {layout}")
+    if layout == "generic":
+        path = key_path(key or "")
+        sd, missing = _lookup(obj, path)
+        if missing is not None:
+            raise _missing_step(src, obj, path, missing, "--key")
+        if not isinstance(sd, dict) or not any(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise _no_tensors(src, obj, path, sd, "--key")
+        found = _find(obj, Layout("generic", "--key/--strip-prefix", (path,), tuple(strip), fc_is_head=False,
+                                  sequential=True), "teacher", trunk)
+        if found.count == 0:
+            raise CheckpointError(f"{src}: no {arch} trunk key (conv1.weight, layer1.0.conv1.weight, ...) at "
+                                  f"{_show_path(path)} after stripping {list(strip)} (keys there begin: "
+                                  f"{_entries(sd)}); pass --strip-prefix for what stands before them")
+        return found, f"generic (--key/--strip-prefix): {_describe(found, arch)}"
+    if layout != "auto":
+        lay = LAYOUTS[layout]
+        found = _find(obj, lay, part or "teacher", trunk)
+        if found is None or found.count == 0:
+            paths = _resolve(lay, part or "teacher")
+            for path in paths:
+                at, missing = _lookup(obj, path)
+                if missing is None:
+                    break
+            if missing is not None and len(paths) == 1:
+                raise _missing_step(src, obj, paths[0], missing, f"the {layout} layout's state dict")
+            where = ", ".join(_show_path(p) for p in paths)
+            raise CheckpointError(f"{src}: no {arch} trunk key under {', '.join(repr(p) for p in lay.prefixes)} in "
+                                  f"{where} ({_entries(at if missing is None else obj)}); is it a {lay.saved_by} "
+                                  "file? --layout auto detects, --layout generic --key/--strip-prefix reads any")
+        return found, f"{layout} ({lay.saved_by}), as given: {_describe(found, arch)}"
+    found = [f for f in (_find(obj, LAYOUTS[n], part or "teacher", trunk, True) for n in DETECT_ORDER) if f]
+    best = max(found, key=lambda f: f.count, default=None)  # max keeps the first of equals: DETECT_ORDER
+    if best is None or best.count == 0:
+        tops = [p for p, _ in zip(_tensor_dicts(obj), range(3))]
+        where = ", ".join(_show_path(p) for p in tops) or "nowhere"
+        raise CheckpointError(f"{src}: no {arch} trunk key (conv1.weight, layer1.0.conv1.weight, ...) found in "
+                              f"any known layout ({', '.join(DETECT_ORDER)}; tensors are in {where}); is it a "
+                              f"torchvision-layout {arch}? --layout generic --key PATH --strip-prefix P reads others")
+    if part is not None and best.layout.name != "dino":
+        raise UserError(f"--part {part} picks DINO's teacher or student, but {src} is not a DINO checkpoint "
+                        f"(detected: {best.layout.name})")
+    other = ""
+    if best.layout.name == "dino":
+        sibling = "student" if (part or "teacher") == "teacher" else "teacher"
+        other = f"; {part or 'teacher'} taken (--part {sibling} for the other)" if sibling in obj else ""
+    return best, (f"{best.layout.name} ({best.layout.saved_by}), detected: {_describe(best, arch)}{other}; "
+                  "--layout NAME to choose another")
+
+
+def _file_entries(obj, path: tuple[str, ...]) -> list[str]:
+    """Everything beside the path to the state dict (optimizer, epoch, heads, args, ...), as dropped."""
+    out, here = [], obj
+    for i, step in enumerate(path):
+        out += [f"(file entry) {_show_path((*path[:i], k if isinstance(k, str) else repr(k)))}"
+                for k in here if k != step]
+        here = here[step]
+    return out
+
+
+def from_torchvision_resnet(src: Path, arch: str, input_size: int = 224, *, layout: str = "auto",
+                            part: str | None = None, key: str | None = None,
+                            strip: tuple[str, ...] = ()) -> Conversion:
+    """A torchvision-layout ResNet trunk from a release file of one of :data:`LAYOUTS` (or ``generic``:
+    ``key`` and ``strip``; or ``auto``). In the torchvision and generic layouts a ResNet ``fc`` (one
+    Linear on the 2,048-d pooled res5) becomes ``top_layer``; in the others ``fc`` is a projection
+    head. Every other key (heads, a momentum encoder, queues, file entries) is dropped and listed;
+    a trunk weight the architecture lacks, or one of the wrong shape, is refused."""
     if get_architecture(arch).family != "resnet":
         raise CheckpointError(f"--arch {arch} is not a ResNet; --from torchvision-resnet* imports resnet50/resnet101")
     obj = load_weights_file(src)
-    conv = Conversion(state_dict={}, spec=ModelSpec(arch=arch, input_size=input_size))
-    sd = obj
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj.get(wrapper), dict):
-            sd = obj[wrapper]
-            conv.dropped.extend(f"(file entry) {printable(k, 80)}" for k in obj if k != wrapper)
-            break
-    tensors = {}
-    for k, v in sd.items():
-        if isinstance(k, str) and isinstance(v, torch.Tensor):
-            tensors[k] = v
-        else:
-            conv.dropped.append(f"(not a tensor) {printable(k, 80)}")
-    trunk = {k for k in make_network(ModelSpec(arch=arch, input_size=input_size)).state_dict()}
-    counts = {p: sum(1 for k in tensors if k.startswith(p) and k[len(p):] in trunk) for p in ("", *RESNET_PREFIXES)}
-    prefix = max(counts, key=counts.get)  # ties: the order above (no prefix first)
-    if counts[prefix] == 0:
-        raise CheckpointError(f"{src}: no {arch} trunk key (conv1.weight, layer1.0.conv1.weight, ...) found, with "
-                              f"or without a prefix {', '.join(RESNET_PREFIXES)}; is it a torchvision-layout {arch}?")
+    trunk = set(_expected_shapes(ModelSpec(arch=arch, input_size=input_size)))
+    found, line = locate_trunk(obj, src, arch, trunk, layout, part, key, tuple(strip))
+    conv = Conversion(state_dict={}, spec=ModelSpec(arch=arch, input_size=input_size), layout_line=line)
+    conv.dropped.extend(_file_entries(obj, found.path))
+    origin: dict[str, str] = {}  # new name -> the file's
     renamed: dict = {}
-    for old, t in tensors.items():
-        if not old.startswith(prefix):
+    for old, t in found.sd.items():
+        if not (isinstance(old, str) and isinstance(t, torch.Tensor)):
+            conv.dropped.append(f"(not a tensor) {printable(old if isinstance(old, str) else repr(old), 80)}")
+            continue
+        new = _rename(found, old)
+        if new is None or (found.layout.fc_is_head and new.startswith("fc.")):
             conv.dropped.append(old)
             continue
-        new = old[len(prefix):]
         if new in ("fc.weight", "fc.bias"):
             new = "top_layer." + new[len("fc."):]
-        if new != old:
-            conv.renamed.append((old, new))
+        if new in renamed:  # two file keys strip to one name (--strip-prefix): refuse, never pick one
+            raise CheckpointError(f"{src}: {printable(old, 80)} and {printable(origin[new], 80)} both become "
+                                  f"{printable(new, 80)}; strip fewer prefixes")
+        origin[new] = old
         renamed[new] = t
     top = renamed.get("top_layer.weight")
     if top is not None and not (top.dim() == 2 and top.shape[1] == get_architecture(arch).descriptor_dim
@@ -205,14 +460,25 @@ def from_torchvision_resnet(src: Path, arch: str, input_size: int = 224) -> Conv
         for k in ("top_layer.weight", "top_layer.bias"):
             if k in renamed:
                 renamed.pop(k)
-                conv.renamed = [(o, n) for o, n in conv.renamed if n != k]
-                conv.dropped.append(prefix + "fc." + k.split(".")[-1])
+                conv.dropped.append(origin.pop(k))
     conv1 = renamed.get("conv1.weight")
     sobel = "sobel.0.weight" in renamed and conv1 is not None and conv1.dim() == 4 and conv1.shape[1] == 2
     conv.spec = ModelSpec(arch=arch, sobel=sobel, batchnorm=True, input_size=input_size,
                           num_classes=_num_classes(top, "fc.weight", src))
-    conv.source_info = {"prefix": prefix or None, "layout": "torchvision"}
-    return _finish(renamed, conv.spec, conv, src)
+    expected = _expected_shapes(conv.spec)
+    for new in list(renamed):
+        if new in expected:
+            continue
+        if TRUNK_KEY.match(new):  # e.g. layer3.6.* of a ResNet-101 read as a ResNet-50
+            raise CheckpointError(f"{src}: {printable(origin[new], 80)} is a trunk weight {arch} does not have; "
+                                  f"is it another depth (--from torchvision-resnet50 / torchvision-resnet101)?")
+        conv.dropped.append(origin.pop(new))
+        del renamed[new]
+    conv.renamed = [(old, new) for new, old in origin.items() if new != old]
+    conv.source_info = {"layout": found.layout.name, "prefix": found.prefix or None,
+                        **({"key": _show_path(found.path)} if found.path else {}),
+                        **({"strip_prefix": [printable(p, 80) for p in strip]} if strip else {})}
+    return _finish(renamed, conv.spec, conv, src, hint=f"is it a {arch}?")
 
 
 def random_init(arch: str, sobel: bool, input_size: int, seed: int) -> Conversion:

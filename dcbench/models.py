@@ -14,6 +14,7 @@ stripped; they have no fc6/fc7: the clustering descriptor is the global-average-
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -204,6 +205,12 @@ def conv_shapes(arch: str, input_size: int, batchnorm: bool = True) -> list[tupl
 
 
 def _resnet_shapes(arch: str, input_size: int) -> list[tuple[int, int, int]]:
+    return list(_resnet_shapes_once(arch, input_size))
+
+
+# Every ResNetNet and every checkpoint write asks; the meta dry run costs ~0.5 s of dispatch each time
+@functools.lru_cache(maxsize=32)
+def _resnet_shapes_once(arch: str, input_size: int) -> tuple[tuple[int, int, int], ...]:
     with torch.device("meta"):
         tv = get_architecture(arch).resnet(weights=None).eval()
         x = torch.zeros(1, 3, input_size, input_size)
@@ -219,7 +226,7 @@ def _resnet_shapes(arch: str, input_size: int) -> list[tuple[int, int, int]]:
         raise UserError(f"input size {input_size} is too small for {arch}") from None
     if min(shapes[-1][1:]) < 1:
         raise UserError(f"input size {input_size} is too small for {arch}")
-    return [*shapes, shapes[-1]]
+    return (*shapes, shapes[-1])
 
 
 class DeepClusterNet(nn.Module):
