@@ -44,7 +44,7 @@ def slurm_name(value: str) -> str:
 
 def add_run_arguments(p: ArgumentParser) -> None:
     p.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT", help="checkpoint directories (format v1 or v2)")
-    p.add_argument("--tasks", default="all", help="'all' (the eight tasks) or a comma list, e.g. linear-imagenet,knn-graph")
+    p.add_argument("--tasks", default="all", help="'all' (every task dc-transfer offers) or a comma list, e.g. linear-imagenet,knn-graph")
     p.add_argument("--scale", choices=("smoke", "full"), default=None,
                    help="default: smoke on the embedded data, full with --data-root")
     p.add_argument("--results", type=Path, default=Path("results"),
