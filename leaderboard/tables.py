@@ -159,7 +159,8 @@ RESNET_TABLES = (
                       "a ResNet-FPN Faster R-CNN (mAP@0.5), VOC2012 segmentation with an FCN head on dilated "
                       "res5 (mIoU); all = every layer fine-tuned."),
     TableSpec("resnet-semisup", "ResNets: ImageNet semi-supervised: 1% and 10% of the labels", "SimCLR B.5's protocol",
-              None, _semisup(), family="resnet", caption=SEMISUP_CAPTION),
+              "semisup-r50", _semisup("semisup"), family="resnet",
+              caption=SEMISUP_CAPTION + " Reported rows: mmselfsup's ResNet-50s under its own fine-tuning settings."),
 )
 
 LOWSHOT_METRIC = re.compile(r"^(random_)?n(\d+)_(mean|std)$")
@@ -266,8 +267,10 @@ def literature_rows(spec: TableSpec, literature: pd.DataFrame) -> list[Row]:
 
 
 def _lit_source(r) -> str:
-    return {"supervised": "reported, supervised", "baseline": "reported",
-            "cited": "reported", "thesis": "reported, thesis's model"}[r["kind"]] + f" (thesis Table {r['table']})"
+    kind = {"supervised": "reported, supervised", "baseline": "reported",
+            "cited": "reported", "thesis": "reported, thesis's model"}[r["kind"]]
+    # thesis tables are numbered ("5.3"); any other table's rows name their source file
+    return kind + (f" (thesis Table {r['table']})" if r["table"][:1].isdigit() else f" ({r['citation']})")
 
 
 def measured_rows(spec: TableSpec, newest: pd.DataFrame, scale: str) -> list[Row]:

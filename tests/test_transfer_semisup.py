@@ -195,3 +195,28 @@ def test_a_list_that_is_not_text_is_refused(ckpt, data, tmp_path, capsys):
 def test_fractions_other_than_1_and_10_are_refused(ckpt, data, tmp_path, capsys):
     code, err = _run(_argv(ckpt, data, tmp_path / "res", "--fractions", "5"), capsys)
     assert code == 2 and err.count("\n") == 1 and "--fractions 5" in err
+
+
+# --------------------------------------------------------------------------------------------
+# The leaderboard: its own table, and the one cited DeepCluster number beside ResNet results
+
+
+def test_cited_semisup_numbers_are_mmselfsups_and_sit_in_the_resnet_table_only():
+    from dcbench.leaderboard.literature import load_literature
+    from dcbench.leaderboard.tables import build_table, specs_for
+
+    lit = load_literature()
+    rows = lit[lit["table"] == "semisup-r50"].set_index(["method", "column"])["value"]
+    dc = "DeepCluster (mmselfsup ResNet-50 Sobel)"
+    assert (rows[(dc, "semisup_top1_1pct")], rows[(dc, "semisup_top5_1pct")]) == (33.44, 58.62)
+    assert (rows[(dc, "semisup_top1_10pct")], rows[(dc, "semisup_top5_10pct")]) == (52.94, 77.96)
+    assert set(lit.loc[lit["table"] == "semisup-r50", "citation"]) == {"mmselfsup docs/MODEL_ZOO.md"}
+    import pandas as pd
+
+    resnet = next(s for s in specs_for(pd.DataFrame(), "resnet") if s.key == "resnet-semisup")
+    table = build_table(resnet, pd.DataFrame(), lit, "full")
+    row = next(r for r in table.rows if r.label == dc)
+    assert row.values == {"1% top-1": 33.44, "1% top-5": 58.62, "10% top-1": 52.94, "10% top-5": 77.96}
+    assert row.source == "reported (mmselfsup docs/MODEL_ZOO.md)"
+    convfc = next(s for s in specs_for(pd.DataFrame(), "convfc") if s.key == "semisup")
+    assert build_table(convfc, pd.DataFrame(), lit, "full").rows == []  # no AlexNet/VGG16 number is cited
