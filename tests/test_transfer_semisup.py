@@ -197,6 +197,14 @@ def test_fractions_other_than_1_and_10_are_refused(ckpt, data, tmp_path, capsys)
     assert code == 2 and err.count("\n") == 1 and "--fractions 5" in err
 
 
+def test_a_list_for_a_fraction_that_is_not_run_is_refused_not_ignored(ckpt, data, tmp_path, capsys):
+    lst = tmp_path / "1percent.txt"
+    lst.write_text("".join(f"{x}\n" for x in _every_class_once()), encoding="utf-8")
+    code, err = _run(_argv(ckpt, data, tmp_path / "res", "--fractions", "10", "--subset-1", lst), capsys)
+    assert code == 2 and err.count("\n") == 1 and "--subset-1 was given but --fractions 10" in err
+    assert _written(tmp_path / "res") == []
+
+
 # --------------------------------------------------------------------------------------------
 # The leaderboard: its own table, and the one cited DeepCluster number beside ResNet results
 

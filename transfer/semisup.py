@@ -220,6 +220,10 @@ def run(args: argparse.Namespace) -> Path:
     proto = resolve_protocol(args, DEFAULTS)
     fractions = parse_fractions(proto["fractions"])
     proto["fractions"] = ",".join(map(str, fractions))
+    unused = [f for f in FRACTIONS if f not in fractions and getattr(args, f"subset_{f}", None) is not None]
+    if unused:
+        raise UserError(f"--subset-{unused[0]} was given but --fractions {proto['fractions']} leaves {unused[0]}% "
+                        f"out; add {unused[0]} to --fractions or drop --subset-{unused[0]}")
     if proto["lr"] is None:
         proto["lr"] = 0.05 * proto["batch_size"] / 256
     with timer("load"):
