@@ -14,7 +14,7 @@ from dcbench.errors import run_cli
 from dcbench.models import build_model
 from dcbench.results import read_result
 from dcbench.transfer.cli import main
-from dcbench.transfer.semisup import draw_balanced, list_names, read_subset
+from dcbench.transfer.semisup import cosine_lr, draw_balanced, list_names, read_subset, resolve, steps_for
 
 CLASSES = ("n01", "n02", "n03", "n04")
 
@@ -57,6 +57,29 @@ def _argv(ckpt, data, out, *extra):
 
 def _written(out: Path) -> list[Path]:
     return sorted(p for p in out.rglob("*") if p.is_file()) if out.exists() else []
+
+
+# --------------------------------------------------------------------------------------------
+# The full-scale recipe
+
+
+def test_full_scale_defaults_are_simclrs_fine_tuning_recipe():
+    import argparse
+
+    from dcbench.transfer.semisup import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    proto, fractions = resolve(argparse.Namespace(**vars(p.parse_args([])), scale="full"))
+    assert fractions == [1, 10]
+    assert (proto["epochs_1"], proto["epochs_10"], proto["batch_size"]) == (60, 30, 256)
+    assert (proto["lr"], proto["momentum"], proto["weight_decay"]) == (0.05, 0.9, 0.0)   # 0.05 x 256 / 256
+    assert (proto["train_aug"], proto["eval_crops"], proto["lr_schedule"]) == ("rrc-flip", 1, "cosine")
+    big, _ = resolve(argparse.Namespace(**vars(p.parse_args(["--batch-size", "4096"])), scale="full"))
+    assert big["lr"] == 0.8   # SimCLR's own batch: its 0.8
+    assert steps_for(12811, 60, 256) == 3003   # SimCLR's 1% list: 12,811 images
+    lr = cosine_lr(0.05, 100)
+    assert lr(0) == 0.05 and abs(lr(50) - 0.025) < 1e-12 and lr(100) < 1e-12
 
 
 # --------------------------------------------------------------------------------------------

@@ -215,17 +215,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="crops per val image (" + default_help(*d["eval_crops"]) + ")")
 
 
-def run(args: argparse.Namespace) -> Path:
-    timer = Timer()
+def resolve(args: argparse.Namespace) -> tuple[dict, list[int]]:
+    """The protocol (flags over the --scale defaults, the lr rule applied) and the fractions to run."""
     proto = resolve_protocol(args, DEFAULTS)
     fractions = parse_fractions(proto["fractions"])
     proto["fractions"] = ",".join(map(str, fractions))
+    if proto["lr"] is None:
+        proto["lr"] = 0.05 * proto["batch_size"] / 256
+    return proto, fractions
+
+
+def run(args: argparse.Namespace) -> Path:
+    timer = Timer()
+    proto, fractions = resolve(args)
     unused = [f for f in FRACTIONS if f not in fractions and getattr(args, f"subset_{f}", None) is not None]
     if unused:
         raise UserError(f"--subset-{unused[0]} was given but --fractions {proto['fractions']} leaves {unused[0]}% "
                         f"out; add {unused[0]} to --fractions or drop --subset-{unused[0]}")
-    if proto["lr"] is None:
-        proto["lr"] = 0.05 * proto["batch_size"] / 256
     with timer("load"):
         ckpt = load_checkpoint(args.checkpoint)
         size = input_size(args, ckpt.meta)
