@@ -67,7 +67,7 @@ def render(tables: dict[str, list[Table]], coll: Collection, n_files: int, plots
     out += [
         "How to read it:",
         "- *Reported* rows are published numbers as printed in the thesis (method names and reference "
-        "numbers kept); *measured* rows (method in `code font`) are our results, one row per checkpoint.",
+        "numbers kept), or, where the Source names another file, as printed there; *measured* rows (method in `code font`) are our results, one row per checkpoint.",
         "- Several runs of one (checkpoint, task, variant): the newest is shown; **Runs** says how many exist.",
         "- Bold: best value of a column among at least two comparable measured rows (same selection "
         "rule: last epoch, or best over epochs). Reported rows, random-init baselines and baseline "

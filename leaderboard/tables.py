@@ -77,6 +77,15 @@ def _conv(task: str, prefix: str) -> tuple[Column, ...]:
     return tuple(Column(f"conv{i}", task, f"conv{i}", literature=f"{prefix}_conv{i}") for i in range(1, 6))
 
 
+def _semisup(literature: str | None = None) -> tuple[Column, ...]:
+    return tuple(Column(f"{f}% top-{k}", "semisup", f"top{k}_{f}pct",
+                        literature=None if literature is None else f"{literature}_top{k}_{f}pct")
+                 for f in (1, 10) for k in (1, 5))
+
+
+SEMISUP_CAPTION = ("Whole network fine-tuned on 1% / 10% of ImageNet's labelled train images (SimCLR's subsets, "
+                   "or a class-balanced draw); top-1 and top-5 % on val, one centre crop.")
+
 STATIC_TABLES = (
     TableSpec("mlp", "ImageNet classification, MLP on frozen convolutions", "Table 5.2", "5.2",
               (Column("Top-1", "mlp", "top1", literature="mlp_top1"),),
@@ -96,6 +105,8 @@ STATIC_TABLES = (
         Column("Seg. all", "voc-segmentation", "miou", (("layers", "all"),), "voc12_seg_all"),
     ), caption="VOC2007 classification (mAP), VOC2007 detection (mAP@0.5), VOC2012 segmentation "
                "(mIoU); fc6-8 = only fc6-fc8 trained, all = every layer fine-tuned."),
+    TableSpec("semisup", "ImageNet semi-supervised: 1% and 10% of the labels", "SimCLR B.5's protocol", None,
+              _semisup(), caption=SEMISUP_CAPTION),
 )
 
 # Chapter 4 (the method itself): the thesis's rows. No result file carries these measurements, so
@@ -147,6 +158,9 @@ RESNET_TABLES = (
               caption="VOC2007 classification (mAP; res5 = linear on the frozen, pooled res5), detection with "
                       "a ResNet-FPN Faster R-CNN (mAP@0.5), VOC2012 segmentation with an FCN head on dilated "
                       "res5 (mIoU); all = every layer fine-tuned."),
+    TableSpec("resnet-semisup", "ResNets: ImageNet semi-supervised: 1% and 10% of the labels", "SimCLR B.5's protocol",
+              "semisup-r50", _semisup("semisup"), family="resnet",
+              caption=SEMISUP_CAPTION + " Reported rows: mmselfsup's ResNet-50s under its own fine-tuning settings."),
 )
 
 LOWSHOT_METRIC = re.compile(r"^(random_)?n(\d+)_(mean|std)$")
@@ -253,8 +267,10 @@ def literature_rows(spec: TableSpec, literature: pd.DataFrame) -> list[Row]:
 
 
 def _lit_source(r) -> str:
-    return {"supervised": "reported, supervised", "baseline": "reported",
-            "cited": "reported", "thesis": "reported, thesis's model"}[r["kind"]] + f" (thesis Table {r['table']})"
+    kind = {"supervised": "reported, supervised", "baseline": "reported",
+            "cited": "reported", "thesis": "reported, thesis's model"}[r["kind"]]
+    # thesis tables are numbered ("5.3"); any other table's rows name their source file
+    return kind + (f" (thesis Table {r['table']})" if r["table"][:1].isdigit() else f" ({r['citation']})")
 
 
 def measured_rows(spec: TableSpec, newest: pd.DataFrame, scale: str) -> list[Row]:

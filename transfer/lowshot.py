@@ -31,7 +31,7 @@ from torch import nn
 from dcbench import argtypes
 from dcbench.atomic import write_text_atomic
 from dcbench.checkpoint import load_checkpoint
-from dcbench.datasets import ImageFolder, collate_skip_none, fingerprint
+from dcbench.datasets import ImageFolder, fingerprint
 from dcbench.errors import UserError
 from dcbench.models import build_model
 from dcbench.progress import progress
@@ -91,57 +91,20 @@ def draw_subset(targets: list[int], n: int, seed: int, shots: int, draw: int) ->
     return out
 
 
-def with_new_fc8(net: nn.Module, n_classes: int) -> nn.Module:
-    net.top_layer = nn.Linear(net.arch.descriptor_dim, n_classes)  # on fc7; a ResNet's pooled res5
-    training.init_linear(net.top_layer)
-    for p in net.parameters():
-        p.requires_grad = True
-    if net.sobel is not None:
-        for p in net.sobel.parameters():
-            p.requires_grad = False
-    return net
+with_new_fc8 = training.with_new_classifier  # on fc7; a ResNet's pooled res5
+subset_loader = training.endless_loader
 
 
 def finetune(net: nn.Module, loader, *, iterations: int, lr: float, drop_at: float, momentum: float,
              weight_decay: float, device: str, precision: str = "fp32") -> None:
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
-    net.train()
+    """Constant ``lr``, x0.1 from iteration ``int(iterations * drop_at)`` on."""
     drop = int(iterations * drop_at)
-    for it, (x, y) in enumerate(training.steps(loader, iterations)):
-        if it == drop:
-            training.set_lr(opt, lr * 0.1)
-        with training.amp(precision, device):
-            out = net(x.to(device))
-        loss = loss_fn(out.float(), y.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    training.finetune_whole(net, loader, iterations=iterations, lr_at=lambda it: lr if it < drop else lr * 0.1,
+                            momentum=momentum, weight_decay=weight_decay, device=device, precision=precision)
 
 
 def evaluate(net: nn.Module, make_loader, device: str, precision: str = "fp32") -> float:
-    net.eval()
-    scores, ys = [], []
-    with torch.no_grad():
-        for batch in make_loader():
-            if batch is None:
-                continue
-            x, y = batch
-            n = x.shape[1]
-            with training.amp(precision, device):
-                out = net(x.flatten(0, 1).to(device))
-            scores.append(training.average_crops(out.float().cpu(), n))
-            ys.append(y)
-    return training.top1(torch.cat(scores), torch.cat(ys))
-
-
-def subset_loader(dataset, batch_size: int, seed: int, workers: int) -> torch.utils.data.DataLoader:
-    """Successive random permutations of ``dataset``, endless in practice (10^9 samples), seeded per run."""
-    gen = torch.Generator().manual_seed(seed)
-    sampler = torch.utils.data.RandomSampler(dataset, num_samples=10**9, generator=gen)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                       collate_fn=collate_skip_none, generator=gen)
+    return training.top1(*training.predict_crops(net, make_loader, device, precision))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

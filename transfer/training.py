@@ -126,6 +126,67 @@ def assert_unchanged(module: nn.Module, snapshot: dict[str, torch.Tensor], what:
 
 
 # --------------------------------------------------------------------------------------------
+# Whole-network fine-tuning (lowshot, semisup): a new classifier on the descriptor, every layer
+# but the Sobel filter trained, BatchNorm in train mode
+
+
+def with_new_classifier(net: nn.Module, n_classes: int) -> nn.Module:
+    """``net`` with a new ``top_layer`` (N(0, 0.01)) on its descriptor (fc7; a ResNet's pooled res5),
+    every parameter trainable except the fixed Sobel filter."""
+    net.top_layer = nn.Linear(net.arch.descriptor_dim, n_classes)
+    init_linear(net.top_layer)
+    for p in net.parameters():
+        p.requires_grad = True
+    if net.sobel is not None:
+        for p in net.sobel.parameters():
+            p.requires_grad = False
+    return net
+
+
+def endless_loader(dataset: Dataset, batch_size: int, seed: int, workers: int) -> DataLoader:
+    """Successive random permutations of ``dataset``, endless in practice (10^9 samples), seeded per run."""
+    gen = torch.Generator().manual_seed(seed)
+    sampler = torch.utils.data.RandomSampler(dataset, num_samples=10**9, generator=gen)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=collate_skip_none, generator=gen)
+
+
+def finetune_whole(net: nn.Module, loader, *, iterations: int, lr_at: Callable[[int], float], momentum: float,
+                   weight_decay: float, device: str, precision: str = "fp32", nesterov: bool = False) -> None:
+    """``iterations`` SGD steps of cross-entropy over ``loader`` on every trainable parameter; the
+    learning rate of step ``it`` (0-based) is ``lr_at(it)``."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr_at(0), momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    loss_fn = nn.CrossEntropyLoss()
+    net.train()
+    for it, (x, y) in enumerate(steps(loader, iterations)):
+        set_lr(opt, lr_at(it))
+        with amp(precision, device):
+            out = net(x.to(device))
+        loss = loss_fn(out.float(), y.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def predict_crops(net: nn.Module, make_loader, device: str, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax averaged over each image's crops (N, C), labels (N,)) of a loader of (B, n, C, H, W) crops."""
+    net.eval()
+    scores, ys = [], []
+    with torch.no_grad():
+        for batch in make_loader():
+            if batch is None:
+                continue
+            x, y = batch
+            n = x.shape[1]
+            with amp(precision, device):
+                out = net(x.flatten(0, 1).to(device))
+            scores.append(average_crops(out.float().cpu(), n))
+            ys.append(y)
+    return torch.cat(scores), torch.cat(ys)
+
+
+# --------------------------------------------------------------------------------------------
 # The checkpoint's conv trunk and fc6/fc7 (detection, segmentation)
 
 
@@ -404,6 +465,14 @@ def top1(scores: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray) 
     """Top-1 accuracy in percent (ties resolved by the lowest class index, like argmax)."""
     scores, targets = torch.as_tensor(scores), torch.as_tensor(targets)
     return float((scores.argmax(1) == targets).float().mean() * 100)
+
+
+def topk(scores: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray, k: int) -> float:
+    """Top-k accuracy in percent: the target among the k highest scores (k capped by the class count)."""
+    scores, targets = torch.as_tensor(scores), torch.as_tensor(targets)
+    k = min(k, scores.shape[1])
+    hit = (scores.topk(k, dim=1).indices == targets[:, None]).any(1)
+    return float(hit.float().mean() * 100)
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
