@@ -271,7 +271,8 @@ def run(args: argparse.Namespace) -> Path:
             training.finetune_whole(net, training.endless_loader(data, bs, run_seed, args.workers),
                                     iterations=iterations, lr_at=cosine_lr(proto["lr"], iterations),
                                     momentum=proto["momentum"], weight_decay=proto["weight_decay"],
-                                    nesterov=proto["momentum"] > 0, device=args.device, precision=precision)
+                                    nesterov=proto["momentum"] > 0, device=args.device, precision=precision,
+                                    desc=f"fine-tune {f}%")
         with timer(f"eval_{f}pct"):
             scores, ys = training.predict_crops(net, val_loader, args.device, precision)
         metrics[f"top1_{f}pct"] = training.top1(scores, ys)

@@ -152,14 +152,15 @@ def endless_loader(dataset: Dataset, batch_size: int, seed: int, workers: int) -
 
 
 def finetune_whole(net: nn.Module, loader, *, iterations: int, lr_at: Callable[[int], float], momentum: float,
-                   weight_decay: float, device: str, precision: str = "fp32", nesterov: bool = False) -> None:
+                   weight_decay: float, device: str, precision: str = "fp32", nesterov: bool = False,
+                   desc: str = "fine-tune") -> None:
     """``iterations`` SGD steps of cross-entropy over ``loader`` on every trainable parameter; the
     learning rate of step ``it`` (0-based) is ``lr_at(it)``."""
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr_at(0), momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     loss_fn = nn.CrossEntropyLoss()
     net.train()
-    for it, (x, y) in enumerate(steps(loader, iterations)):
+    for it, (x, y) in enumerate(progress(steps(loader, iterations), total=iterations, desc=desc)):
         set_lr(opt, lr_at(it))
         with amp(precision, device):
             out = net(x.to(device))
@@ -174,7 +175,7 @@ def predict_crops(net: nn.Module, make_loader, device: str, precision: str = "fp
     net.eval()
     scores, ys = [], []
     with torch.no_grad():
-        for batch in make_loader():
+        for batch in progress(make_loader(), desc="evaluate"):
             if batch is None:
                 continue
             x, y = batch
