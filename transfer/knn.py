@@ -20,8 +20,7 @@ points the lower index ranks first (and is kept when only some fit in the k), an
 classes the lower class index ranks first.
 
 Memory: the bank (N x D, ``--bank-dtype``) stays on ``--device``; queries go through in chunks of
-``--chunk`` rows, each giving one chunk x N float32 similarity block (plus a chunk x N bool mask for
-the tie check). The votes are counted on the CPU in float64 (chunk x max(k) neighbours each).
+``--chunk`` rows, each giving one chunk x N float32 similarity block. The votes are counted on the CPU in float64 (chunk x max(k) neighbours each).
 
 Result (one per checkpoint): metrics ``<features>_k<k>_top1`` / ``_top5`` (percent), features
 ``desc`` and ``conv5`` (ResNets: ``res5``); selection ``final``.
@@ -83,7 +82,7 @@ def parse_ks(spec) -> list[int]:
     return ks
 
 
-def normalised(x: np.ndarray | torch.Tensor, dtype: torch.dtype, device, rows: int = 65536) -> torch.Tensor:
+def normalised(x: np.ndarray | torch.Tensor, dtype: torch.dtype, device, rows: int = 8192) -> torch.Tensor:
     """Rows of ``x`` L2-normalised (in float32, ``rows`` at a time), stored as ``dtype`` on ``device``:
     never a float32 copy of the whole array."""
     out = torch.empty(tuple(x.shape), dtype=dtype, device=device)
@@ -104,9 +103,12 @@ def similarity_block(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
 def _topk_by_index(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k largest of each row, ordered by (value descending, index ascending), and of values tied
     at the k-th place the lowest indices: the same answer as a stable sort, whatever topk does."""
-    vals, idx = block.topk(k, dim=1, largest=True, sorted=True)
-    # rows where more bank points tie the k-th value than fit: topk picked some of them arbitrarily
-    ambiguous = torch.nonzero((block >= vals[:, -1:]).sum(1) > k).flatten()
+    # one more than asked: a row whose (k+1)-th value equals its k-th has more points tied at the k-th
+    # place than fit, and topk picked some of them arbitrarily (no chunk x N mask needed to tell)
+    extra = int(k < block.shape[1])
+    vals, idx = block.topk(k + extra, dim=1, largest=True, sorted=True)
+    ambiguous = torch.nonzero(vals[:, k - 1] == vals[:, -1]).flatten() if extra else idx[:0, 0]
+    vals, idx = vals[:, :k].contiguous(), idx[:, :k].contiguous()
     for r in ambiguous.tolist():
         v, i = torch.sort(block[r], descending=True, stable=True)
         vals[r], idx[r] = v[:k], i[:k]
@@ -201,7 +203,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=argtypes.positive_float, default=None,
                    help=f"vote weight exp(similarity / T) ({default_help(*d['temperature'])})")
     p.add_argument("--chunk", type=argtypes.positive_int, default=None,
-                   help=f"queries per similarity block: memory = bank + chunk x bank size x 5 bytes "
+                   help=f"queries per similarity block: memory = bank + chunk x bank size x 4 bytes "
                         f"({default_help(*d['chunk'])})")
     p.add_argument("--bank-dtype", choices=("auto", "float32", "float16"), default="auto",
                    help="storage of the normalised bank on --device; similarities are float32 either way "
