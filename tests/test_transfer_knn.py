@@ -227,9 +227,11 @@ def test_end_to_end_writes_a_schema_valid_result(ckpt64, tiny_split_tree, tmp_pa
     assert result["protocol"]["k"] == "3,10,24" and result["protocol"]["temperature"] == 0.07
     assert result["protocol"]["feature_dims"]["desc"] == 4096
     assert result["details"]["feature_cache_hit"] is False
-    # the same run again: features from the cache, the same numbers
+    # the same run again (into another folder: result names are stamped to the second): features from
+    # the cache, the same numbers
+    argv[argv.index("--out") + 1] = str(tmp_path / "res2")
     assert run_cli(main, argv) == 0
-    again = [read_result(f) for f in sorted((tmp_path / "res").glob("knn__*.json")) if f != files[0]]
+    again = [read_result(f) for f in sorted((tmp_path / "res2").glob("knn__*.json"))]
     assert len(again) == 1 and again[0]["metrics"] == m and again[0]["details"]["feature_cache_hit"] is True
 
 

@@ -301,6 +301,6 @@ register(Task(
                 "and the pooled last conv, train as the bank, val as queries",
     add_arguments=add_arguments, run=run,
     dataset="imagenet", needs=("train", "val"), resources=Resources(1, 10, 96, 4 * 60),
-    metrics=r"(desc|conv5|res5)_k[1-9][0-9]{0,6}_top[15]",
+    metrics=r"(desc|conv5|res5)_k[1-9][0-9]{0,8}_top[15]",
     table="knn",
 ))
