@@ -32,6 +32,7 @@ MODULES = (
     "dcbench.transfer.voc_segmentation",
     "dcbench.transfer.lowshot",
     "dcbench.transfer.knn_graph",
+    "dcbench.transfer.knn",
     "dcbench.transfer.semisup",
 )
 

@@ -189,12 +189,30 @@ def knn_spec(metric_names: set[str], family: str = "convfc") -> TableSpec:
                      caption="ratio_intra: mean share of a node's k-NN edges that stay within its class, %.")
 
 
+KNN_METRIC = re.compile(r"^(desc|conv5|res5)_k(\d+)_top([15])$")
+
+
+def knn_classification_spec(metric_names: set[str], family: str = "convfc") -> TableSpec:
+    """dc-transfer knn's table, laid out by its metric names: the descriptor's columns, then the pooled
+    last conv's; each by k, top-1 before top-5."""
+    found = sorted((m.group(1) != "desc", int(m.group(2)), m.group(3), m.group(1))
+                    for m in map(KNN_METRIC.match, metric_names) if m)
+    cols = tuple(Column(f"{feat} k={k} top-{top}", "knn", f"{feat}_k{k}_top{top}") for _, k, top, feat in found)
+    key, title = _family_prefix(family)
+    return TableSpec(f"{key}knn", f"{title}Weighted k-NN classification on frozen features", "DINO's k-NN protocol",
+                     None, cols, kinds=(LAST,), family=family,
+                     caption="Train images as the bank, val images as queries; cosine similarity, the k nearest vote "
+                             "with weight exp(s/0.07); top-1 / top-5 %. desc: the descriptor (fc7 before ReLU; "
+                             "ResNets: pooled res5); conv5 / res5: the last conv, average-pooled as for the linear "
+                             "probes.")
+
+
 def task_tables() -> dict[str, str]:
     """Task -> the key of the table its results fill, as each task declares it (:mod:`dcbench.tasks`)."""
     return {name: task.table for name, task in registry().items()}
 
 
-LAID_OUT = {s.key for s in STATIC_TABLES} | {"lowshot", "knn-graph"}  # tables with a layout above
+LAID_OUT = {s.key for s in STATIC_TABLES} | {"lowshot", "knn-graph", "knn"}  # tables with a layout above
 
 
 def own_spec(task: Task, metric_names: set[str], family: str = "convfc") -> TableSpec:
@@ -409,7 +427,7 @@ def build_table(spec: TableSpec, newest: pd.DataFrame, literature: pd.DataFrame,
 
 
 def specs_for(newest: pd.DataFrame, family: str = "convfc") -> list[TableSpec]:
-    """The static thesis tables, the data-driven low-shot and k-NN-graph ones (and one per task
+    """The static thesis tables, the data-driven low-shot, k-NN-graph and k-NN ones (and one per task
     without a laid-out table), then chapter 4's; for ResNets, their own tables (``newest``: that
     family's results)."""
     def names(task: str) -> set[str]:
@@ -417,6 +435,7 @@ def specs_for(newest: pd.DataFrame, family: str = "convfc") -> list[TableSpec]:
         return set().union(*sub["metrics"].map(set)) if len(sub) else set()
 
     dynamic = [lowshot_spec(names("lowshot"), family), knn_spec(names("knn-graph"), family),
+               knn_classification_spec(names("knn"), family),
                *(own_spec(t, names(t.name), family) for t in registry().values() if t.table not in LAID_OUT)]
     if family == "resnet":
         return [*RESNET_TABLES, *dynamic]
