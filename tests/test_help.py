@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from dcbench.tasks import registry
 from dcbench.train import cli as train_cli
 from dcbench.train.config import make_config
 from dcbench.transfer.cli import get_args_parser as transfer_parser
@@ -69,6 +70,12 @@ def test_dc_transfer_task_help_explains_every_flag(task):
     assert not missing, missing
     out = next(a for a in options(parser) if a.dest == "out")
     assert "default: results" in out.help
+
+
+def test_dc_transfer_help_lists_every_task_with_its_description():
+    text = transfer_parser().format_help()
+    for name, task in registry().items():
+        assert name in text and task.description.split()[0] in text
 
 
 def test_dc_transfer_tasks_have_distinct_descriptions():

@@ -16,11 +16,13 @@ from dcbench.transfer.protocol import add_common_arguments
 
 
 def get_args_parser() -> ArgumentParser:
-    p = ArgumentParser("dc-transfer", description="Evaluate a checkpoint with one of the thesis's "
-                                                  "transfer protocols; writes a result JSON (schema v1).")
+    p = ArgumentParser("dc-transfer", description="Evaluate a checkpoint with one transfer protocol (the "
+                                                  "thesis's and today's standard ones); writes a result JSON "
+                                                  "(schema v1).")
     sub = p.add_subparsers(dest="task", required=True, metavar="TASK", parser_class=ArgumentParser)
     for task in registry().values():
-        sp = sub.add_parser(task.name, help=task.description, description=task.description)
+        # argparse %-formats an action's help ("1% of the labels" must stay text)
+        sp = sub.add_parser(task.name, help=task.description.replace("%", "%%"), description=task.description)
         add_common_arguments(sp)
         task.add_arguments(sp)
         sp.set_defaults(_run=task.run)
