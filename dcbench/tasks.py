@@ -32,6 +32,8 @@ MODULES = (
     "dcbench.transfer.voc_segmentation",
     "dcbench.transfer.lowshot",
     "dcbench.transfer.knn_graph",
+    "dcbench.transfer.voc07_svm",
+    "dcbench.transfer.lowshot_svm",
 )
 
 

@@ -1,0 +1,339 @@
+"""voc07-svm: linear SVMs on frozen features, VOC2007 trainval -> test (Goyal et al. 2019, "Scaling and
+Benchmarking Self-Supervised Visual Representation Learning", the VOC07 linear-SVM benchmark).
+
+Features: for every probed tap (AlexNet/VGG16 conv1..conv5; ResNets conv1, res2..res5 and res5_gap),
+the output average-pooled exactly as the linear probes pool it (:mod:`dcbench.transfer.linear_probe`:
+at most 10,000 dims), on the centre crop of every VOC2007 trainval and test image, through the feature
+cache (float32). Each tap's vectors are L2-normalised (x / (||x|| + 1e-5)), as the published scripts do.
+
+Per tap and per VOC class, one-vs-rest: scikit-learn's ``LinearSVC`` (liblinear; squared hinge, L2,
+dual, tol 1e-4, at most 2,000 iterations, class_weight {1: 2, -1: 1}, intercept_scaling 1.0). For
+each cost C of the list, the mean AP of 3-fold cross-validation on trainval (``cross_val_score``,
+stratified folds without shuffling, sklearn's ``average_precision`` scoring); the C with the highest
+mean (the first on ties) is kept, the SVM refitted on all of trainval with it, and scored on test.
+
+Labels (:class:`dcbench.datasets.VOCClassification`: 1 present, -1 absent, 0 only "difficult"
+objects of the class). Training (``--train-difficult negative``, the published rule): a difficult-only
+image is a negative, because the published loader maps it to its ignore label and the training
+script then turns everything that is not 1 into -1; ``ignore`` leaves it out instead. Test: always left
+out of that class's ranking (the published test script drops it).
+
+Test AP (``--ap``): ``interpolated`` (default, the published scripts' ``calculate_ap``): the area under
+the precision envelope (max precision at any recall >= r), summed over the recall steps — the VOC2010+
+rule; ``11point``: the VOC2007 devkit's 11-point rule (:func:`dcbench.transfer.voc_eval.voc07_ap`).
+mAP = mean over classes with a positive test image.
+
+Result: metrics ``<tap>_map`` (percent); the chosen C per tap and class in ``protocol.chosen_costs``;
+per-class test APs and cross-validation APs in ``details``; selection ``final``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from joblib import Parallel, delayed
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.svm import LinearSVC
+
+from dcbench import argtypes
+from dcbench.checkpoint import load_checkpoint
+from dcbench.datasets import VOC_CLASSES, VOCClassification, fingerprint
+from dcbench.errors import UserError
+from dcbench.results import checkpoint_block, make_result
+from dcbench.tasks import Resources, Task, register
+from dcbench.transfer import training
+from dcbench.transfer.linear_probe import layer_names, make_forward, parse_layers, pooling_for
+from dcbench.transfer.protocol import (
+    Timer,
+    add_input_size_argument,
+    center_crop_transform,
+    dataset_dir,
+    default_help,
+    input_size,
+    precision_of,
+    resolve_protocol,
+    save_and_report,
+)
+from dcbench.transfer.voc_eval import voc07_ap
+
+# train_svm_kfold.py / GETTING_STARTED.md --costs_list, plus the 0.5**4 .. 0.5**19 that
+# svm_helper.parse_cost_list always appends (VISSL: costs.base 0.5, power_range [4, 20])
+PUBLISHED_COSTS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0, 100.0,
+                   *(0.5 ** p for p in range(4, 20)))
+
+DEFAULTS = {
+    "costs": (PUBLISHED_COSTS, (0.01, 0.1, 1.0, 10.0)),  # smoke: four of the published costs
+    "folds": (3, 3),              # train_svm_kfold.py: cross_val_score(..., cv=3)
+    "batch_size": (256, 64),      # feature extraction only: changes no number
+}
+SVM_PARAMS = {  # train_svm_kfold.py / VISSL svm_trainer.py LinearSVC(...)
+    "class_weight": {1: 2, -1: 1}, "intercept_scaling": 1.0, "penalty": "l2", "loss": "squared_hinge",
+    "tol": 1e-4, "dual": True, "max_iter": 2000,
+}
+AP_RULES = ("interpolated", "11point")
+DIFFICULT_RULES = ("negative", "ignore")
+_EPS = 1e-5  # svm_helper.normalize_features: x / (||x|| + 1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# The SVM protocol on arrays (tests call these on small data)
+
+
+def make_svm(cost: float, seed: int) -> LinearSVC:
+    # liblinear's dual coordinate descent visits samples in a random order: seeded, so reruns agree
+    return LinearSVC(C=float(cost), random_state=seed, **SVM_PARAMS)
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows L2-normalised, float64 (what liblinear trains on anyway: one conversion, shared by all jobs)."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / (np.linalg.norm(x, axis=1) + _EPS)[:, None]
+
+
+def check_tap(name: str, *arrays: np.ndarray, where: str) -> None:
+    """A tap whose features are all zero (a dead layer) or not finite has nothing an SVM can learn from."""
+    for x in arrays:
+        if not np.isfinite(x).all():
+            raise UserError(f"{where}: tap {name} gives non-finite features; the checkpoint's weights are broken "
+                            f"there: leave the tap out with --layers, or use another checkpoint")
+        if not np.any(x):
+            raise UserError(f"{where}: tap {name} gives all-zero features (a dead layer: every output is 0 after "
+                            f"its ReLU); leave it out with --layers (e.g. the other taps of {name}'s network), "
+                            "or use a trained checkpoint")
+
+
+def train_targets(labels: np.ndarray, difficult: str) -> tuple[np.ndarray, np.ndarray]:
+    """One class's trainval column (1 / -1 / 0 difficult) -> (rows used, targets in {1, -1})."""
+    if difficult not in DIFFICULT_RULES:
+        raise ValueError(difficult)
+    keep = labels != 0 if difficult == "ignore" else np.ones(len(labels), bool)
+    return keep, np.where(labels[keep] > 0, 1, -1)
+
+
+def cv_ap(x: np.ndarray, labels: np.ndarray, cost: float, *, folds: int, seed: int, difficult: str) -> float:
+    """Mean ``folds``-fold cross-validation AP of one class at one cost, on trainval only.
+
+    The folds are sklearn's ``cross_val_score(cv=folds)`` folds of the rows used (stratified, not
+    shuffled); they are handed over as indices into ``x``, so the features are never copied here."""
+    keep, y = train_targets(labels, difficult)
+    rows = np.flatnonzero(keep)
+    split = [(rows[a], rows[b]) for a, b in StratifiedKFold(folds).split(np.zeros(len(y)), y)]
+    y_full = np.full(len(labels), -1)
+    y_full[rows] = y
+    scores = cross_val_score(make_svm(cost, seed), x, y_full, cv=split, scoring="average_precision")
+    return float(scores.mean())
+
+
+def fit_class(x: np.ndarray, labels: np.ndarray, cost: float, *, seed: int, difficult: str) -> LinearSVC:
+    keep, y = train_targets(labels, difficult)
+    return make_svm(cost, seed).fit(x if keep.all() else x[keep], y)
+
+
+def ranked_pr(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Recall and precision after each image, highest score first (a stable sort: ties keep file order)."""
+    order = np.argsort(-np.asarray(scores, float), kind="mergesort")
+    tp = np.cumsum(np.asarray(positive, bool)[order])
+    return tp / max(int(tp[-1]), 1), tp / np.arange(1, len(order) + 1)
+
+
+def interpolated_ap(recall: np.ndarray, precision: np.ndarray) -> float:
+    """Area under the precision envelope: sum over recall steps of (step) * max precision at recall >= r."""
+    r = np.concatenate([[0.0], recall, [1.0]])
+    p = np.concatenate([[0.0], precision, [0.0]])
+    p = np.maximum.accumulate(p[::-1])[::-1]
+    steps = np.flatnonzero(r[1:] != r[:-1]) + 1
+    return float(np.sum((r[steps] - r[steps - 1]) * p[steps]))
+
+
+def test_ap(scores: np.ndarray, labels: np.ndarray, rule: str) -> float:
+    """AP of one class on test, difficult-only images left out; NaN without a positive."""
+    keep = labels != 0
+    positive = labels[keep] > 0
+    if not positive.any():
+        return float("nan")
+    recall, precision = ranked_pr(scores[keep], positive)
+    if rule == "interpolated":
+        return interpolated_ap(recall, precision)
+    if rule == "11point":
+        return voc07_ap(recall, precision)
+    raise ValueError(rule)
+
+
+def mean_ap(aps: Sequence[float]) -> float:
+    aps = np.asarray(aps, float)
+    return float(np.mean(aps[~np.isnan(aps)]))
+
+
+def voc07_svm(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
+              costs: Sequence[float], folds: int, seed: int, n_jobs: int, difficult: str = "negative",
+              ap_rule: str = "interpolated") -> dict:
+    """The whole protocol for one tap: ``x_*`` already normalised (N, D), ``y_*`` (N, classes) in 1/-1/0.
+
+    Jobs: one per (class, cost) for the cross-validation, then one per class for the final fit; threads
+    (liblinear releases the GIL), so every job reads the same arrays and none is copied to a worker."""
+    classes = range(y_train.shape[1])
+    for c in classes:
+        pos = int((y_train[:, c] > 0).sum())
+        if pos < folds:
+            raise UserError(f"class {VOC_CLASSES[c] if y_train.shape[1] == len(VOC_CLASSES) else c}: "
+                            f"{pos} positive trainval images, fewer than --folds {folds}; lower --folds")
+    par = Parallel(n_jobs=n_jobs, prefer="threads")
+    cv = par(delayed(cv_ap)(x_train, y_train[:, c], k, folds=folds, seed=seed, difficult=difficult)
+             for c in classes for k in costs)
+    cv = np.asarray(cv).reshape(len(classes), len(costs))
+    chosen = [float(costs[i]) for i in np.argmax(cv, axis=1)]
+    models = par(delayed(fit_class)(x_train, y_train[:, c], chosen[c], seed=seed, difficult=difficult)
+                 for c in classes)
+    aps = [test_ap(m.decision_function(x_test), y_test[:, c], ap_rule) for c, m in zip(classes, models)]
+    return {"map": mean_ap(aps), "aps": aps, "chosen": chosen, "cv": cv}
+
+
+# --------------------------------------------------------------------------------------------
+# Features (shared with lowshot-svm)
+
+
+def parse_costs(spec) -> tuple[float, ...]:
+    if isinstance(spec, tuple):
+        return spec
+    try:
+        costs = tuple(float(s) for s in str(spec).split(",") if s.strip())
+    except ValueError:
+        costs = ()
+    if not costs or not all(np.isfinite(c) and c > 0 for c in costs):
+        raise UserError(f"--costs {spec}: give a comma-separated list of positive numbers, e.g. 0.01,0.1,1")
+    return costs
+
+
+def default_jobs() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def add_feature_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
+    """The flags both SVM tasks take."""
+    add_input_size_argument(p)
+    p.add_argument("--layers", default=None,
+                   help="comma-separated subset of conv1..conv5 (ResNets: conv1,res2,res3,res4,res5,res5_gap) "
+                        "(default: all of the checkpoint's)")
+    p.add_argument("--costs", default=None,
+                   help="comma-separated SVM costs C (default: the published 26 (full), 0.01,0.1,1,10 (smoke))")
+    p.add_argument("--n-jobs", type=argtypes.positive_int, default=default_jobs(),
+                   help="SVMs trained at once, in threads sharing the features (default: the CPU count, "
+                        "at most 8; here: %(default)s)")
+    p.add_argument("--ap", choices=AP_RULES, default="interpolated",
+                   help="test AP: interpolated = the published scripts' (area under the precision envelope), "
+                        "11point = the VOC2007 devkit's (default: interpolated)")
+    p.add_argument("--batch-size", type=argtypes.positive_int, default=None,
+                   help="images per forward pass; " + default_help(*defaults["batch_size"]))
+    p.add_argument("--train-split", default="trainval", help="ImageSets/Main/<name>.txt to train on (default: trainval)")
+    p.add_argument("--test-split", default="test", help="ImageSets/Main/<name>.txt to test on (default: test)")
+
+
+def voc_features(args: argparse.Namespace, proto: dict, timer: Timer, what: str):
+    """Load the checkpoint and the two VOC2007 splits, and return every tap's features (cached).
+
+    Returns (ckpt, pools, layers, {split: (features per tap, labels (N, 20), ids)}, devkit, fingerprint,
+    cache hit)."""
+    with timer("load"):
+        ckpt = load_checkpoint(args.checkpoint)
+        size = input_size(args, ckpt.meta)
+        arch = ckpt.meta["arch"]
+        layers = parse_layers(args.layers, layer_names(arch))
+        pools = [p for p in pooling_for(arch, size) if p.layer in layers]
+        devkit = dataset_dir(args, "VOCdevkit", ("VOC2007",))
+        # VOCClassification hands transforms decoded images, so the PIL path (--loader draft's pixels are
+        # the same wherever it applies)
+        tf = center_crop_transform(ckpt.meta, size, "torchvision")
+        sets = {s: VOCClassification(devkit, "2007", s, tf) for s in (args.train_split, args.test_split)}
+        data_fp = fingerprint(devkit / "VOC2007")
+    model = training.frozen(training.place(ckpt.model, args.device, precision_of(args)))
+    forward = make_forward(model, pools, layers)
+    base = {"kind": "conv-avgpool", "checkpoint": training.checkpoint_identity(ckpt), "data": data_fp,
+            "dataset": "voc2007", "input_size": size, "pools": [asdict(p) for p in pools],
+            "transform": "center-crop", "decode": "pil", "dtype": "float32"}
+    out, hits = {}, []
+    with timer("features"):
+        for split, ds in sets.items():
+            feats, labels, hit = training.extract_cached(
+                args, {**base, "split": split}, layers,
+                lambda ds=ds: training.loader(ds, proto["batch_size"], shuffle=False, workers=args.workers),
+                forward, device=args.device, desc=f"features {split}", dtype=np.float32,
+                precision=precision_of(args))
+            if len(labels) != len(ds):
+                raise UserError(f"{devkit / 'VOC2007'}: {len(ds) - len(labels)} {split} images could not be read; "
+                                "every image is needed for the SVM protocol: repair or re-download VOC2007")
+            out[split] = (feats, labels.astype(np.int8), list(ds.ids))
+            hits.append(hit)
+    where = f"{what} on {args.checkpoint}"
+    for name in layers:
+        check_tap(name, *(out[s][0][name] for s in sets), where=where)
+    return ckpt, pools, layers, out, devkit, data_fp, all(hits), size
+
+
+def pooling_block(pools) -> dict:
+    return {p.layer: {"kernel": p.kernel, "stride": p.stride, "padding": p.padding, "out": p.out, "dim": p.dim}
+            for p in pools}
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_feature_arguments(p, DEFAULTS)
+    p.add_argument("--folds", type=argtypes.positive_int, default=None,
+                   help="cross-validation folds on trainval for choosing C; " + default_help(*DEFAULTS["folds"]))
+    p.add_argument("--train-difficult", choices=DIFFICULT_RULES, default="negative",
+                   help="difficult-only trainval images: negative (the published rule) or ignore "
+                        "(default: negative; on test they are always left out)")
+
+
+def run(args: argparse.Namespace) -> Path:
+    timer = Timer()
+    proto = resolve_protocol(args, DEFAULTS)
+    proto["costs"] = parse_costs(proto["costs"])
+    if proto["folds"] < 2:
+        raise UserError(f"--folds {proto['folds']}: cross-validation needs at least 2 folds (published: 3)")
+    ckpt, pools, layers, feats, devkit, data_fp, hit, size = voc_features(args, proto, timer, "voc07-svm")
+    (xtr, ytr, _), (xte, yte, _) = feats[args.train_split], feats[args.test_split]
+    metrics, chosen, per_class, cv_best = {}, {}, {}, {}
+    with timer("svm"):
+        for name in layers:
+            r = voc07_svm(normalise(xtr[name]), ytr, normalise(xte[name]), yte, costs=proto["costs"],
+                          folds=proto["folds"], seed=args.seed, n_jobs=args.n_jobs,
+                          difficult=args.train_difficult, ap_rule=args.ap)
+            metrics[f"{name}_map"] = 100 * r["map"]
+            chosen[name] = dict(zip(VOC_CLASSES, r["chosen"]))
+            per_class[name] = {c: (None if np.isnan(a) else round(100 * a, 3)) for c, a in zip(VOC_CLASSES, r["aps"])}
+            cv_best[name] = {c: round(100 * float(v.max()), 3) for c, v in zip(VOC_CLASSES, r["cv"])}
+    result = make_result(
+        task="voc07-svm", variant={"dataset": "voc2007"}, checkpoint=checkpoint_block(ckpt), metrics=metrics,
+        protocol={**proto, "costs": list(proto["costs"]), "svm": "sklearn LinearSVC (liblinear)",
+                  "svm_params": {**SVM_PARAMS, "class_weight": {"1": 2, "-1": 1}, "random_state": args.seed},
+                  "normalise": "L2 per row, x / (||x|| + 1e-5)", "cost_rule": "max mean cross-validation AP "
+                  "(sklearn average_precision) on trainval, per class; refit on trainval",
+                  "chosen_costs": chosen, "train_difficult": args.train_difficult,
+                  "test_difficult": "left out", "ap": args.ap, "layers": list(layers),
+                  "pooling": pooling_block(pools), "transform": "centre crop", "input_size": size,
+                  "train_split": args.train_split, "test_split": args.test_split, "seed": args.seed,
+                  "n_jobs": args.n_jobs},
+        data={"name": "voc2007", "root": str(devkit), "fingerprint": data_fp,
+              "sizes": {args.train_split: int(len(ytr)), args.test_split: int(len(yte))}},
+        scale=args.scale, timings=timer.timings, selection={"rule": "final", "epochs": None},
+        details={"ap": per_class, "cv_ap_best": cv_best, "feature_cache_hit": hit})
+    return save_and_report(args, result)
+
+
+TAP_METRIC = r"(conv[1-5]|res[2-5]|res5_gap)"  # AlexNet/VGG16 convs, ResNet taps (linear_probe's names)
+register(Task(
+    name="voc07-svm",
+    description="VOC07 linear SVMs per class on frozen conv1..conv5 (ResNets: conv1, res2-res5, res5_gap), "
+                "C by 3-fold CV on trainval; test mAP (Goyal et al. 2019)",
+    add_arguments=add_arguments, run=run,
+    dataset="VOCdevkit", needs=("VOC2007",), resources=Resources(1, 16, 64, 6 * 60),
+    metrics=TAP_METRIC + r"_map",
+    table="voc07-svm",
+))
