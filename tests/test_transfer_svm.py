@@ -18,8 +18,7 @@ from dcbench.errors import run_cli
 from dcbench.models import build_model
 from dcbench.results import read_result
 from dcbench.transfer.cli import main
-from dcbench.transfer.lowshot_svm import draw, lowshot_svm
-from dcbench.transfer.voc07_svm import interpolated_ap, normalise, voc07_svm
+from dcbench.transfer.linear_svm import draw, interpolated_ap, lowshot_svm, normalise, voc07_svm
 from dcbench.transfer.voc_eval import voc07_ap
 
 COSTS = (0.01, 0.1, 1.0, 10.0)
@@ -71,6 +70,20 @@ def test_chosen_cost_and_map_equal_a_plain_sklearn_loop(difficult):
     assert got["chosen"] == chosen
     assert got["map"] == pytest.approx(np.mean(aps), abs=1e-12)
     assert len(set(chosen)) > 1 or len(set(np.argmax(got["cv"], axis=1))) == 1  # the sweep really chooses
+
+
+def test_a_seed_gives_the_same_numbers_whatever_the_number_of_jobs():
+    # liblinear's shuffling generator is process-wide: parallel fits must not share it
+    xtr, ytr = _data(5, 300, d=64, classes=4)
+    xte, yte = _data(6, 100, d=64, classes=4)
+    xtr, xte = normalise(xtr), normalise(xte)
+    one = voc07_svm(xtr, ytr, xte, yte, costs=COSTS, folds=3, seed=3, n_jobs=1)
+    two = voc07_svm(xtr, ytr, xte, yte, costs=COSTS, folds=3, seed=3, n_jobs=2)
+    assert one["map"] == two["map"] and one["chosen"] == two["chosen"]
+    np.testing.assert_array_equal(one["cv"], two["cv"])
+    a = lowshot_svm(xtr, ytr, xte, yte, shots=[2], draws=2, costs=COSTS, seed=3, n_jobs=1)
+    b = lowshot_svm(xtr, ytr, xte, yte, shots=[2], draws=2, costs=COSTS, seed=3, n_jobs=2)
+    np.testing.assert_array_equal(a["per_k"][2]["maps"], b["per_k"][2]["maps"])
 
 
 def test_difficult_rule_changes_what_the_svm_trains_on():

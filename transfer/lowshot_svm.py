@@ -27,11 +27,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from joblib import Parallel, delayed
 
 from dcbench import argtypes
 from dcbench.atomic import write_text_atomic
@@ -40,18 +38,13 @@ from dcbench.errors import UserError
 from dcbench.results import checkpoint_block, make_result
 from dcbench.safepath import output_dir
 from dcbench.tasks import Resources, Task, register
+from dcbench.transfer.linear_svm import PUBLISHED_COSTS, SVM_PARAMS, draw, lowshot_svm, normalise
 from dcbench.transfer.protocol import Timer, default_help, resolve_protocol, save_and_report
 from dcbench.transfer.voc07_svm import (
-    PUBLISHED_COSTS,
-    SVM_PARAMS,
     TAP_METRIC,
     add_feature_arguments,
-    make_svm,
-    mean_ap,
-    normalise,
     parse_costs,
     pooling_block,
-    test_ap,
     voc_features,
 )
 
@@ -73,53 +66,6 @@ def parse_shots(spec: str) -> list[int]:
     return shots
 
 
-def draw(labels: np.ndarray, k: int, seed: int, index: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per class: (k positive rows, (classes - 1) * k negative rows), sorted, drawn from ``labels``
-    (N, classes) in 1 / -1 / 0 with ``default_rng([seed, k, index])``; difficult-only rows never drawn."""
-    rng = np.random.default_rng([seed, k, index])
-    n_neg = (labels.shape[1] - 1) * k
-    out = []
-    for c in range(labels.shape[1]):
-        pos, neg = np.flatnonzero(labels[:, c] == 1), np.flatnonzero(labels[:, c] == -1)
-        if len(pos) < k or len(neg) < n_neg:
-            name = VOC_CLASSES[c] if labels.shape[1] == len(VOC_CLASSES) else str(c)
-            raise UserError(f"--shots {k}: class {name} has {len(pos)} positive and {len(neg)} negative trainval "
-                            f"images, fewer than the {k} and {n_neg} a draw needs; lower --shots")
-        out.append((np.sort(rng.choice(pos, k, replace=False)), np.sort(rng.choice(neg, n_neg, replace=False))))
-    return out
-
-
-def _class_maps(x_train, x_test, y_test_c, rows, costs, seed, ap_rule) -> list[float]:
-    """Test AP of one class at every cost, trained on its drawn rows (copied once, for all costs)."""
-    pos, neg = rows
-    idx = np.concatenate([pos, neg])
-    x, y = x_train[idx], np.r_[np.ones(len(pos), int), -np.ones(len(neg), int)]
-    return [test_ap(make_svm(c, seed).fit(x, y).decision_function(x_test), y_test_c, ap_rule) for c in costs]
-
-
-def lowshot_svm(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
-                shots: Sequence[int], draws: int, costs: Sequence[float], seed: int, n_jobs: int,
-                ap_rule: str = "interpolated") -> dict:
-    """One tap: ``x_*`` normalised. Returns per k the mAP matrix (draws, costs), the chosen cost and the
-    statistics over the draws at it, and the draws themselves (row indices)."""
-    drawn = {k: [draw(y_train, k, seed, d) for d in range(draws)] for k in shots}
-    classes = range(y_train.shape[1])
-    jobs = [(k, d, c) for k in shots for d in range(draws) for c in classes]
-    aps = Parallel(n_jobs=n_jobs, prefer="threads")(
-        delayed(_class_maps)(x_train, x_test, y_test[:, c], drawn[k][d][c], costs, seed, ap_rule)
-        for k, d, c in jobs)
-    by = dict(zip(jobs, aps))
-    out = {}
-    for k in shots:
-        maps = np.array([[mean_ap([by[k, d, c][i] for c in classes]) for i in range(len(costs))]
-                         for d in range(draws)])
-        best = int(np.argmax(maps.mean(axis=0)))
-        at = maps[:, best]
-        out[k] = {"maps": maps, "cost": float(costs[best]), "mean": float(at.mean()), "min": float(at.min()),
-                  "max": float(at.max()), "std": float(at.std())}
-    return {"per_k": out, "drawn": drawn}
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_feature_arguments(p, DEFAULTS)
     p.add_argument("--shots", default=None, help="k positive images per class; " + default_help(*DEFAULTS["shots"]))
@@ -135,13 +81,13 @@ def run(args: argparse.Namespace) -> Path:
     ckpt, pools, layers, feats, devkit, data_fp, hit, size = voc_features(args, proto, timer, "lowshot-svm")
     (xtr, ytr, ids), (xte, yte, _) = feats[args.train_split], feats[args.test_split]
     for k in shots:  # a k the data cannot give is a one-line error before any SVM is trained
-        draw(ytr, k, args.seed, 0)
+        draw(ytr, k, args.seed, 0, VOC_CLASSES)
     metrics, chosen, maps = {}, {}, {}
     with timer("svm"):
         for name in layers:
             r = lowshot_svm(normalise(xtr[name]), ytr, normalise(xte[name]), yte, shots=shots,
                             draws=proto["draws"], costs=proto["costs"], seed=args.seed, n_jobs=args.n_jobs,
-                            ap_rule=args.ap)
+                            ap_rule=args.ap, names=VOC_CLASSES)
             for k, s in r["per_k"].items():
                 for stat in ("mean", "min", "max", "std"):
                     metrics[f"{name}_k{k}_{stat}"] = 100 * s[stat]

@@ -31,14 +31,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from joblib import Parallel, delayed
-from sklearn.model_selection import StratifiedKFold, cross_val_score
-from sklearn.svm import LinearSVC
 
 from dcbench import argtypes
 from dcbench.checkpoint import load_checkpoint
@@ -48,6 +44,15 @@ from dcbench.results import checkpoint_block, make_result
 from dcbench.tasks import Resources, Task, register
 from dcbench.transfer import training
 from dcbench.transfer.linear_probe import layer_names, make_forward, parse_layers, pooling_for
+from dcbench.transfer.linear_svm import (
+    AP_RULES,
+    DIFFICULT_RULES,
+    PUBLISHED_COSTS,
+    SVM_PARAMS,
+    check_tap,
+    normalise,
+    voc07_svm,
+)
 from dcbench.transfer.protocol import (
     Timer,
     add_input_size_argument,
@@ -59,140 +64,12 @@ from dcbench.transfer.protocol import (
     resolve_protocol,
     save_and_report,
 )
-from dcbench.transfer.voc_eval import voc07_ap
-
-# train_svm_kfold.py / GETTING_STARTED.md --costs_list, plus the 0.5**4 .. 0.5**19 that
-# svm_helper.parse_cost_list always appends (VISSL: costs.base 0.5, power_range [4, 20])
-PUBLISHED_COSTS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0, 100.0,
-                   *(0.5 ** p for p in range(4, 20)))
 
 DEFAULTS = {
     "costs": (PUBLISHED_COSTS, (0.01, 0.1, 1.0, 10.0)),  # smoke: four of the published costs
     "folds": (3, 3),              # train_svm_kfold.py: cross_val_score(..., cv=3)
     "batch_size": (256, 64),      # feature extraction only: changes no number
 }
-SVM_PARAMS = {  # train_svm_kfold.py / VISSL svm_trainer.py LinearSVC(...)
-    "class_weight": {1: 2, -1: 1}, "intercept_scaling": 1.0, "penalty": "l2", "loss": "squared_hinge",
-    "tol": 1e-4, "dual": True, "max_iter": 2000,
-}
-AP_RULES = ("interpolated", "11point")
-DIFFICULT_RULES = ("negative", "ignore")
-_EPS = 1e-5  # svm_helper.normalize_features: x / (||x|| + 1e-5)
-
-
-# --------------------------------------------------------------------------------------------
-# The SVM protocol on arrays (tests call these on small data)
-
-
-def make_svm(cost: float, seed: int) -> LinearSVC:
-    # liblinear's dual coordinate descent visits samples in a random order: seeded, so reruns agree
-    return LinearSVC(C=float(cost), random_state=seed, **SVM_PARAMS)
-
-
-def normalise(x: np.ndarray) -> np.ndarray:
-    """Rows L2-normalised, float64 (what liblinear trains on anyway: one conversion, shared by all jobs)."""
-    x = np.asarray(x, dtype=np.float64)
-    return x / (np.linalg.norm(x, axis=1) + _EPS)[:, None]
-
-
-def check_tap(name: str, *arrays: np.ndarray, where: str) -> None:
-    """A tap whose features are all zero (a dead layer) or not finite has nothing an SVM can learn from."""
-    for x in arrays:
-        if not np.isfinite(x).all():
-            raise UserError(f"{where}: tap {name} gives non-finite features; the checkpoint's weights are broken "
-                            f"there: leave the tap out with --layers, or use another checkpoint")
-        if not np.any(x):
-            raise UserError(f"{where}: tap {name} gives all-zero features (a dead layer: every output is 0 after "
-                            f"its ReLU); leave it out with --layers (e.g. the other taps of {name}'s network), "
-                            "or use a trained checkpoint")
-
-
-def train_targets(labels: np.ndarray, difficult: str) -> tuple[np.ndarray, np.ndarray]:
-    """One class's trainval column (1 / -1 / 0 difficult) -> (rows used, targets in {1, -1})."""
-    if difficult not in DIFFICULT_RULES:
-        raise ValueError(difficult)
-    keep = labels != 0 if difficult == "ignore" else np.ones(len(labels), bool)
-    return keep, np.where(labels[keep] > 0, 1, -1)
-
-
-def cv_ap(x: np.ndarray, labels: np.ndarray, cost: float, *, folds: int, seed: int, difficult: str) -> float:
-    """Mean ``folds``-fold cross-validation AP of one class at one cost, on trainval only.
-
-    The folds are sklearn's ``cross_val_score(cv=folds)`` folds of the rows used (stratified, not
-    shuffled); they are handed over as indices into ``x``, so the features are never copied here."""
-    keep, y = train_targets(labels, difficult)
-    rows = np.flatnonzero(keep)
-    split = [(rows[a], rows[b]) for a, b in StratifiedKFold(folds).split(np.zeros(len(y)), y)]
-    y_full = np.full(len(labels), -1)
-    y_full[rows] = y
-    scores = cross_val_score(make_svm(cost, seed), x, y_full, cv=split, scoring="average_precision")
-    return float(scores.mean())
-
-
-def fit_class(x: np.ndarray, labels: np.ndarray, cost: float, *, seed: int, difficult: str) -> LinearSVC:
-    keep, y = train_targets(labels, difficult)
-    return make_svm(cost, seed).fit(x if keep.all() else x[keep], y)
-
-
-def ranked_pr(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Recall and precision after each image, highest score first (a stable sort: ties keep file order)."""
-    order = np.argsort(-np.asarray(scores, float), kind="mergesort")
-    tp = np.cumsum(np.asarray(positive, bool)[order])
-    return tp / max(int(tp[-1]), 1), tp / np.arange(1, len(order) + 1)
-
-
-def interpolated_ap(recall: np.ndarray, precision: np.ndarray) -> float:
-    """Area under the precision envelope: sum over recall steps of (step) * max precision at recall >= r."""
-    r = np.concatenate([[0.0], recall, [1.0]])
-    p = np.concatenate([[0.0], precision, [0.0]])
-    p = np.maximum.accumulate(p[::-1])[::-1]
-    steps = np.flatnonzero(r[1:] != r[:-1]) + 1
-    return float(np.sum((r[steps] - r[steps - 1]) * p[steps]))
-
-
-def test_ap(scores: np.ndarray, labels: np.ndarray, rule: str) -> float:
-    """AP of one class on test, difficult-only images left out; NaN without a positive."""
-    keep = labels != 0
-    positive = labels[keep] > 0
-    if not positive.any():
-        return float("nan")
-    recall, precision = ranked_pr(scores[keep], positive)
-    if rule == "interpolated":
-        return interpolated_ap(recall, precision)
-    if rule == "11point":
-        return voc07_ap(recall, precision)
-    raise ValueError(rule)
-
-
-def mean_ap(aps: Sequence[float]) -> float:
-    aps = np.asarray(aps, float)
-    return float(np.mean(aps[~np.isnan(aps)]))
-
-
-def voc07_svm(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
-              costs: Sequence[float], folds: int, seed: int, n_jobs: int, difficult: str = "negative",
-              ap_rule: str = "interpolated") -> dict:
-    """The whole protocol for one tap: ``x_*`` already normalised (N, D), ``y_*`` (N, classes) in 1/-1/0.
-
-    Jobs: one per (class, cost) for the cross-validation, then one per class for the final fit; threads
-    (liblinear releases the GIL), so every job reads the same arrays and none is copied to a worker."""
-    classes = range(y_train.shape[1])
-    for c in classes:
-        pos = int((y_train[:, c] > 0).sum())
-        if pos < folds:
-            raise UserError(f"class {VOC_CLASSES[c] if y_train.shape[1] == len(VOC_CLASSES) else c}: "
-                            f"{pos} positive trainval images, fewer than --folds {folds}; lower --folds")
-    par = Parallel(n_jobs=n_jobs, prefer="threads")
-    cv = par(delayed(cv_ap)(x_train, y_train[:, c], k, folds=folds, seed=seed, difficult=difficult)
-             for c in classes for k in costs)
-    cv = np.asarray(cv).reshape(len(classes), len(costs))
-    chosen = [float(costs[i]) for i in np.argmax(cv, axis=1)]
-    models = par(delayed(fit_class)(x_train, y_train[:, c], chosen[c], seed=seed, difficult=difficult)
-                 for c in classes)
-    aps = [test_ap(m.decision_function(x_test), y_test[:, c], ap_rule) for c, m in zip(classes, models)]
-    return {"map": mean_ap(aps), "aps": aps, "chosen": chosen, "cv": cv}
-
-
 # --------------------------------------------------------------------------------------------
 # Features (shared with lowshot-svm)
 
@@ -222,7 +99,7 @@ def add_feature_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--costs", default=None,
                    help="comma-separated SVM costs C (default: the published 26 (full), 0.01,0.1,1,10 (smoke))")
     p.add_argument("--n-jobs", type=argtypes.positive_int, default=default_jobs(),
-                   help="SVMs trained at once, in threads sharing the features (default: the CPU count, "
+                   help="SVMs trained at once, in processes sharing the features (default: the CPU count, "
                         "at most 8; here: %(default)s)")
     p.add_argument("--ap", choices=AP_RULES, default="interpolated",
                    help="test AP: interpolated = the published scripts' (area under the precision envelope), "
@@ -304,7 +181,7 @@ def run(args: argparse.Namespace) -> Path:
         for name in layers:
             r = voc07_svm(normalise(xtr[name]), ytr, normalise(xte[name]), yte, costs=proto["costs"],
                           folds=proto["folds"], seed=args.seed, n_jobs=args.n_jobs,
-                          difficult=args.train_difficult, ap_rule=args.ap)
+                          difficult=args.train_difficult, ap_rule=args.ap, names=VOC_CLASSES)
             metrics[f"{name}_map"] = 100 * r["map"]
             chosen[name] = dict(zip(VOC_CLASSES, r["chosen"]))
             per_class[name] = {c: (None if np.isnan(a) else round(100 * a, 3)) for c, a in zip(VOC_CLASSES, r["aps"])}
