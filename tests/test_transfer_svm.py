@@ -169,7 +169,7 @@ def test_voc07_svm_end_to_end_writes_a_valid_result(ckpt64, embedded_root, tmp_p
     r = read_result(path)  # schema-validated
     assert set(r["metrics"]) == {"conv2_map", "conv5_map"}
     assert all(0 < v <= 100 for v in r["metrics"].values())
-    assert set(r["protocol"]["chosen_costs"]["conv5"].values()) <= {0.1, 1.0}
+    assert set(r["details"]["chosen_costs"]["conv5"].values()) <= {0.1, 1.0}
     assert r["data"]["sizes"] == {"trainval": 120, "test": 120}
     # a second run reads the features from the cache and gives the same numbers
     code, _ = _run(["voc07-svm", *_common(ckpt64, embedded_root, tmp_path), "--layers", "conv2,conv5",
