@@ -117,12 +117,12 @@ def run(args: argparse.Namespace) -> Path:
                                "aggregate_low_shot_svm_stats.py); std over draws ddof 0",
                   "test_difficult": "left out", "ap": args.ap, "layers": list(layers),
                   "pooling": pooling_block(pools), "transform": "centre crop", "input_size": size,
-                  "train_split": args.train_split, "test_split": args.test_split, "seed": args.seed,
-                  "n_jobs": args.n_jobs},
+                  "train_split": args.train_split, "test_split": args.test_split, "seed": args.seed},
         data={"name": "voc2007", "root": str(devkit), "fingerprint": data_fp,
               "sizes": {args.train_split: int(len(ytr)), args.test_split: int(len(yte))}},
         scale=args.scale, timings=timer.timings, selection={"rule": "final", "epochs": None},
-        details={"chosen_costs": chosen, "map": maps, "draws": draw_files, "feature_cache_hit": hit})
+        details={"chosen_costs": chosen, "map": maps, "draws": draw_files, "feature_cache_hit": hit,
+                 "n_jobs": args.n_jobs})  # changes no number: the fits are seeded one by one
     # written once the result is complete and valid; each file atomically
     for (k, d), t in texts.items():
         write_text_atomic(folder / f"k{k}_draw{d}.json", t)

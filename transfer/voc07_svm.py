@@ -197,12 +197,12 @@ def run(args: argparse.Namespace) -> Path:
                   "train_difficult": args.train_difficult,
                   "test_difficult": "left out", "ap": args.ap, "layers": list(layers),
                   "pooling": pooling_block(pools), "transform": "centre crop", "input_size": size,
-                  "train_split": args.train_split, "test_split": args.test_split, "seed": args.seed,
-                  "n_jobs": args.n_jobs},
+                  "train_split": args.train_split, "test_split": args.test_split, "seed": args.seed},
         data={"name": "voc2007", "root": str(devkit), "fingerprint": data_fp,
               "sizes": {args.train_split: int(len(ytr)), args.test_split: int(len(yte))}},
         scale=args.scale, timings=timer.timings, selection={"rule": "final", "epochs": None},
-        details={"chosen_costs": chosen, "ap": per_class, "cv_ap_best": cv_best, "feature_cache_hit": hit})
+        details={"chosen_costs": chosen, "ap": per_class, "cv_ap_best": cv_best, "feature_cache_hit": hit,
+                 "n_jobs": args.n_jobs})  # changes no number: the fits are seeded one by one
     return save_and_report(args, result)
 
 
