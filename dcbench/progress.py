@@ -1,6 +1,7 @@
 """Progress of a long stage: a tqdm bar on a terminal; elsewhere (CI, a pipe, a suite's task log)
-one plain line at most every :data:`EVERY_S` seconds and one at the end, so that a log never goes
-silent for minutes and never fills with carriage returns."""
+one plain line every :data:`EVERY_S` seconds and one at the end of a stage that has printed one, so
+that a log never goes silent for minutes, never fills with carriage returns, and a quick stage
+prints nothing."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ class LineProgress:
 
     def __init__(self, iterable: Iterable | None, total: int | None, desc: str, file, every_s: float):
         self.iterable, self.total, self.desc, self.file, self.every_s = iterable, total, desc, file, every_s
-        self.n, self.postfix, self.closed = 0, "", False
+        self.n, self.postfix, self.closed, self.spoke = 0, "", False, False
         self.t0 = self.last = time.monotonic()
 
     def __iter__(self) -> Iterator:
@@ -48,12 +49,16 @@ class LineProgress:
         print(s, file=self.file, flush=True)
 
     def close(self) -> None:
+        """The last count, for a stage that has spoken before: a stage shorter than ``every_s`` stays
+        silent, so a quick command's output (an error above all) is only what it has to say."""
         if not self.closed:
             self.closed = True
-            if self.n:
-                self._line(time.monotonic())
+            now = time.monotonic()
+            if self.n and (self.spoke or now - self.t0 >= self.every_s):
+                self._line(now)
 
     def _line(self, now: float) -> None:
+        self.spoke = True
         done = f"{self.n}/{self.total}" if self.total else str(self.n)
         extra = f", {self.postfix}" if self.postfix else ""
         print(f"{self.desc}: {done} in {now - self.t0:.0f}s{extra}", file=self.file, flush=True)

@@ -34,6 +34,8 @@ MODULES = (
     "dcbench.transfer.knn_graph",
     "dcbench.transfer.knn",
     "dcbench.transfer.semisup",
+    "dcbench.transfer.voc07_svm",
+    "dcbench.transfer.lowshot_svm",
 )
 
 

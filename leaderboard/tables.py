@@ -107,6 +107,10 @@ STATIC_TABLES = (
                "(mIoU); fc6-8 = only fc6-fc8 trained, all = every layer fine-tuned."),
     TableSpec("semisup", "ImageNet semi-supervised: 1% and 10% of the labels", "SimCLR B.5's protocol", None,
               _semisup(), caption=SEMISUP_CAPTION),
+    TableSpec("voc07-svm", "VOC07 linear SVMs on conv1-conv5", "Goyal et al. 2019", None,
+              tuple(Column(f"conv{i}", "voc07-svm", f"conv{i}_map") for i in range(1, 6)), kinds=(LAST,),
+              caption="One linear SVM per VOC07 class on each frozen, average-pooled conv layer, C by 3-fold "
+                      "cross-validation on trainval; test mAP %."),
 )
 
 # Chapter 4 (the method itself): the thesis's rows. No result file carries these measurements, so
@@ -161,6 +165,13 @@ RESNET_TABLES = (
     TableSpec("resnet-semisup", "ResNets: ImageNet semi-supervised: 1% and 10% of the labels", "SimCLR B.5's protocol",
               "semisup-r50", _semisup("semisup"), family="resnet",
               caption=SEMISUP_CAPTION + " Reported rows: mmselfsup's ResNet-50s under its own fine-tuning settings."),
+    TableSpec("resnet-voc07-svm", "ResNets: VOC07 linear SVMs on conv1, res2-res5 and pooled res5",
+              "Goyal et al. 2019", None,
+              tuple(Column(h, "voc07-svm", f"{t}_map") for h, t in (("conv1", "conv1"), ("res2", "res2"),
+                    ("res3", "res3"), ("res4", "res4"), ("res5", "res5"), ("res5 pooled", "res5_gap"))),
+              kinds=(LAST,), family="resnet",
+              caption="One linear SVM per VOC07 class on each frozen tap, C by 3-fold cross-validation on "
+                      "trainval; test mAP %."),
 )
 
 LOWSHOT_METRIC = re.compile(r"^(random_)?n(\d+)_(mean|std)$")
@@ -207,12 +218,29 @@ def knn_classification_spec(metric_names: set[str], family: str = "convfc") -> T
                              "probes.")
 
 
+LOWSHOT_SVM_METRIC = re.compile(r"^(.+)_k(\d+)_mean$")
+_TAP_ORDER = ("conv1", "conv2", "conv3", "conv4", "conv5", "res2", "res3", "res4", "res5", "res5_gap")
+
+
+def lowshot_svm_spec(metric_names: set[str], family: str = "convfc") -> TableSpec:
+    """lowshot-svm: one column per (tap, k), mean ± std over the draws (min and max stay in the result)."""
+    found = {(m.group(1), int(m.group(2))) for m in map(LOWSHOT_SVM_METRIC.match, metric_names) if m}
+    order = sorted(found, key=lambda tk: (_TAP_ORDER.index(tk[0]) if tk[0] in _TAP_ORDER else len(_TAP_ORDER),
+                                          tk[0], tk[1]))
+    cols = tuple(Column(f"{t} k={k}", "lowshot-svm", f"{t}_k{k}_mean", std_metric=f"{t}_k{k}_std") for t, k in order)
+    key, title = _family_prefix(family)
+    return TableSpec(f"{key}lowshot-svm", f"{title}VOC07 low-shot linear SVMs", "Goyal et al. 2019", None, cols,
+                     kinds=(LAST,), family=family,
+                     caption="Linear SVMs on each frozen tap trained with k positive images per class (and 19k "
+                             "negatives); test mAP %, mean ± std over the draws.")
+
+
 def task_tables() -> dict[str, str]:
     """Task -> the key of the table its results fill, as each task declares it (:mod:`dcbench.tasks`)."""
     return {name: task.table for name, task in registry().items()}
 
 
-LAID_OUT = {s.key for s in STATIC_TABLES} | {"lowshot", "knn-graph", "knn"}  # tables with a layout above
+LAID_OUT = {s.key for s in STATIC_TABLES} | {"lowshot", "knn-graph", "knn", "lowshot-svm"}  # tables with a layout above
 
 
 def own_spec(task: Task, metric_names: set[str], family: str = "convfc") -> TableSpec:
@@ -436,6 +464,7 @@ def specs_for(newest: pd.DataFrame, family: str = "convfc") -> list[TableSpec]:
 
     dynamic = [lowshot_spec(names("lowshot"), family), knn_spec(names("knn-graph"), family),
                knn_classification_spec(names("knn"), family),
+               lowshot_svm_spec(names("lowshot-svm"), family),
                *(own_spec(t, names(t.name), family) for t in registry().values() if t.table not in LAID_OUT)]
     if family == "resnet":
         return [*RESNET_TABLES, *dynamic]

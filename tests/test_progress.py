@@ -15,16 +15,24 @@ def test_off_a_terminal_a_stage_prints_plain_lines_and_a_last_one_at_the_end():
     assert [line.split(" in ")[0] for line in lines] == [f"features: {i}/5" for i in range(1, 6)] + ["features: 5/5"]
 
 
-def test_lines_come_at_most_every_interval_and_carry_the_postfix():
+def test_a_stage_shorter_than_the_interval_prints_nothing():
     out = io.StringIO()
     bar = progress(total=1000, desc="train", file=out, every_s=3600)
     for _ in range(1000):
         bar.update(1)
+    bar.close()
+    assert out.getvalue() == ""
+
+
+def test_the_last_line_carries_the_postfix_once():
+    out = io.StringIO()
+    bar = progress(total=3, desc="train", file=out, every_s=0)
     bar.set_postfix(loss="0.25")
+    bar.update(3)
     bar.close()
     bar.close()
-    assert out.getvalue().splitlines() == [out.getvalue().splitlines()[0]]
-    assert out.getvalue().startswith("train: 1000/1000 in ") and out.getvalue().rstrip().endswith("loss=0.25")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and all(x.startswith("train: 3/3 in ") and x.endswith("loss=0.25") for x in lines)
 
 
 def test_quiet_stage_prints_nothing():
