@@ -77,6 +77,11 @@ def remove_stale_plots(folder: Path, keep: set[str]) -> list[Path]:
     return stale
 
 
+# What each picture of a k-NN-graph result shows, as the alt text says it
+PICTURES = {"png_filters": "conv1 filters", "png_neighbours": "query images and their nearest neighbours",
+            "png_ratios": "distribution of the intra-class edge ratio"}
+
+
 def _knn_images(table: Table, newest, out: Path) -> list[str]:
     """Markdown links to the PNGs a k-NN-graph result names in ``details`` (those that exist).
 
@@ -93,7 +98,8 @@ def _knn_images(table: Table, newest, out: Path) -> list[str]:
                 p = (base / v).resolve()
                 if p.is_relative_to(base) and p.is_file():
                     rel = Path(os.path.relpath(p, out.resolve().parent)).as_posix()
-                    links.append(f"![{md_text(r['ckpt_name'])} {md_text(key)}]({quote(rel)})")
+                    what = PICTURES.get(key, key.removeprefix("png_").replace("_", " "))
+                    links.append(f"![{md_text(what)} of {md_text(r['ckpt_name'])}]({quote(rel)})")
     return links
 
 

@@ -1,4 +1,5 @@
-"""Markdown for the leaderboard: full-scale tables (literature beside ours), then smoke-scale ones.
+"""Markdown for the leaderboard: full-scale tables (literature beside ours) and smoke-scale ones,
+measured ones first.
 
 Every text that comes from a result file (names, data names, git shas, versions, reasons, paths)
 is data from whoever wrote the file: :func:`md_text` and :func:`code_span` make it inert, so it
@@ -79,25 +80,37 @@ def render(tables: dict[str, list[Table]], coll: Collection, n_files: int, plots
         "otherwise the most common value among the newest results of the same task and scale).",
         "",
     ]
-    for scale in ("full", "smoke"):
+    # what was measured where a reader looks first: a scale with measured rows before one without,
+    # and in each scale the tables with measured rows before those that show published numbers only
+    measured = {scale: [t for t in tables[scale] if any(r.measured for r in t.rows)] for scale in ("full", "smoke")}
+    for scale in sorted(("full", "smoke"), key=lambda sc: not measured[sc]):
         title, intro = SCALE_TITLES[scale]
         out += [f"## {title}", "", intro, ""]
         if not tables[scale]:
             out += [f"No {scale}-scale results.", ""]
-        for table in tables[scale]:
-            spec = table.spec
-            out += [f"### {spec.title} ({spec.thesis})", "", spec.caption, "", render_table(table), ""]
-            if not any(r.measured for r in table.rows):
-                out += [f"No {scale}-scale result for this table yet.", ""]
-            for note in table.notes:
-                out += [note, ""]
-            plot = plots.get(f"{scale}/{spec.key}")
-            if plot:
-                out += [f"![{spec.title}, {scale} scale]({plot})", ""]
-            for link in table.images:
-                out += [link, ""]
+        published_only = [t for t in tables[scale] if not any(r.measured for r in t.rows)]
+        for table in measured[scale]:
+            out += _table_section(table, scale, plots)
+        if published_only:
+            out += [f"No {scale}-scale result yet for the {len(published_only)} table(s) below: they show "
+                    "the published numbers only.", ""]
+        for table in published_only:
+            out += _table_section(table, scale, plots)
     out += _excluded(coll)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _table_section(table: Table, scale: str, plots: dict[str, str]) -> list[str]:
+    spec = table.spec
+    out = [f"### {spec.title} ({spec.thesis})", "", spec.caption, "", render_table(table), ""]
+    for note in table.notes:
+        out += [note, ""]
+    plot = plots.get(f"{scale}/{spec.key}")
+    if plot:
+        out += [f"![{spec.title}, {scale} scale]({plot})", ""]
+    for link in table.images:
+        out += [link, ""]
+    return out
 
 
 def _excluded(coll: Collection) -> list[str]:

@@ -390,6 +390,6 @@ def test_dc_train_resnet50_checkpoint_runs_through_dc_bench(tiny_data, tmp_path,
     assert "note: mlp left out" in captured.err
     tasks = sorted(json.loads(p.read_text())["task"] for p in res.glob("*.json"))
     assert tasks == ["knn-graph", "linear-imagenet"]
-    board = (tmp_path / "LEADERBOARD.md").read_text()
+    board = (res / "LEADERBOARD.md").read_text()
     assert "ResNets: ImageNet, linear classifiers on conv1, res2-res5 and pooled res5" in board
     assert "ImageNet, linear classifiers on conv1-conv5 (Table 5.3)" not in board.split("## Smoke scale")[1]
