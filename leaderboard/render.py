@@ -43,15 +43,24 @@ def format_value(table: Table, row, header: str) -> str:
 
 
 def render_table(table: Table) -> str:
+    """The table; a measured row whose protocol differs from the default points (``[n]``) to a
+    note under it, so that long protocol values never widen the table."""
     # column headers come from metric names for the data-driven tables: escaped like any data
     head = ["Method", "Source", *(md_text(c) for c in table.columns), "Runs", "Provenance"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---"] + [":---:"] * len(table.columns)
                                                            + [":---:", "---"]) + "|"]
+    notes = []
     for row in table.rows:
         label = code_span(row.label) if row.measured else md_text(row.label)
+        provenance = md_text(row.provenance)
+        if row.protocol:
+            notes.append(f"[{len(notes) + 1}] {label}: {md_text(row.protocol)}")
+            provenance += f" · protocol [{len(notes)}]"
         cells = [label, md_text(row.source), *(format_value(table, row, h) for h in table.columns),
-                 md_text(row.runs), md_text(row.provenance)]
+                 md_text(row.runs), provenance]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    if notes:
+        lines += ["", "Protocol values that differ from the default:", "", *(f"- {n}" for n in notes)]
     return "\n".join(lines)
 
 
@@ -75,9 +84,10 @@ def render(tables: dict[str, list[Table]], coll: Collection, n_files: int, plots
         "columns (`random_*`) are never bold.",
         "- A \"best over epochs\" row shows the thesis's selection rule beside the last-epoch row, "
         "never instead of it.",
-        "- Provenance: checkpoint sha256 prefix, date of the newest run, git sha, data, and every protocol "
-        "value that differs from the default (the result's `details.protocol_defaults` when present, "
-        "otherwise the most common value among the newest results of the same task and scale).",
+        "- Provenance: checkpoint sha256 prefix, date of the newest run, git sha and data; `protocol [n]` "
+        "points to the note under the table that lists every protocol value that differs from the "
+        "default (the result's `details.protocol_defaults` when present, otherwise the most common "
+        "value among the newest results of the same task and scale).",
         "",
     ]
     # what was measured where a reader looks first: a scale with measured rows before one without,

@@ -263,7 +263,8 @@ class Row:
     values: dict = field(default_factory=dict)   # header -> float
     stds: dict = field(default_factory=dict)     # header -> float
     runs: str = ""
-    provenance: str = ""
+    provenance: str = ""  # short: sha256 prefix, date, git, data
+    protocol: str = ""    # the protocol values that differ from the default (long: a note under the table)
     checkpoint: str = ""  # "name sha8", measured rows only
     selection: str = ""   # measured rows: the RowKind name ("" last epoch, "best", "random")
     baseline: bool = False  # measured random-init numbers: shown, never bold
@@ -346,7 +347,7 @@ def measured_rows(spec: TableSpec, newest: pd.DataFrame, scale: str) -> list[Row
         results = [g for _, _, g in by_col.values()]
         label = name
         baseline = kind == "random" or any(g["ckpt_origin"] == "random" for g in results)
-        provenance = _provenance(sha, results)
+        provenance, protocol = _provenance(sha, results)
         if kind == "best":
             label = f"{name} (best over epochs)"
             provenance += " · " + _best_epochs(spec, by_col)
@@ -359,7 +360,7 @@ def measured_rows(spec: TableSpec, newest: pd.DataFrame, scale: str) -> list[Row
             label=label, source=f"measured ({scale})", kind="measured",
             values={h: float(v) for h, (v, _, _) in by_col.items()},
             stds={h: float(s) for h, (_, s, _) in by_col.items() if s is not None},
-            runs=_runs_text(runs), provenance=provenance, checkpoint=f"{name} {sha[:8]}",
+            runs=_runs_text(runs), provenance=provenance, protocol=protocol, checkpoint=f"{name} {sha[:8]}",
             selection=kind, baseline=baseline))
     return rows
 
@@ -393,7 +394,8 @@ def _runs_text(runs: dict[str, int]) -> str:
     return "; ".join(f"{h}: {n}" for h, n in runs.items())
 
 
-def _provenance(sha: str, results: list) -> str:
+def _provenance(sha: str, results: list) -> tuple[str, str]:
+    """(sha256 prefix · date · git · data, the protocol values that differ from the default)."""
     newest = max(results, key=lambda g: g["created"])
     gits = sorted({g["git_sha"][:7] + ("+dirty" if g["git_sha"].endswith("+dirty") else "") for g in results})
     data = _unique_casefold(sorted({g["data_name"] for g in results}))
@@ -403,9 +405,8 @@ def _provenance(sha: str, results: list) -> str:
             diffs.setdefault(k, set()).add(_fmt_value(v))
     parts = [f"sha256 {sha[:8]}", newest["created_raw"][:10], "git " + ", ".join(gits),
              "data " + ", ".join(data)]
-    if diffs:
-        parts.append(" ".join(f"{k}={'/'.join(sorted(v))}" for k, v in sorted(diffs.items())))
-    return " · ".join(parts)
+    protocol = " ".join(f"{k}={'/'.join(sorted(v))}" for k, v in sorted(diffs.items()))
+    return " · ".join(parts), protocol
 
 
 def _unique_casefold(names: list[str]) -> list[str]:

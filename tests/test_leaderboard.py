@@ -371,11 +371,15 @@ def test_protocol_values_that_differ_are_in_the_provenance(tmp_path):
                                                                            "batch_size": 256}))
     write(res, "d.json", result("mlp", {"top1": 30.0}, ckpt="d", protocol={"lr": 0.05, "epochs": 20},
                                 details={"protocol_defaults": {"lr": 0.05, "epochs": 90}}))
-    _, _, tables = run(tmp_path, res)
+    _, text, tables = run(tmp_path, res)
     t = tables[f"{FULL} / {T52}"]
-    assert "lr=" not in row_by_method(t, "a")["Provenance"][0]
-    assert row_by_method(t, "c")["Provenance"][0].endswith("lr=0.05")
-    assert row_by_method(t, "d")["Provenance"][0].endswith("epochs=20")
+    assert "protocol" not in row_by_method(t, "a")["Provenance"][0]
+    # the table keeps its width: each row points to its note, the note under the table lists the values
+    c, d = (row_by_method(t, n)["Provenance"][0] for n in ("c", "d"))
+    assert c.endswith("protocol [1]") and d.endswith("protocol [2]")
+    section = text[text.index(f"### {T52}"):]
+    section = section[:section.index("###", 4)]
+    assert "- [1] `c`: lr=0\\.05" in section and "- [2] `d`: epochs=20" in section  # md_text escapes "."
 
 
 def test_two_variants_in_one_column_get_qualified_rows(tmp_path):
