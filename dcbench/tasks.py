@@ -36,6 +36,7 @@ MODULES = (
     "dcbench.transfer.semisup",
     "dcbench.transfer.voc07_svm",
     "dcbench.transfer.lowshot_svm",
+    "dcbench.transfer.visualize",
 )
 
 

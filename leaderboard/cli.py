@@ -103,6 +103,24 @@ def _knn_images(table: Table, newest, out: Path) -> list[str]:
     return links
 
 
+def _visualize_pages(table: Table, newest, out: Path) -> list[str]:
+    """Markdown links to the page (``details.page``, an ``index.md``) each visualize result names:
+    the pictures are many, so the table links their page rather than embedding them; the same rules
+    as :func:`_knn_images` (only under the result's own folder, target percent-encoded, text escaped)."""
+    links = []
+    sub = newest[(newest["task"] == "visualize") & (newest["scale"] == table.scale)]
+    for _, r in sub.iterrows():
+        v = r["details"].get("page")
+        if not (isinstance(v, str) and v.lower().endswith(".md") and len(v) <= 1000):
+            continue
+        base = Path(r["path"]).parent.resolve()
+        p = (base / v).resolve()
+        if p.is_relative_to(base) and p.is_file():
+            rel = Path(os.path.relpath(p, out.resolve().parent)).as_posix()
+            links.append(f"[{md_text(r['ckpt_name'])} feature visualisation page]({quote(rel)})")
+    return links
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     expected = checking.load_expected(args.check) if args.check else None
@@ -126,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for table in scale_tables:
             if table.spec.key.endswith("knn-graph"):
                 table.images = _knn_images(table, of_family(newest, table.spec.family), out)
+            if table.spec.key.endswith("visualize"):
+                table.images = _visualize_pages(table, of_family(newest, table.spec.family), out)
             if args.no_plots:
                 continue
             png = plots.draw(table, folder)

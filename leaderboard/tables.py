@@ -200,6 +200,23 @@ def knn_spec(metric_names: set[str], family: str = "convfc") -> TableSpec:
                      caption="ratio_intra: mean share of a node's k-NN edges that stay within its class, %.")
 
 
+VISUALIZE_LAYERS = ("conv1", "conv3", "conv5", "res3", "res5")
+
+
+def visualize_spec(metric_names: set[str], family: str = "convfc") -> TableSpec:
+    """dc-transfer visualize: one column per visualised layer, shallow first; the pictures are on
+    the page each result links below the table."""
+    found = sorted((m.removesuffix("_prob") for m in metric_names if m.endswith("_prob")),
+                   key=lambda n: (VISUALIZE_LAYERS.index(n) if n in VISUALIZE_LAYERS else len(VISUALIZE_LAYERS), n))
+    cols = tuple(Column(n, "visualize", f"{n}_prob") for n in found)
+    key, title = _family_prefix(family)
+    return TableSpec(f"{key}visualize", f"{title}Feature visualisation", "§5.3, Figure 5.4", None, cols,
+                     kinds=(LAST,), family=family,
+                     caption="Mean softmax share (%) of the target channel among its layer's channels, for the "
+                             "inputs optimised by gradient ascent (what the ascent maximises). The pictures are "
+                             "on each checkpoint's page, linked below.")
+
+
 KNN_METRIC = re.compile(r"^(desc|conv5|res5)_k(\d+)_top([15])$")
 
 
@@ -240,7 +257,7 @@ def task_tables() -> dict[str, str]:
     return {name: task.table for name, task in registry().items()}
 
 
-LAID_OUT = {s.key for s in STATIC_TABLES} | {"lowshot", "knn-graph", "knn", "lowshot-svm"}  # tables with a layout above
+LAID_OUT = {s.key for s in STATIC_TABLES} | {"lowshot", "knn-graph", "knn", "lowshot-svm", "visualize"}  # tables with a layout above
 
 
 def own_spec(task: Task, metric_names: set[str], family: str = "convfc") -> TableSpec:
@@ -466,6 +483,7 @@ def specs_for(newest: pd.DataFrame, family: str = "convfc") -> list[TableSpec]:
     dynamic = [lowshot_spec(names("lowshot"), family), knn_spec(names("knn-graph"), family),
                knn_classification_spec(names("knn"), family),
                lowshot_svm_spec(names("lowshot-svm"), family),
+               visualize_spec(names("visualize"), family),
                *(own_spec(t, names(t.name), family) for t in registry().values() if t.table not in LAID_OUT)]
     if family == "resnet":
         return [*RESNET_TABLES, *dynamic]

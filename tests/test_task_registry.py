@@ -28,7 +28,8 @@ from dcbench.transfer.cli import get_args_parser
 ROOT = Path(__file__).resolve().parents[1]
 # the order dc-transfer lists them and dc-bench runs them; a reordering is a visible change
 ORDER = ("mlp", "linear-imagenet", "linear-places", "voc-classification", "voc-detection",
-         "voc-segmentation", "lowshot", "knn-graph", "knn", "semisup", "voc07-svm", "lowshot-svm")
+         "voc-segmentation", "lowshot", "knn-graph", "knn", "semisup", "voc07-svm", "lowshot-svm",
+         "visualize")
 
 
 def _tox_transfer_sections() -> list[str]:
@@ -87,7 +88,8 @@ def test_laid_out_leaderboard_columns_agree_with_each_tasks_declared_table():
     declared = tables.task_tables()
     laid_out = [*tables.STATIC_TABLES, *tables.RESNET_TABLES, tables.lowshot_spec({"n4_mean"}),
                 tables.knn_spec({"ratio_intra"}), tables.knn_classification_spec({"desc_k20_top1"}),
-                tables.lowshot_svm_spec({"conv5_k1_mean"}), *tables.CHAPTER4_TABLES]
+                tables.lowshot_svm_spec({"conv5_k1_mean"}), tables.visualize_spec({"conv1_prob"}),
+                *tables.CHAPTER4_TABLES]
     filled: dict[str, set[str]] = {}
     for spec in laid_out:
         for col in spec.columns:
