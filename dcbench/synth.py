@@ -15,6 +15,8 @@ Four datasets, in the on-disk layouts of the real ones, so every loader runs on 
     OUT/places/categories_places205.txt                                 "/l/scene <label>"
     OUT/VOCdevkit/VOC2007/{JPEGImages,Annotations,ImageSets/Main}       detection / classification
     OUT/VOCdevkit/VOC2012/{JPEGImages,Annotations,SegmentationClass,ImageSets/{Main,Segmentation}}
+    OUT/retrieval/oxford5k/{oxbuild_images,gt_files_170407}             Oxford buildings-style retrieval
+    OUT/retrieval/paris6k/{paris/<landmark>,paris_120310}               Paris buildings-style retrieval
     OUT/dcbench_data.json                                               summary (counts, sizes, seed)
 
 Sizes per scale are in :data:`SCALES`. Determinism: every image has its own numpy Generator
@@ -37,7 +39,7 @@ from PIL import Image, ImageDraw
 
 from dcbench.datasets import VOC_CLASSES  # one list: the generator draws the classes the readers accept
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: adds retrieval/ (the trees of version 2 are unchanged, byte for byte)
 JPEG_QUALITY = 90
 
 SCALES: dict[str, dict[str, int]] = {
@@ -47,6 +49,7 @@ SCALES: dict[str, dict[str, int]] = {
         places_train=50, places_val=20, places_size=96,
         voc07_trainval=120, voc07_test=120, voc12_train=80, voc12_val=60,
         voc_min=128, voc_max=160,
+        ret_good=4, ret_ok=2, ret_junk=2, ret_distractors=25, ret_side=160,
     ),
     # Large enough for a meaningful DeepCluster run and a stable linear probe.
     "demo": dict(
@@ -54,6 +57,7 @@ SCALES: dict[str, dict[str, int]] = {
         places_train=300, places_val=60, places_size=96,
         voc07_trainval=500, voc07_test=500, voc12_train=400, voc12_val=300,
         voc_min=128, voc_max=160,
+        ret_good=8, ret_ok=3, ret_junk=3, ret_distractors=150, ret_side=160,
     ),
 }
 
@@ -737,6 +741,110 @@ def _make_voc(out: Path, seed: int, cfg: dict, year: str, splits: dict[str, int]
                 truncated=n_trunc, image_size=[cfg["voc_min"], cfg["voc_max"]], segmentation=segmentation)
 
 
+# --------------------------------------------------------------------------------------------
+# Instance retrieval: Oxford / Paris buildings-like trees. A "building" is one fixed facade (a
+# textured patch holding three shapes, drawn once from its own seed); each photograph of it puts
+# that facade at another scale, tilt, brightness and framing on a new cluttered background. Views
+# are good (the facade wholly in frame), ok (about half of it in frame) or junk (a sliver, 10-20%),
+# as the Oxford annotators' classes; distractors hold no building.
+
+RETRIEVAL_LANDMARKS = {
+    "oxford5k": ("all_souls", "ashmolean", "balliol", "bodleian", "christ_church"),
+    "paris6k": ("defense", "eiffel", "invalides", "louvre", "moulinrouge"),
+}
+RETRIEVAL_VIEW_KINDS = ("query", "good", "ok", "junk")
+
+
+def render_facade(r: np.random.Generator, side: int = 64) -> Image.Image:
+    c = _Canvas(r, side, side)
+    fams = list(ALL_FAMILIES)
+    for _ in range(3):
+        _place_object(c, fams[r.integers(len(fams))], r.uniform(0.25, 0.75) * side, r.uniform(0.25, 0.75) * side,
+                      r.uniform(0.18, 0.3) * side)
+    return c.finish()
+
+
+def render_view(r: np.random.Generator, facade: Image.Image | None, long_side: int,
+                kind: str = "good") -> tuple[Image.Image, tuple[float, float, float, float] | None]:
+    """One photograph: (image, the facade's box x1 y1 x2 y2 clipped to the image, None without one)."""
+    short = int(r.integers(int(long_side * 0.7), int(long_side * 0.8) + 1))
+    w, h = (long_side, short) if r.integers(2) else (short, long_side)
+    c = _Canvas(r, h, w)
+    for _ in range(r.integers(1, 4)):
+        c.distractor((0.05, 0.25))
+    img = c.finish()
+    if facade is None:
+        return img, None
+    side = r.uniform(0.5, 0.75) * min(h, w)
+    pw, ph = max(8, round(side * math.exp(r.uniform(-0.12, 0.12)))), max(8, round(side))
+    a = np.asarray(facade.resize((pw, ph), Image.BILINEAR), dtype=np.float32) * r.uniform(0.75, 1.2)
+    patch = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGB")
+    angle = math.degrees(r.uniform(-0.2, 0.2))
+    mask = Image.new("L", patch.size, 255).rotate(angle, resample=Image.BILINEAR, expand=True)
+    patch = patch.rotate(angle, resample=Image.BILINEAR, expand=True)
+    pw, ph = patch.size
+    if kind in ("query", "good"):
+        x, y = int(r.integers(0, max(0, w - pw) + 1)), int(r.integers(0, max(0, h - ph) + 1))
+    else:
+        seen = r.uniform(0.4, 0.6) if kind == "ok" else r.uniform(0.1, 0.2)  # share of the width in frame
+        x = round(-pw * (1 - seen)) if r.integers(2) else round(w - pw * seen)
+        y = int(r.integers(0, max(0, h - ph) + 1))
+    img.paste(patch, (x, y), mask)
+    box = (float(max(x, 0)), float(max(y, 0)), float(min(x + pw, w)), float(min(y + ph, h)))
+    return img, box
+
+
+def _make_retrieval(out: Path, seed: int, cfg: dict, bar) -> dict:
+    """oxford5k/ and paris6k/ in the published layouts: Oxford's flat ``oxbuild_images/<name>.jpg``
+    and ``gt_files_170407/``; Paris's ``paris/<landmark>/paris_<landmark>_NNNNNN.jpg`` and
+    ``paris_120310/``; ground truth ``<landmark>_1_{query,good,ok,junk}.txt`` (one query per
+    building), the query line ``oxc1_<name> x1 y1 x2 y2`` (Oxford) or ``<name> x1 y1 x2 y2`` (Paris)."""
+    root = out / "retrieval"
+    summary = {}
+    counts = {"good": cfg["ret_good"], "ok": cfg["ret_ok"], "junk": cfg["ret_junk"]}
+    for ds, landmarks in RETRIEVAL_LANDMARKS.items():
+        oxford = ds == "oxford5k"
+        base = root / ds
+        gt = base / ("gt_files_170407" if oxford else "paris_120310")
+
+        def place(group: str, i: int, oxford: bool = oxford, base: Path = base) -> tuple[Path, str]:
+            name = f"{group}_{i:06d}" if oxford else f"paris_{group}_{i:06d}"
+            folder = base / "oxbuild_images" if oxford else base / "paris" / group
+            return folder / f"{name}.jpg", name
+
+        n_images = 0
+        for b, landmark in enumerate(landmarks):
+            facade = render_facade(_rng(seed, f"retrieval/{ds}/facade", b))
+            lists: dict[str, list[str]] = {"good": [], "ok": [], "junk": []}
+            k = 0
+            for kind in RETRIEVAL_VIEW_KINDS:
+                for _ in range(1 if kind == "query" else counts[kind]):
+                    k += 1
+                    img, box = render_view(_rng(seed, f"retrieval/{ds}/{landmark}", k), facade, cfg["ret_side"], kind)
+                    path, name = place(landmark, k)
+                    _save_jpeg(img, path)
+                    n_images += 1
+                    if kind == "query":  # the query photograph is in the database and among its good images
+                        q = ("oxc1_" if oxford else "") + name
+                        _write_lines(gt / f"{landmark}_1_query.txt", [f"{q} " + " ".join(f"{v:.1f}" for v in box)])
+                        lists["good"].append(name)
+                    else:
+                        lists[kind].append(name)
+                    if bar:
+                        bar.update()
+            for kind, names in lists.items():
+                _write_lines(gt / f"{landmark}_1_{kind}.txt", sorted(names))
+        group = "oxford" if oxford else "general"
+        for i in range(1, cfg["ret_distractors"] + 1):
+            img, _ = render_view(_rng(seed, f"retrieval/{ds}/distractor", i), None, cfg["ret_side"])
+            _save_jpeg(img, place(group, i)[0])
+            n_images += 1
+            if bar:
+                bar.update()
+        summary[ds] = dict(images=n_images, queries=len(landmarks), landmarks=list(landmarks))
+    return summary
+
+
 def make_datasets(out: Path, seed: int = 0, scale: str = "smoke", *, progress: bool = False) -> dict:
     """Generate all embedded datasets under ``out`` (created if needed); return the summary.
 
@@ -749,7 +857,9 @@ def make_datasets(out: Path, seed: int = 0, scale: str = "smoke", *, progress: b
     out.mkdir(parents=True, exist_ok=True)
     total = ((cfg["cls_train"] + cfg["cls_val"]) * len(CLASSIFICATION_FAMILIES)
              + (cfg["places_train"] + cfg["places_val"]) * len(PLACES_CLASSES)
-             + cfg["voc07_trainval"] + cfg["voc07_test"] + cfg["voc12_train"] + cfg["voc12_val"])
+             + cfg["voc07_trainval"] + cfg["voc07_test"] + cfg["voc12_train"] + cfg["voc12_val"]
+             + len(RETRIEVAL_LANDMARKS) * (5 * (1 + cfg["ret_good"] + cfg["ret_ok"] + cfg["ret_junk"])
+                                           + cfg["ret_distractors"]))
     bar = _progress(total, progress, f"dc-data {scale}")
     try:
         n07 = cfg["voc07_trainval"]
@@ -761,6 +871,7 @@ def make_datasets(out: Path, seed: int = 0, scale: str = "smoke", *, progress: b
                               {"train": n07 // 2, "val": n07 - n07 // 2, "test": cfg["voc07_test"]}, bar, False),
             voc2012=_make_voc(out, seed, cfg, "2012", {"train": cfg["voc12_train"], "val": cfg["voc12_val"]},
                               bar, True),
+            retrieval=_make_retrieval(out, seed, cfg, bar),
             difficulty=DIFFICULTY,
         )
     finally:

@@ -37,6 +37,7 @@ MODULES = (
     "dcbench.transfer.voc07_svm",
     "dcbench.transfer.lowshot_svm",
     "dcbench.transfer.visualize",
+    "dcbench.transfer.retrieval",
 )
 
 
@@ -57,7 +58,7 @@ class Task:
     description: str               # one line: dc-transfer's help for it
     add_arguments: Callable[[argparse.ArgumentParser], None]  # its own flags (dc-transfer adds the common ones)
     run: Callable[[argparse.Namespace], Path]                  # -> the result file it wrote
-    dataset: str                   # its folder under dc-bench --data-root: imagenet | places205 | VOCdevkit
+    dataset: str                   # its folder under dc-bench --data-root: imagenet | places205 | VOCdevkit | retrieval
     needs: tuple[str, ...]         # paths in that folder that must exist before dc-bench starts anything
     resources: Resources
     metrics: str                   # full-match pattern: the only metric names its results may carry

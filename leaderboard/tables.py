@@ -83,6 +83,10 @@ def _semisup(literature: str | None = None) -> tuple[Column, ...]:
                  for f in (1, 10) for k in (1, 5))
 
 
+RETRIEVAL_CAPTION = ("Instance retrieval, mAP % (Oxford protocol: good+ok positive, junk ignored): R-MAC of the "
+                     "frozen last conv layer (regions on 3 scales, max-pooled), PCA-whitening learned on the other "
+                     "dataset, queries cropped to their box (DeepCluster's eval_retrieval.py).")
+
 SEMISUP_CAPTION = ("Whole network fine-tuned on 1% / 10% of ImageNet's labelled train images (SimCLR's subsets, "
                    "or a class-balanced draw); top-1 and top-5 % on val, one centre crop.")
 
@@ -110,7 +114,9 @@ STATIC_TABLES = (
     TableSpec("voc07-svm", "VOC07 linear SVMs on conv1-conv5", "Goyal et al. 2019", None,
               tuple(Column(f"conv{i}", "voc07-svm", f"conv{i}_map") for i in range(1, 6)), kinds=(LAST,),
               caption="One linear SVM per VOC07 class on each frozen, average-pooled conv layer, C by 3-fold "
-                      "cross-validation on trainval; test mAP %."),
+                      "cross-validation on trainval; test mAP %."),    TableSpec("retrieval", "Instance retrieval: Oxford5k and Paris6k", "DeepCluster's eval_retrieval.py", None,
+              (Column("Oxford5k", "retrieval", "oxford5k_map"), Column("Paris6k", "retrieval", "paris6k_map")),
+              kinds=(LAST,), caption=RETRIEVAL_CAPTION),
 )
 
 # Chapter 4 (the method itself): the thesis's rows. No result file carries these measurements, so
@@ -171,7 +177,9 @@ RESNET_TABLES = (
                     ("res3", "res3"), ("res4", "res4"), ("res5", "res5"), ("res5 pooled", "res5_gap"))),
               kinds=(LAST,), family="resnet",
               caption="One linear SVM per VOC07 class on each frozen tap, C by 3-fold cross-validation on "
-                      "trainval; test mAP %."),
+                      "trainval; test mAP %."),    TableSpec("resnet-retrieval", "ResNets: instance retrieval: Oxford5k and Paris6k", "DeepCluster's eval_retrieval.py",
+              None, (Column("Oxford5k", "retrieval", "oxford5k_map"), Column("Paris6k", "retrieval", "paris6k_map")),
+              kinds=(LAST,), family="resnet", caption=RETRIEVAL_CAPTION.replace("last conv layer", "res5")),
 )
 
 LOWSHOT_METRIC = re.compile(r"^(random_)?n(\d+)_(mean|std)$")

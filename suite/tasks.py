@@ -12,8 +12,9 @@ from dcbench.tasks import Resources, registry, task_names
 
 # --data-root layout (docs/suite.md, "Suite data layout"): dataset -> folder under the root. The embedded
 # data names two of them differently (it predates the suite), so it has its own map.
-LAYOUT = {"imagenet": "imagenet", "places205": "places205", "VOCdevkit": "VOCdevkit"}
-EMBEDDED_LAYOUT = {"imagenet": "classification", "places205": "places", "VOCdevkit": "VOCdevkit"}
+LAYOUT = {"imagenet": "imagenet", "places205": "places205", "VOCdevkit": "VOCdevkit", "retrieval": "retrieval"}
+EMBEDDED_LAYOUT = {"imagenet": "classification", "places205": "places", "VOCdevkit": "VOCdevkit",
+                   "retrieval": "retrieval"}
 
 SMOKE = Resources(gpus=0, cpus=1, mem_gb=4, minutes=30)
 

@@ -15,7 +15,8 @@ from dcbench.cli_data import main as dc_data_main
 from dcbench.errors import run_cli
 
 TINY = dict(cls_train=2, cls_val=1, cls_size=96, places_train=1, places_val=1, places_size=96,
-            voc07_trainval=4, voc07_test=2, voc12_train=2, voc12_val=2, voc_min=128, voc_max=160)
+            voc07_trainval=4, voc07_test=2, voc12_train=2, voc12_val=2, voc_min=128, voc_max=160,
+            ret_good=1, ret_ok=1, ret_junk=1, ret_distractors=2, ret_side=160)
 
 
 def tree_hashes(root):

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # the order dc-transfer lists them and dc-bench runs them; a reordering is a visible change
 ORDER = ("mlp", "linear-imagenet", "linear-places", "voc-classification", "voc-detection",
          "voc-segmentation", "lowshot", "knn-graph", "knn", "semisup", "voc07-svm", "lowshot-svm",
-         "visualize")
+         "visualize", "retrieval")
 
 
 def _tox_transfer_sections() -> list[str]:
