@@ -72,7 +72,7 @@ def main() -> None:
     rank = min(512, args.d)
     res: dict = {"benchmark": "gpu_clustering",
                  "label": "CUDA run" if device.type == "cuda" else
-                 "CPU run: checks the script and the agreement at toy size; NOT the GPU measurement the issue asks for",
+                 "CPU run: checks the script and the agreement at toy size; NOT the GPU measurement at ImageNet scale",
                  "args": vars(args), "device": device.type,
                  "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                  "cpu_count": os.cpu_count(), "feature_dtype": str(dtype).replace("torch.", "")}
