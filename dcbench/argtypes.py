@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from dcbench.resources import MAX_INPUT_SIZE, MAX_SEED
+from dcbench.choices import MAX_INPUT_SIZE, MAX_SEED
 
 FLOAT32_MAX = 3.4e38  # torch applies hyperparameters in float32: a larger value overflows there
 

@@ -40,6 +40,7 @@ from safetensors.torch import save as safetensors_bytes
 
 import dcbench
 from dcbench.atomic import replace_dir_atomic
+from dcbench.choices import MAX_INPUT_SIZE
 from dcbench.errors import CheckpointError
 from dcbench.models import (
     ARCHS,
@@ -314,8 +315,6 @@ def _is_int(v) -> bool:
 
 def validate_meta(meta: dict, meta_path: Path) -> None:
     """Type and range of every meta.json value the code uses (the file is not covered by a hash)."""
-    from dcbench.resources import MAX_INPUT_SIZE
-
     def check(key, ok: bool, want: str) -> None:
         if not ok:
             raise _bad(meta_path, key, meta.get(key), want)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dcbench.choices import CROPS, FLIPS, LOADERS  # noqa: F401  (their names live there, without torch)
+from dcbench.choices import CROPS, FLIPS
 from dcbench.datasets import open_image, pil_loader
 
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from dcbench.choices import MAX_INPUT_SIZE, MAX_SEED  # noqa: F401  (their home, without torch)
 from dcbench.errors import UserError
 
 
