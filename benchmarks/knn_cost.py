@@ -64,8 +64,9 @@ def main() -> None:
 
     from dcbench.provenance import environment
     from dcbench.transfer import knn
+    from dcbench.transfer.protocol import positive_ints
 
-    ks = knn.parse_ks(args.k)
+    ks = positive_ints(args.k, "--k", "10,20,100,200")
     dtype = {"float32": torch.float32, "float16": torch.float16}[args.bank_dtype]
     rng = np.random.default_rng(args.seed)
     bank_x = unit_rows(rng, args.bank, args.dim)

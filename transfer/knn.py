@@ -53,6 +53,7 @@ from dcbench.transfer.protocol import (
     eval_crops_transform,
     input_size,
     loader_of,
+    positive_ints,
     precision_of,
     remap_targets,
     resolve_protocol,
@@ -70,16 +71,6 @@ DESC = "desc"
 
 # --------------------------------------------------------------------------------------------
 # Pure core: search and vote
-
-
-def parse_ks(spec) -> list[int]:
-    try:
-        ks = sorted({int(s) for s in str(spec).split(",") if s.strip()})
-    except ValueError:
-        ks = []
-    if not ks or ks[0] < 1:
-        raise UserError(f"--k {spec}: give a comma-separated list of positive integers, e.g. 10,20,100,200")
-    return ks
 
 
 def normalised(x: np.ndarray | torch.Tensor, dtype: torch.dtype, device, rows: int = 8192) -> torch.Tensor:
@@ -222,7 +213,7 @@ def bank_dtype(args: argparse.Namespace) -> torch.dtype:
 def run(args: argparse.Namespace) -> Path:
     timer = Timer()
     proto = resolve_protocol(args, DEFAULTS)
-    ks = parse_ks(proto["k"])
+    ks = positive_ints(proto["k"], "--k", "10,20,100,200")
     proto["k"] = ",".join(map(str, ks))
     with timer("load"):
         ckpt = load_checkpoint(args.checkpoint)

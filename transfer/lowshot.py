@@ -47,6 +47,7 @@ from dcbench.transfer.protocol import (
     eval_crops_transform,
     input_size,
     loader_of,
+    positive_ints,
     precision_of,
     remap_targets,
     resolve_protocol,
@@ -66,16 +67,6 @@ DEFAULTS = {
     "train_aug": ("rrc-flip", "rrc-flip"),  # DeepCluster's training crops: RandomResizedCrop + flip
     "eval_crops": (10, 1),           # thesis §5.2: "top@1 accuracy averaged over 10 crops"
 }
-
-
-def parse_shots(spec: str) -> list[int]:
-    try:
-        shots = sorted({int(s) for s in str(spec).split(",") if s.strip()})
-    except ValueError:
-        shots = []
-    if not shots or shots[0] < 1:
-        raise UserError(f"--shots {spec}: give a comma-separated list of positive integers, e.g. 4,8,16")
-    return shots
 
 
 def draw_subset(targets: list[int], n: int, seed: int, shots: int, draw: int) -> list[int]:
@@ -130,7 +121,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> Path:
     timer = Timer()
     proto = resolve_protocol(args, DEFAULTS)
-    shots = parse_shots(proto["shots"])
+    shots = positive_ints(proto["shots"], "--shots", "4,8,16")
     proto["shots"] = ",".join(map(str, shots))
     with timer("load"):
         ckpt = load_checkpoint(args.checkpoint)

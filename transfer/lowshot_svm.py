@@ -34,12 +34,11 @@ import numpy as np
 from dcbench import argtypes
 from dcbench.atomic import write_text_atomic
 from dcbench.datasets import VOC_CLASSES
-from dcbench.errors import UserError
 from dcbench.results import checkpoint_block, make_result
 from dcbench.safepath import output_dir
 from dcbench.tasks import Resources, Task, register
 from dcbench.transfer.linear_svm import PUBLISHED_COSTS, SVM_PARAMS, draw, lowshot_svm, normalise
-from dcbench.transfer.protocol import Timer, default_help, resolve_protocol, save_and_report
+from dcbench.transfer.protocol import Timer, default_help, positive_ints, resolve_protocol, save_and_report
 from dcbench.transfer.voc07_svm import (
     TAP_METRIC,
     add_feature_arguments,
@@ -56,16 +55,6 @@ DEFAULTS = {
 }
 
 
-def parse_shots(spec: str) -> list[int]:
-    try:
-        shots = sorted({int(s) for s in str(spec).split(",") if s.strip()})
-    except ValueError:
-        shots = []
-    if not shots or shots[0] < 1:
-        raise UserError(f"--shots {spec}: give a comma-separated list of positive integers, e.g. 1,2,4,8")
-    return shots
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_feature_arguments(p, DEFAULTS)
     p.add_argument("--shots", default=None, help="k positive images per class; " + default_help(*DEFAULTS["shots"]))
@@ -77,7 +66,7 @@ def run(args: argparse.Namespace) -> Path:
     timer = Timer()
     proto = resolve_protocol(args, DEFAULTS)
     proto["costs"] = parse_costs(proto["costs"])
-    shots = parse_shots(proto["shots"])
+    shots = positive_ints(proto["shots"], "--shots", "1,2,4,8")
     ckpt, pools, layers, feats, devkit, data_fp, hit, size = voc_features(args, proto, timer, "lowshot-svm")
     (xtr, ytr, ids), (xte, yte, _) = feats[args.train_split], feats[args.test_split]
     for k in shots:  # a k the data cannot give is a one-line error before any SVM is trained

@@ -115,6 +115,17 @@ def defaults_at(defaults: dict, scale: str) -> dict:
     return {k: copy.deepcopy(v[col]) for k, v in defaults.items()}
 
 
+def positive_ints(spec, flag: str, example: str) -> list[int]:
+    """A comma-separated list flag (``--shots 4,8``, ``--k 10,20``) as sorted distinct positive integers."""
+    try:
+        values = sorted({int(s) for s in str(spec).split(",") if s.strip()})
+    except ValueError:
+        values = []
+    if not values or values[0] < 1:
+        raise UserError(f"{flag} {spec}: give a comma-separated list of positive integers, e.g. {example}")
+    return values
+
+
 def resolve_protocol(args: argparse.Namespace, defaults: dict) -> dict:
     """Each protocol value: the flag if given, else the (full, smoke) default for --scale."""
     out = defaults_at(defaults, args.scale)
