@@ -92,13 +92,13 @@ def render(tables: dict[str, list[Table]], coll: Collection, n_files: int, plots
     ]
     # what was measured where a reader looks first: a scale with measured rows before one without,
     # and in each scale the tables with measured rows before those that show published numbers only
-    measured = {scale: [t for t in tables[scale] if any(r.measured for r in t.rows)] for scale in ("full", "smoke")}
+    measured = {scale: [t for t in tables[scale] if _has_measured(t)] for scale in ("full", "smoke")}
     for scale in sorted(("full", "smoke"), key=lambda sc: not measured[sc]):
         title, intro = SCALE_TITLES[scale]
         out += [f"## {title}", "", intro, ""]
         if not tables[scale]:
             out += [f"No {scale}-scale results.", ""]
-        published_only = [t for t in tables[scale] if not any(r.measured for r in t.rows)]
+        published_only = [t for t in tables[scale] if not _has_measured(t)]
         for table in measured[scale]:
             out += _table_section(table, scale, plots)
         if published_only:
@@ -108,6 +108,10 @@ def render(tables: dict[str, list[Table]], coll: Collection, n_files: int, plots
             out += _table_section(table, scale, plots)
     out += _excluded(coll)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _has_measured(table: Table) -> bool:
+    return any(r.measured for r in table.rows)
 
 
 def _table_section(table: Table, scale: str, plots: dict[str, str]) -> list[str]:
