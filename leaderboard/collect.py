@@ -18,7 +18,7 @@ import pandas as pd
 
 from dcbench.errors import ResultError, UserError
 from dcbench.models import family_of
-from dcbench.results import SCHEMA_NAME, SCHEMA_VERSION, validate_result
+from dcbench.results import READABLE_VERSIONS, SCHEMA_NAME, validate_result
 
 # Columns of the frame that :func:`newest_runs` returns (one row per result group).
 GROUP_KEY = ["scale", "task", "ckpt_sha", "ckpt_name", "variant_key"]
@@ -78,7 +78,7 @@ def load_results(files: Iterable[Path]) -> Collection:
         if isinstance(data, dict) and data.get("schema") in NOT_RESULTS:
             continue
         if (isinstance(data, dict) and data.get("schema") == SCHEMA_NAME
-                and data.get("schema_version") != SCHEMA_VERSION):
+                and data.get("schema_version") not in READABLE_VERSIONS):
             version = data.get("schema_version")
             coll.other_version.append((str(f), version if isinstance(version, (int, float)) else repr(version)[:80]))
             continue

@@ -21,7 +21,7 @@ def result(task: str, metrics: dict, *, ckpt: str = "km-test", variant: dict | N
            scale: str = "full", created: str = "2025-01-01T00:00:00+00:00", protocol: dict | None = None,
            git: str = "0123456789abcdef0123456789abcdef01234567", best_epoch: int | None = None,
            details=None) -> dict:
-    """A valid schema-v1 result (what :func:`dcbench.results.make_result` builds, minus torch)."""
+    """A valid schema-v2 result (what :func:`dcbench.results.make_result` builds, minus torch)."""
     has_best = any(k.endswith("_best") for k in metrics)
     r = {
         "schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "task": task,
@@ -37,6 +37,7 @@ def result(task: str, metrics: dict, *, ckpt: str = "km-test", variant: dict | N
         "environment": {"git_sha": git, "python": "3.11"},
         "timings": {"total": 1.0},
         "created": created,
+        "cost": {"wall_s": 1.0, "device": "cpu: test", "gpu_hours": 0.0, "peak_host_mb": 100.0},
     }
     if details is not None:
         r["details"] = details
@@ -335,13 +336,13 @@ def test_the_suite_manifest_in_a_results_folder_is_not_reported_as_a_bad_result(
 def test_other_schema_version_is_reported_not_mixed(tmp_path, capsys):
     res = tmp_path / "res"
     write(res, "v1.json", result("mlp", {"top1": 30.0}, created="2025-01-01T00:00:00+00:00"))
-    v2 = write(res, "v2.json", with_version(result("mlp", {"top1": 99.0}, created="2030-01-01T00:00:00+00:00"), 2))
+    v2 = write(res, "v3.json", with_version(result("mlp", {"top1": 99.0}, created="2030-01-01T00:00:00+00:00"), 3))
     rc, text, tables = run(tmp_path, res)
     assert rc == 0
-    assert f"left out {v2}: result schema version 2" in capsys.readouterr().err
+    assert f"left out {v2}: result schema version 3" in capsys.readouterr().err
     row = row_by_method(tables[f"{FULL} / {T52}"], "km-test")
     assert row["Top-1"][0] == "30.0" and row["Runs"][0] == "1"
-    assert f"`{v2}`: result schema version 2" in text
+    assert f"`{v2}`: result schema version 3" in text
 
 
 def test_with_smoke_results_only_the_smoke_section_comes_first(tmp_path):

@@ -7,10 +7,18 @@ fallback.
 
 from __future__ import annotations
 
+import argparse
 import os
+import shutil
+import statistics
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
+from dcbench import cost
+from dcbench.atomic import write_json_atomic
 from dcbench.errors import ArgumentParser, UserError, run_cli
+from dcbench.results import read_result, validate_result
 from dcbench.tasks import registry
 from dcbench.transfer.protocol import add_common_arguments
 
@@ -18,7 +26,7 @@ from dcbench.transfer.protocol import add_common_arguments
 def get_args_parser() -> ArgumentParser:
     p = ArgumentParser("dc-transfer", description="Evaluate a checkpoint with one transfer protocol (the "
                                                   "thesis's and today's standard ones); writes a result JSON "
-                                                  "(schema v1).")
+                                                  "(schema v2).")
     sub = p.add_subparsers(dest="task", required=True, metavar="TASK", parser_class=ArgumentParser)
     for task in registry().values():
         # argparse %-formats an action's help ("1% of the labels" must stay text)
@@ -36,8 +44,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--out {args.out} is a file; --out is the folder result files go in (choose another)")
     if args.scale is None:
         args.scale = "smoke" if args.data is None else "full"
-    args._run(args)
+    cost.begin()
+    path = args._run(args)
+    if args.seeds > 1:
+        repeat_seeds(args, Path(path))
     return 0
+
+
+def repeat_seeds(args, first: Path) -> None:
+    """Run the task again with seeds SEED+1..SEED+N-1 (into a scratch folder under --out, removed
+    afterwards, so the leaderboard sees one result) and add their mean and sample standard deviation
+    to the first run's result. Features are cached, so the repeats cost the trained part only."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".seeds-", dir=args.out))
+    result = read_result(first)
+    runs = {args.seed: result["metrics"]}
+    try:
+        for i in range(1, args.seeds):
+            seed = args.seed + i
+            print(f"--seeds {args.seeds}: seed {seed} ({i + 1}/{args.seeds})", flush=True)
+            cost.begin()
+            again = argparse_copy(args, seed=seed, out=scratch / str(seed))
+            runs[seed] = read_result(args._run(again))["metrics"]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    names = [m for m in result["metrics"] if all(m in r for r in runs.values())]
+    result["seeds"] = {"n": len(runs), "seeds": list(runs),
+                       "mean": {m: statistics.fmean(r[m] for r in runs.values()) for m in names},
+                       "sd": {m: statistics.stdev([r[m] for r in runs.values()]) for m in names},
+                       "values": {m: [r[m] for r in runs.values()] for m in names}}
+    write_json_atomic(first, validate_result(result, str(first)))
+    print("seeds " + ", ".join(f"{m}={result['seeds']['mean'][m]:.2f}±{result['seeds']['sd'][m]:.2f}"
+                               for m in names))
+
+
+def argparse_copy(args: argparse.Namespace, **changes) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), **changes})
 
 
 def cli() -> int:

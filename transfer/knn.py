@@ -40,6 +40,7 @@ from dcbench import argtypes
 from dcbench.checkpoint import descriptor_block, load_checkpoint
 from dcbench.datasets import ImageFolder, fingerprint
 from dcbench.errors import UserError
+from dcbench.outcomes import Outcomes
 from dcbench.results import checkpoint_block, make_result
 from dcbench.tasks import Resources, Task, register
 from dcbench.transfer import training
@@ -57,6 +58,7 @@ from dcbench.transfer.protocol import (
     precision_of,
     remap_targets,
     resolve_protocol,
+    sample_ids,
     save_and_report,
 )
 
@@ -142,19 +144,28 @@ def ranked_classes(scores: np.ndarray) -> np.ndarray:
     return np.argsort(-scores, axis=1, kind="stable")
 
 
-def knn_accuracy(sims: np.ndarray, neighbours: np.ndarray, bank_labels: np.ndarray, query_labels: np.ndarray,
-                 ks: list[int], temperature: float, n_classes: int, chunk: int = 4096) -> dict[int, tuple[float, float]]:
-    """k -> (top-1 %, top-5 %) from the sorted neighbour lists (each k: their first k columns)."""
-    hits = {k: [0, 0] for k in ks}
-    for s in range(0, len(sims), chunk):
+def knn_hits(sims: np.ndarray, neighbours: np.ndarray, bank_labels: np.ndarray, query_labels: np.ndarray,
+             ks: list[int], temperature: float, n_classes: int, chunk: int = 4096) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """k -> (top-1 hit, top-5 hit) per query (bool arrays), from the sorted neighbour lists (each k:
+    their first k columns)."""
+    n = len(sims)
+    hits = {k: (np.zeros(n, bool), np.zeros(n, bool)) for k in ks}
+    for s in range(0, n, chunk):
         y = query_labels[s:s + chunk]
         for k in ks:
             ranked = ranked_classes(class_scores(sims[s:s + chunk], neighbours[s:s + chunk], bank_labels, k,
                                                  temperature, n_classes))
-            hits[k][0] += int((ranked[:, 0] == y).sum())
-            hits[k][1] += int((ranked[:, :min(5, k)] == y[:, None]).any(1).sum())
+            hits[k][0][s:s + chunk] = ranked[:, 0] == y
+            hits[k][1][s:s + chunk] = (ranked[:, :min(5, k)] == y[:, None]).any(1)
+    return hits
+
+
+def knn_accuracy(sims: np.ndarray, neighbours: np.ndarray, bank_labels: np.ndarray, query_labels: np.ndarray,
+                 ks: list[int], temperature: float, n_classes: int, chunk: int = 4096) -> dict[int, tuple[float, float]]:
+    """k -> (top-1 %, top-5 %)."""
+    hits = knn_hits(sims, neighbours, bank_labels, query_labels, ks, temperature, n_classes, chunk)
     n = len(sims)
-    return {k: (100.0 * t1 / n, 100.0 * t5 / n) for k, (t1, t5) in hits.items()}
+    return {k: (100.0 * int(t1.sum()) / n, 100.0 * int(t5.sum()) / n) for k, (t1, t5) in hits.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,15 +265,17 @@ def run(args: argparse.Namespace) -> Path:
     n_classes = len(train.classes)
     dtype = bank_dtype(args)
     metrics, dims = {}, {}
+    outcomes = Outcomes(ids=sample_ids(val))
     for n in names:
         with timer(f"knn_{n}"):
             bank = normalised(tr[n], dtype, args.device)
             sims, nn_idx = nearest(bank, va[n], ks[-1], proto["chunk"])
             del bank
-            acc = knn_accuracy(sims, nn_idx, ytr, yva, ks, proto["temperature"], n_classes)
-        for k, (t1, t5) in acc.items():
-            metrics[f"{n}_k{k}_top1"] = t1
-            metrics[f"{n}_k{k}_top5"] = t5
+            hits = knn_hits(sims, nn_idx, ytr, yva, ks, proto["temperature"], n_classes)
+        for k, (t1, t5) in hits.items():
+            for name, hit in ((f"{n}_k{k}_top1", t1), (f"{n}_k{k}_top5", t5)):
+                metrics[name] = 100.0 * int(hit.sum()) / len(hit)
+                outcomes.hits(name, hit)
         dims[n] = int(tr[n].shape[1])
     desc = descriptor_block(arch)
     result = make_result(
@@ -283,7 +296,7 @@ def run(args: argparse.Namespace) -> Path:
               "sizes": {"train": int(len(ytr)), "val": int(len(yva))}},
         scale=args.scale, timings=timer.timings, selection={"rule": "final", "epochs": None},
         details={"classes": n_classes, "feature_cache_hit": bool(hit_tr and hit_va)})
-    return save_and_report(args, result)
+    return save_and_report(args, result, outcomes)
 
 
 register(Task(

@@ -44,6 +44,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
                    help="full = the thesis protocol; smoke = small budgets for the embedded data "
                         "(default: smoke without --data, full with it, as dc-train)")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="random seed of the protocol (default: 0)")
+    p.add_argument("--seeds", type=argtypes.positive_int, default=1,
+                   help="run the trained part (probe, head, SVM draws) with seeds SEED..SEED+N-1; the result "
+                        "is SEED's, with the mean and standard deviation over the N runs (default: 1)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (default: cuda when available, else cpu; here: %(default)s)")
     p.add_argument("--workers", type=argtypes.nonneg_int, default=min(4, os.cpu_count() or 1),
@@ -172,6 +175,16 @@ def align_classes(train_classes: Sequence[str], val_classes: Sequence[str], wher
         raise UserError(f"{where}: val classes missing from train: {', '.join(map(str, missing[:5]))}"
                         f"{' ...' if len(missing) > 5 else ''}; train and val must share the class set")
     return [index[c] for c in val_classes]
+
+
+def sample_ids(dataset) -> list[str]:
+    """The test images' ids in scoring order, for :class:`dcbench.outcomes.Outcomes`: VOC image ids,
+    else paths relative to the dataset's image root (so the same test set stored elsewhere has the
+    same ids and two results on it can be compared pairwise)."""
+    if hasattr(dataset, "ids"):
+        return [str(i) for i in dataset.ids]
+    root = Path(dataset.root)
+    return [os.path.relpath(p, root) for p, _ in dataset.samples]
 
 
 def remap_targets(dataset, mapping: list[int]) -> None:
@@ -332,11 +345,15 @@ def loader_of(args: argparse.Namespace) -> str:
     return getattr(args, "loader", "torchvision")
 
 
-def save_and_report(args: argparse.Namespace, result: dict) -> Path:
+def save_and_report(args: argparse.Namespace, result: dict, outcomes=None) -> Path:
+    """Write the result (and its per-image ``outcomes``, :class:`dcbench.outcomes.Outcomes`, from
+    which its intervals come) under ``--out``, and print its metrics."""
     # every result says how it computed and decoded
     result["protocol"] = {**result["protocol"], "precision": precision_of(args), "loader": loader_of(args)}
-    path = write_result(result, args.out)
-    metrics = ", ".join(f"{k}={v:.2f}" for k, v in result["metrics"].items())
+    path = write_result(result, args.out, outcomes)
+    ci = result.get("intervals", {}).get("metrics", {})
+    metrics = ", ".join(f"{k}={v:.2f}" + (f" [{ci[k][0]:.2f}, {ci[k][1]:.2f}]" if k in ci else "")
+                        for k, v in result["metrics"].items())
     print(f"{result['task']} [{result['scale']}] {printable(result['checkpoint']['name'])}: {metrics}")
     print(f"result: {path}")
     return path

@@ -31,6 +31,7 @@ def good(name: str = "km-test", **over) -> dict:
         "data": {"name": "imagenet", "root": "/data", "fingerprint": "f" * 16, "sizes": {"val": 10}},
         "scale": "smoke", "environment": {"git_sha": "0123456789abcdef"}, "timings": {"total": 1.0},
         "created": "2025-01-01T00:00:00+00:00",
+        "cost": {"wall_s": 1.0, "device": "cpu: test", "gpu_hours": 0.0, "peak_host_mb": 100.0},
     }
     for path, value in over.items():
         node = r
