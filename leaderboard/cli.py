@@ -1,4 +1,6 @@
-"""dc-leaderboard RESULTS... [--out LEADERBOARD.md] [--check EXPECTED.yaml]
+"""dc-leaderboard RESULTS... [--out LEADERBOARD.md] [--check EXPECTED.yaml]; dc-leaderboard diff A B
+
+``diff`` (:mod:`dcbench.leaderboard.diff`) says what differs between two results or checkpoints.
 
 Reads every result file (folders are searched recursively for ``*.json``), keeps the newest
 run of each (scale, task, checkpoint, variant), and writes the markdown tables with the
@@ -32,7 +34,8 @@ from dcbench.text import md_text, printable
 def get_args_parser(add_help: bool = True) -> ArgumentParser:
     p = ArgumentParser("dc-leaderboard", add_help=add_help,
                        description="Turn result files into LEADERBOARD.md: the thesis's chapter 5 tables, "
-                                   "literature rows beside measured ones, plus PNG plots.")
+                                   "literature rows beside measured ones, plus PNG plots. "
+                                   "'dc-leaderboard diff A B' says why two results differ.")
     p.add_argument("results", nargs="+", type=Path, metavar="RESULTS",
                    help="result JSON files or folders (searched recursively for *.json)")
     p.add_argument("--out", type=Path, default=None,
@@ -122,6 +125,11 @@ def _visualize_pages(table: Table, newest, out: Path) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["diff"]:  # a results folder named "diff" is passed as ./diff
+        from dcbench.leaderboard import diff
+
+        return diff.main(argv[1:])
     args = get_args_parser().parse_args(argv)
     expected = checking.load_expected(args.check) if args.check else None
     files = find_result_files(args.results)
@@ -133,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path, reason in coll.skipped:
         print(f"warning: skipped invalid result {printable(path, 1000)}: {printable(reason, 400)}", file=sys.stderr)
     for path, version in coll.other_version:
-        print(f"warning: left out {printable(path, 1000)}: result schema version {printable(version, 40)}, not 1",
+        print(f"warning: left out {printable(path, 1000)}: result schema version {printable(version, 40)}, not 1 or 2",
               file=sys.stderr)
     newest = newest_runs(to_frame(coll.results))
     tables = build_tables(newest, load_literature())

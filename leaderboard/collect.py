@@ -1,8 +1,12 @@
 """Find, read and validate result files; keep the newest run of each (scale, task, checkpoint, variant).
 
 Pure functions over paths and plain dicts, so a test can call them without the CLI. A file that
-is not a valid schema-v1 result is *skipped* (named, with the reason); a file that is a dcbench
-result of another schema version is *set aside* and reported, never mixed into the tables.
+is not a valid result (schema v2, or v1 as written) is *skipped* (named, with the reason); a file
+that is a dcbench result of a schema version this dcbench cannot read is *set aside* and reported,
+never mixed into the tables.
+
+A result's intervals are shown only when the per-image outcomes beside it check out
+(:func:`dcbench.outcomes.read_outcomes`); otherwise the reason is kept and the table marks the cell.
 """
 
 from __future__ import annotations
@@ -18,17 +22,20 @@ import pandas as pd
 
 from dcbench.errors import ResultError, UserError
 from dcbench.models import family_of
+from dcbench.outcomes import read_outcomes
 from dcbench.results import READABLE_VERSIONS, SCHEMA_NAME, validate_result
 
 # Columns of the frame that :func:`newest_runs` returns (one row per result group).
-GROUP_KEY = ["scale", "task", "ckpt_sha", "ckpt_name", "variant_key"]
+# The selection rule is part of it: a run under the thesis's rule and one under the held-out rule
+# are two rows, never one replacing the other.
+GROUP_KEY = ["scale", "task", "ckpt_sha", "ckpt_name", "variant_key", "selection_rule"]
 
 
 @dataclass
 class Collection:
     """What the leaderboard was built from."""
 
-    results: list[dict] = field(default_factory=list)          # valid schema-v1 results, "_path" added
+    results: list[dict] = field(default_factory=list)          # valid results, "_path" added
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     other_version: list[tuple[str, object]] = field(default_factory=list)  # (path, schema_version)
 
@@ -119,11 +126,26 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return flat
 
 
+def checked_outcomes(r: dict) -> tuple[dict, dict, str | None]:
+    """(intervals, outcomes by metric, why the intervals are left out) of a result: its intervals
+    only when its outcomes file checks out. A v1 result has neither, and nothing to explain."""
+    if r["schema_version"] == 1 or ("intervals" not in r and "outcomes" not in r):
+        return {}, {}, None
+    try:
+        metrics = read_outcomes(r, Path(r["_path"]))
+    except ResultError as e:
+        return {}, {}, str(e).removeprefix(f"{r['_path']}: ")
+    intervals = {k: tuple(v) for k, v in r.get("intervals", {}).get("metrics", {}).items() if k in metrics}
+    return intervals, metrics, None
+
+
 def to_frame(results: list[dict]) -> pd.DataFrame:
     """One row per result file."""
     rows = []
     for r in results:
         details = r.get("details") if isinstance(r.get("details"), dict) else {}
+        intervals, outcomes, withheld = checked_outcomes(r)
+        size = r["protocol"].get("input_size")
         rows.append({
             "scale": r["scale"], "task": r["task"],
             "ckpt_name": r["checkpoint"]["name"], "ckpt_sha": r["checkpoint"]["sha256"],
@@ -137,9 +159,16 @@ def to_frame(results: list[dict]) -> pd.DataFrame:
             if isinstance(details.get("protocol_defaults"), dict) else None,
             "git_sha": str(r["environment"].get("git_sha") or "unknown"),
             "data_name": r["data"]["name"], "details": details, "path": r["_path"],
+            "selection_rule": r["selection"]["rule"], "schema_version": r["schema_version"],
+            "data_fp": str(r["data"]["fingerprint"]),
+            "input_size": size if isinstance(size, int) and not isinstance(size, bool) else None,
+            "cost": r.get("cost"), "seeds": r.get("seeds"), "intervals": intervals, "outcomes": outcomes,
+            "withheld": withheld, "images_sha": (r.get("outcomes") or {}).get("images_sha256") if outcomes else None,
         })
     cols = ["scale", "task", "ckpt_name", "ckpt_sha", "ckpt_origin", "family", "variant_key", "variant", "created", "created_raw",
-            "metrics", "selection", "protocol", "protocol_defaults", "git_sha", "data_name", "details", "path"]
+            "metrics", "selection", "protocol", "protocol_defaults", "git_sha", "data_name", "details", "path",
+            "selection_rule", "schema_version", "data_fp", "input_size", "cost", "seeds", "intervals", "outcomes",
+            "withheld", "images_sha"]
     return pd.DataFrame(rows, columns=cols)
 
 

@@ -4,17 +4,21 @@
 literature into plain :class:`Table` objects; :mod:`render` writes them as markdown and
 :mod:`plots` draws them. Rules, stated once:
 
-- One row per checkpoint (name + sha256). A result with best-over-epochs metrics (``conv5_best``)
-  adds a second row "(best over epochs)", its provenance naming the best epoch(s): the
-  last-epoch number is never silently replaced by a maximum. A low-shot result's random-init baseline (``random_n4_mean``) is its
-  own row too.
+- One row per checkpoint (name + sha256) and selection rule. A result under the thesis's rule
+  (best epoch on the test set, ``conv5_best``) gives a "(last epoch)" row and a "(thesis rule: best
+  epoch on test)" row; the default rule (the epoch chosen on a held-out split of the training set)
+  gives one row. A low-shot result's random-init baseline (``random_n4_mean``) is its own row too.
 - If one checkpoint has several variants that fit one column (two detection methods, two
   datasets), each goes to a row qualified by the variant values that differ.
-- Bold: the best value of a column among the comparable measured rows, and only when there are
-  at least two of them (a lone number is not "best"). Comparable: same selection rule (last
-  epoch, or best over epochs). Never bold: reported rows (transcribed, not re-measured),
-  baselines (random-init rows, checkpoints of origin ``random``) and baseline columns (the
-  k-NN graph's ``random_*`` metrics).
+- Comparable rows: same selection rule, data fingerprint, input size and protocol (the values
+  that differ from the default, less those derived from the architecture, such as pooling sizes).
+  Rows that are not comparable are never ranked against each other.
+- Bold: the best value of a column among at least two comparable measured rows, and only when a
+  paired bootstrap over the same test images puts its difference from the next row's value away
+  from 0 at 95%, and its own interval clear of chance. Without per-image outcomes (schema-v1
+  results) nothing is bold. Never bold: reported rows (transcribed, not re-measured), baselines
+  (random-init rows, checkpoints of origin ``random``) and baseline columns (the k-NN graph's
+  ``random_*`` metrics).
 - Architecture families have separate tables: AlexNet/VGG16 results fill the thesis's tables, ResNet
   results (``dcbench.models.family_of``) their own "ResNets:" tables, which have no reported rows (no
   published ResNet number with a named source is in literature.csv).
@@ -28,6 +32,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from dcbench.outcomes import paired_difference
 from dcbench.tasks import Task, registry
 from dcbench.text import md_text
 
@@ -293,6 +298,13 @@ class Row:
     checkpoint: str = ""  # "name sha8", measured rows only
     selection: str = ""   # measured rows: the RowKind name ("" last epoch, "best", "random")
     baseline: bool = False  # measured random-init numbers: shown, never bold
+    rule: str = ""        # measured rows: the results' selection rule
+    compare: tuple = ()   # measured rows: what must agree for two rows to be ranked (module docstring)
+    intervals: dict = field(default_factory=dict)  # header -> (low, high), 95% bootstrap
+    withheld: dict = field(default_factory=dict)   # header -> why its interval is left out
+    outcomes: dict = field(default_factory=dict)   # header -> (dcbench.outcomes.Metric, images sha256)
+    seeds: dict = field(default_factory=dict)      # header -> (mean, sd, n) over --seeds runs
+    cost: str = ""        # measured rows: wall time (or GPU-hours) and device
 
     @property
     def measured(self) -> bool:
@@ -305,6 +317,23 @@ class Row:
 
 
 @dataclass
+class Comparison:
+    """A paired comparison of two comparable measured rows in one column: ``better`` minus ``worse``."""
+
+    header: str
+    better: Row
+    worse: Row
+    difference: float | None = None   # None: no paired interval (outcomes missing or test sets differ)
+    low: float | None = None
+    high: float | None = None
+    why_not: str = ""
+
+    @property
+    def significant(self) -> bool:
+        return self.low is not None and (self.low > 0 or self.high < 0)
+
+
+@dataclass
 class Table:
     spec: TableSpec
     scale: str
@@ -312,15 +341,50 @@ class Table:
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)   # markdown image links (k-NN pictures)
+    chance: dict = field(default_factory=dict)        # header -> chance level (%), where one is known
+    comparisons: list[Comparison] = field(default_factory=list)
 
-    def best(self, header: str, row: Row) -> float | None:
-        """The value to bold in ``header`` among the rows comparable with ``row``; None: bold nothing."""
+    def bold(self, header: str, row: Row) -> bool:
+        """Whether ``row``'s value in ``header`` is bold (the module docstring's rule)."""
         col = next((c for c in self.spec.columns if c.header == header), None)
         if col is None or col.baseline or not row.contends:
-            return None
-        vals = [r.values[header] for r in self.rows
-                if r.contends and r.selection == row.selection and header in r.values]
-        return max(vals) if len(vals) >= 2 else None
+            return False
+        for c in self.comparisons:
+            if c.header == header and c.better is row and c.worse.contends:
+                chance = self.chance.get(header)
+                clear = chance is None or (header in row.intervals and row.intervals[header][0] > chance)
+                return c.significant and clear and _top_contender(self, header, row)
+        return False
+
+
+def _top_contender(table: Table, header: str, row: Row) -> bool:
+    peers = [r for r in table.rows if r.contends and r.compare == row.compare and header in r.values]
+    return len(peers) >= 2 and max(peers, key=lambda r: r.values[header]) is row
+
+
+def compare_rows(table: Table) -> list[Comparison]:
+    """For each column, the measured rows of each comparable group ranked by value, and each adjacent
+    pair compared by a paired bootstrap over the same test images (:func:`dcbench.outcomes.paired_difference`)."""
+    out = []
+    for header in table.columns:
+        groups: dict[tuple, list[Row]] = {}
+        for r in table.rows:
+            if r.measured and header in r.values:
+                groups.setdefault(r.compare, []).append(r)
+        for rows in groups.values():
+            rows = sorted(rows, key=lambda r: -r.values[header])
+            for better, worse in zip(rows, rows[1:]):
+                c = Comparison(header, better, worse)
+                a, b = better.outcomes.get(header), worse.outcomes.get(header)
+                if a is None or b is None:
+                    c.why_not = "no per-image outcomes for both rows"
+                elif a[1] != b[1]:
+                    c.why_not = "their test images differ"
+                else:
+                    d = paired_difference(a[0], b[0])
+                    c.difference, c.low, c.high = d["difference"], d["low"], d["high"]
+                out.append(c)
+    return out
 
 
 def literature_rows(spec: TableSpec, literature: pd.DataFrame) -> list[Row]:
@@ -345,9 +409,17 @@ def _lit_source(r) -> str:
     return kind + (f" (thesis Table {r['table']})" if r["table"][:1].isdigit() else f" ({r['citation']})")
 
 
+RULE_LABELS = {  # how a row names the rule its numbers were chosen by (the default, held-out, says nothing)
+    "last+best": {"": "last epoch", "best": "thesis rule: best epoch on test"},
+    "best-on-test": {"": "published rule: chosen on test"},
+}
+# protocol values fixed by the architecture and input size (both compared on their own)
+_DERIVED = re.compile(r"(pooling|feature_dims|features|layers)(\.|$)")
+
+
 def measured_rows(spec: TableSpec, newest: pd.DataFrame, scale: str) -> list[Row]:
     """Rows for the newest results of ``scale`` that fill a column of ``spec``."""
-    # (name, sha, kind, qualifier) -> header -> (value, std, result row)
+    # (name, sha, kind, rule, qualifier) -> header -> (value, std, result row, metric)
     cells: dict[tuple, dict[str, tuple]] = {}
     sub = newest[newest["scale"] == scale] if not newest.empty else newest
     if sub.empty:
@@ -357,37 +429,71 @@ def measured_rows(spec: TableSpec, newest: pd.DataFrame, scale: str) -> list[Row
         for kind in spec.kinds:
             metric = kind.metric(col.metric)
             has = fits[fits["metrics"].map(lambda m, k=metric: k in m).astype(bool)]
-            for (name, sha), group in has.groupby(["ckpt_name", "ckpt_sha"], sort=True):
+            for (name, sha, rule), group in has.groupby(["ckpt_name", "ckpt_sha", "selection_rule"], sort=True):
                 group_rows = [g for _, g in group.iterrows()]
                 differing = _differing_keys([g["variant"] for g in group_rows])
                 for g in group_rows:
                     qual = ", ".join(f"{k}={g['variant'].get(k)}" for k in differing)
                     std = g["metrics"].get(kind.metric(col.std_metric)) if col.std_metric else None
-                    cells.setdefault((name, sha, kind.name, qual), {})[col.header] = (
-                        g["metrics"][metric], std, g)
+                    cells.setdefault((name, sha, kind.name, rule, qual), {})[col.header] = (
+                        g["metrics"][metric], std, g, metric)
     rows = []
     kind_order = {k.name: i for i, k in enumerate(spec.kinds)}
-    for (name, sha, kind, qual), by_col in sorted(cells.items(), key=lambda kv: (
-            kv[0][0], kv[0][1], kind_order[kv[0][2]], kv[0][3])):
-        results = [g for _, _, g in by_col.values()]
+    for (name, sha, kind, rule, qual), by_col in sorted(cells.items(), key=lambda kv: (
+            kv[0][0], kv[0][1], kv[0][3], kind_order[kv[0][2]], kv[0][4])):
+        results = [c[2] for c in by_col.values()]
         label = name
         baseline = kind == "random" or any(g["ckpt_origin"] == "random" for g in results)
         provenance, protocol = _provenance(sha, results)
         if kind == "best":
-            label = f"{name} (best over epochs)"
             provenance += " · " + _best_epochs(spec, by_col)
-        elif kind == "random":
+        if kind == "random":
             label = f"Random init (baseline run with {name})"
+        said = RULE_LABELS.get(rule, {}).get(kind)
+        if said:
+            label += f" ({said})"
         if qual:
             label += f" [{qual}]"
-        runs = {h: int(g["n_runs"]) for h, (_, _, g) in by_col.items()}
-        rows.append(Row(
+        runs = {h: int(c[2]["n_runs"]) for h, c in by_col.items()}
+        row = Row(
             label=label, source=f"measured ({scale})", kind="measured",
-            values={h: float(v) for h, (v, _, _) in by_col.items()},
-            stds={h: float(s) for h, (_, s, _) in by_col.items() if s is not None},
+            values={h: float(c[0]) for h, c in by_col.items()},
+            stds={h: float(c[1]) for h, c in by_col.items() if c[1] is not None},
             runs=_runs_text(runs), provenance=provenance, protocol=protocol, checkpoint=f"{name} {sha[:8]}",
-            selection=kind, baseline=baseline))
+            selection=kind, baseline=baseline, rule=rule, cost=_cost_text(results))
+        for h, (_, _, g, metric) in by_col.items():
+            if metric in g["intervals"]:
+                row.intervals[h] = g["intervals"][metric]
+                row.outcomes[h] = (g["outcomes"][metric], g["images_sha"])
+            elif g["withheld"]:
+                row.withheld[h] = g["withheld"]
+            seeds = g["seeds"] if isinstance(g["seeds"], dict) else {}
+            if metric in seeds.get("mean", {}):
+                row.seeds[h] = (seeds["mean"][metric], seeds["sd"][metric], seeds["n"])
+        row.compare = _comparable(rule, kind, results)
+        rows.append(row)
     return rows
+
+
+def _comparable(rule: str, kind: str, results: list) -> tuple:
+    protocol = sorted({(k, _fmt_value(v)) for g in results for k, v in g["protocol_diff"].items()
+                       if not _DERIVED.match(k) and k not in ("seed", "input_size")})
+    return (rule, kind, tuple(sorted({g["data_fp"] for g in results})),
+            tuple(sorted({str(g["input_size"]) for g in results})), tuple(protocol))
+
+
+def _cost_text(results: list) -> str:
+    """Wall time (or GPU-hours) and device of a row's newest results, from their ``cost`` blocks."""
+    costs = [g["cost"] for g in results if isinstance(g["cost"], dict)]
+    if not costs:
+        return "-"
+    unique = {id(c): c for c in costs}.values()
+    wall = sum(float(c.get("wall_s", 0.0)) for c in unique)
+    gpu_h = sum(float(c.get("gpu_hours", 0.0)) for c in unique)
+    devices = sorted({str(c.get("device", "?")).removeprefix("cpu: ")[:40] for c in unique})
+    gpu = any(c.get("device_count") for c in unique)
+    amount = f"{gpu_h:.2f} GPU-h" if gpu else (f"{wall:.0f} s" if wall < 3600 else f"{wall / 3600:.1f} h")
+    return f"{amount}, {' / '.join(devices)}" if gpu else f"{amount} CPU"
 
 
 def _best_epochs(spec: TableSpec, by_col: dict) -> str:
@@ -397,7 +503,7 @@ def _best_epochs(spec: TableSpec, by_col: dict) -> str:
     heads at once); otherwise ``selection.best_epoch`` applies to all its metrics."""
     metric_of = {c.header: c.metric for c in spec.columns}
     epochs = {}
-    for header, (_, _, g) in by_col.items():
+    for header, (_, _, g, _) in by_col.items():
         per = g["selection"].get("best_epochs")
         per = per if isinstance(per, dict) else {}
         epochs[header] = per.get(metric_of[header], g["selection"].get("best_epoch"))
@@ -472,12 +578,38 @@ def _fmt_value(v) -> str:
     return str(v)
 
 
+CHANCE_TASKS = {"mlp", "linear-imagenet", "linear-places", "knn", "semisup", "lowshot"}  # top-k accuracy metrics
+
+
+def chance_levels(spec: TableSpec, newest: pd.DataFrame, scale: str, columns: list[str]) -> dict[str, float]:
+    """Header -> chance accuracy (%) for the top-1 / top-5 columns, when every measured result of the
+    column's task at this scale has the same class count (otherwise no single chance level exists)."""
+    out = {}
+    if newest.empty:
+        return out
+    for col in spec.columns:
+        if col.header not in columns or col.task not in CHANCE_TASKS:
+            continue
+        sub = newest[(newest["scale"] == scale) & (newest["task"] == col.task)]
+        counts = {g.get("classes") for g in sub["details"]}
+        if len(counts) != 1:
+            continue
+        n = next(iter(counts))
+        if isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 1_000_000:
+            top = 5 if "top5" in col.metric or "top-5" in col.header else 1
+            out[col.header] = min(100.0, 100.0 * top / n)
+    return out
+
+
 def build_table(spec: TableSpec, newest: pd.DataFrame, literature: pd.DataFrame, scale: str) -> Table:
     lit = literature_rows(spec, literature) if scale == "full" else []
     measured = measured_rows(spec, newest, scale)
     filled = {h for r in measured for h in r.values}
     columns = [c.header for c in spec.columns if not c.optional or c.header in filled]
-    return Table(spec, scale, columns, lit + measured, notes=class_notes(spec, newest, scale))
+    table = Table(spec, scale, columns, lit + measured, notes=class_notes(spec, newest, scale),
+                  chance=chance_levels(spec, newest, scale, columns))
+    table.comparisons = compare_rows(table)
+    return table
 
 
 def specs_for(newest: pd.DataFrame, family: str = "convfc") -> list[TableSpec]:

@@ -24,6 +24,7 @@ from dcbench.tasks import registry
 from dcbench.text import printable
 
 from . import manifest as mf
+from .estimate import estimate_lines
 from .logs import check_folder
 from .plan import Job, parse_task_args, read_checkpoint
 from .progress import Progress
@@ -67,6 +68,9 @@ def add_run_arguments(p: ArgumentParser) -> None:
                    help="where dc-leaderboard writes (default: RESULTS/LEADERBOARD.md, where dc-leaderboard RESULTS "
                         "writes it too)")
     p.add_argument("--no-leaderboard", action="store_true", help="skip dc-leaderboard at the end")
+    p.add_argument("--dry-run", action="store_true",
+                   help="run nothing: list the tasks and their expected full-scale cost from the cost recorded "
+                        "in earlier results under --results (or say there is none)")
     p.add_argument("--run-id", default=None, help="label of this run (default: time + random); docker labels "
                                                   "and the manifest carry it")
     d = p.add_argument_group("docker engine")
@@ -182,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.monotonic()
     jobs = make_jobs(args)
     results = args.results.resolve()
+    if args.dry_run:
+        print("\n".join(estimate_lines(jobs, results)))
+        return 0
     run_id = args.run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
     engine = make_engine(args, run_id)
     engine.check(jobs)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from markdown_it import MarkdownIt
 
@@ -268,20 +270,20 @@ def test_every_task_lands_in_its_table(tmp_path):
     assert row["Seg. fc6-8"] == ("42.0", False) and row["Seg. all"] == ("44.0", False)
     low = tables[f"{FULL} / {LOWSHOT}"]
     assert low["header"][2:4] == ["n=4", "n=16"]
-    assert row_by_method(low, "km-test")["n=4"] == ("5.0 ± 0.1", False)
-    assert row_by_method(low, "Random init (baseline run with km-test)")["n=16"] == ("3.0 ± 0.1", False)
+    assert row_by_method(low, "km-test")["n=4"] == ("5.0 (sd 0.1)", False)
+    assert row_by_method(low, "Random init (baseline run with km-test)")["n=16"] == ("3.0 (sd 0.1)", False)
     knn = tables[f"{FULL} / {KNN}"]
     assert knn["header"][2:4] == ["ratio_intra", "ratio_median"]
     assert row_by_method(knn, "km-test")["ratio_intra"] == ("33.3", False)
 
 
-def test_best_over_epochs_is_its_own_row(tmp_path):
+def test_the_thesis_rule_gives_a_last_epoch_row_and_a_labelled_best_on_test_row(tmp_path):
     metrics = {f"conv{i}": 20.0 for i in range(1, 6)} | {f"conv{i}_best": 21.0 for i in range(1, 6)}
     write(tmp_path / "res", "a.json", result("linear-imagenet", metrics, best_epoch=12))
-    rc, _, tables = run(tmp_path, tmp_path / "res")
+    rc, text, tables = run(tmp_path, tmp_path / "res")
     t = tables[f"{FULL} / {T53}"]
-    assert row_by_method(t, "km-test")["conv1"] == ("20.0", False)
-    best = row_by_method(t, "km-test (best over epochs)")
+    assert row_by_method(t, "km-test (last epoch)")["conv1"] == ("20.0", False)
+    best = row_by_method(t, "km-test (thesis rule: best epoch on test)")
     assert best["conv1"] == ("21.0", False) and best["Source"][0] == "measured (full)"
     assert best["Provenance"][0].endswith("best epoch 12")
 
@@ -292,7 +294,7 @@ def test_best_epochs_per_layer_are_named(tmp_path):
     r["selection"]["best_epochs"] = {"conv1": 3, "conv2": 7}
     write(tmp_path / "res", "a.json", r)
     _, _, tables = run(tmp_path, tmp_path / "res")
-    best = row_by_method(tables[f"{FULL} / {T53}"], "km-test (best over epochs)")
+    best = row_by_method(tables[f"{FULL} / {T53}"], "km-test (thesis rule: best epoch on test)")
     assert best["Provenance"][0].endswith("best epochs conv1 3, conv2 7")
 
 
@@ -391,7 +393,8 @@ def test_two_variants_in_one_column_get_qualified_rows(tmp_path):
     _, _, tables = run(tmp_path, res)
     t = tables[f"{FULL} / {T55}"]
     assert row_by_method(t, "km-test [method=fast-rcnn]")["Det. all"] == ("50.0", False)
-    assert row_by_method(t, "km-test [method=faster-rcnn]")["Det. all"] == ("52.0", True)
+    # no per-image outcomes: the two are not ranked, so neither is bold
+    assert row_by_method(t, "km-test [method=faster-rcnn]")["Det. all"] == ("52.0", False)
 
 
 def test_plots_are_written_and_linked_only_for_tables_with_a_measured_row(tmp_path):
@@ -438,30 +441,80 @@ def test_every_line_of_a_conv_plot_is_distinguishable(tmp_path):
     assert len(set(labels)) == len(labels)
 
 
-def test_bold_marks_the_best_of_two_comparable_measured_rows_never_a_baseline(tmp_path):
-    res = tmp_path / "res"
-    for ckpt, top1, conv in (("a", 30.0, 20.0), ("b", 31.0, 22.0)):
-        write(res, f"mlp-{ckpt}.json", result("mlp", {"top1": top1}, ckpt=ckpt))
-        write(res, f"lin-{ckpt}.json", result("linear-imagenet", {"conv1": conv, "conv1_best": 40.0 - conv},
-                                              ckpt=ckpt))
-    rand = result("mlp", {"top1": 50.0}, ckpt="random-init")
+def with_outcomes(folder: Path, name: str, r: dict, hits: dict) -> Path:
+    """Write ``r`` with per-image top-1 hits for its metrics (its values set from them), as a task does."""
+    from dcbench.outcomes import Outcomes
+    from dcbench.results import write_result
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(next(iter(hits.values())))
+    out = Outcomes(ids=[f"val/{i}.jpg" for i in range(n)])
+    for metric, h in hits.items():
+        out.hits(metric, h)
+        r["metrics"][metric] = 100.0 * float(np.mean(h))
+    return write_result(r, folder / name, out)
+
+
+def _hits(n: int, k: int, rng) -> np.ndarray:
+    h = np.zeros(n, bool)
+    h[rng.choice(n, k, replace=False)] = True
+    return h
+
+
+def test_bold_needs_a_paired_significant_lead_among_comparable_rows_and_never_marks_a_baseline(tmp_path):
+    res, rng, n = tmp_path / "res", np.random.default_rng(0), 400
+    strong = _hits(n, 240, rng)
+    weak = strong & (rng.random(n) < 0.8)  # the same images, a fifth of the hits lost: a real gap
+    near = strong.copy()
+    near[np.flatnonzero(~strong)[0]] = True  # one image more: within noise
+    for ckpt, h in (("a", strong), ("b", weak)):
+        with_outcomes(res, f"mlp-{ckpt}.json", result("mlp", {"top1": 0.0}, ckpt=ckpt, details={"classes": 10}),
+                      {"top1": h})
+    rand = result("mlp", {"top1": 0.0}, ckpt="random-init", details={"classes": 10})
     rand["checkpoint"]["origin"] = "random"
-    write(res, "mlp-random.json", rand)
-    write(res, "knn-a.json", result("knn-graph", {"ratio_intra": 30.0, "random_graph_mean": 9.5}, ckpt="a"))
-    write(res, "knn-b.json", result("knn-graph", {"ratio_intra": 20.0, "random_graph_mean": 9.6}, ckpt="b"))
-    _, _, tables = run(tmp_path, res)
+    with_outcomes(res, "mlp-random.json", rand, {"top1": _hits(n, 320, rng)})
+    for ckpt, h in (("c", strong), ("d", near)):  # another protocol: ranked on their own
+        with_outcomes(res, f"mlp-{ckpt}.json", result("mlp", {"top1": 0.0}, ckpt=ckpt, details={"classes": 10},
+                                                      protocol={"lr": 0.1, "epochs": 20, "batch_size": 256}),
+                      {"top1": h})
+    for ckpt, conv in (("a", 20.0), ("b", 22.0)):  # no per-image outcomes: nothing to rank them by
+        write(res, f"lin-{ckpt}.json", result("linear-imagenet", {"conv1": conv}, ckpt=ckpt))
+    _, text, tables = run(tmp_path, res)
     mlp = tables[f"{FULL} / {T52}"]
-    assert row_by_method(mlp, "b")["Top-1"] == ("31.0", True)
-    assert row_by_method(mlp, "a")["Top-1"] == ("30.0", False)
-    assert row_by_method(mlp, "random-init")["Top-1"] == ("50.0", False)     # a baseline, however high
+    text_a, bold_a = row_by_method(mlp, "a")["Top-1"]
+    value, half = map(float, text_a.split(" ± "))
+    assert bold_a and value == 60.0 and abs(half - 1.96 * 100 * (0.6 * 0.4 / n) ** 0.5) < 0.5  # ~ the normal approximation
+    assert row_by_method(mlp, "b")["Top-1"][1] is False
+    assert row_by_method(mlp, "random-init")["Top-1"][1] is False     # a baseline, however high
     assert row_by_method(mlp, "PIC-ImNet-Sob")["Top-1"] == ("45.9", False)   # reported: never bold
+    assert not row_by_method(mlp, "d")["Top-1"][1] and not row_by_method(mlp, "c")["Top-1"][1]
+    assert "Top\\-1: `d` 60.2 vs `c` 60.0: difference +0.2 [+0.0, +0.8], not significant" in text
+    assert "Top\\-1: `a` 60.0 vs `b`" in text and "significant." in text
     lin = tables[f"{FULL} / {T53}"]
-    assert row_by_method(lin, "b")["conv1"] == ("22.0", True)               # last epoch vs last epoch
-    assert row_by_method(lin, "a (best over epochs)")["conv1"] == ("20.0", True)   # best vs best
-    assert row_by_method(lin, "b (best over epochs)")["conv1"] == ("18.0", False)
-    knn = tables[f"{FULL} / {KNN}"]
-    assert row_by_method(knn, "a")["ratio_intra"] == ("30.0", True)
-    assert [row_by_method(knn, c)["random_graph_mean"][1] for c in "ab"] == [False, False]
+    assert row_by_method(lin, "b")["conv1"] == ("22.0", False)
+    assert "conv1: `b` 22.0 vs `a` 20.0: not compared (no per\\-image outcomes for both rows)" in text
+
+
+def test_a_lead_within_noise_of_chance_is_not_bold(tmp_path):
+    res, rng, n = tmp_path / "res", np.random.default_rng(1), 400
+    a = _hits(n, 48, rng)                    # 12% with 10 classes: its interval reaches chance (10%)
+    b = a & (rng.random(n) < 0.1)
+    for ckpt, h in (("a", a), ("b", b)):
+        with_outcomes(res, f"mlp-{ckpt}.json", result("mlp", {"top1": 0.0}, ckpt=ckpt, details={"classes": 10}),
+                      {"top1": h})
+    _, text, tables = run(tmp_path, res)
+    assert row_by_method(tables[f"{FULL} / {T52}"], "a")["Top-1"][1] is False
+    assert "significant; `a` is within noise of chance (10.0)" in text
+
+
+def test_an_outcomes_file_that_does_not_match_leaves_the_interval_out_and_says_why(tmp_path):
+    res, rng = tmp_path / "res", np.random.default_rng(2)
+    path = with_outcomes(res, "mlp-a.json", result("mlp", {"top1": 0.0}, ckpt="a"), {"top1": _hits(100, 50, rng)})
+    npz = path.with_name(path.name.removesuffix(".json") + ".outcomes.npz")
+    npz.write_bytes(npz.read_bytes()[:-10])
+    _, text, tables = run(tmp_path, res)
+    assert row_by_method(tables[f"{FULL} / {T52}"], "a")["Top-1"][0] == "50.0 ‡"
+    assert "interval left out:" in text and "sha256 differs from the one its result records" in text
 
 
 def test_provenance_names_each_dataset_once_whatever_its_case(tmp_path):
@@ -605,7 +658,9 @@ def test_generated_from_real_smoke_results(tmp_path):
             continue
         table = tables[f"{SMOKE} / {title}"]
         assert all(row[1][0] == "measured (smoke)" for row in table["rows"])   # no literature at smoke scale
-        row = row_by_method(table, r["checkpoint"]["name"])
+        # these v1 results follow the thesis's rule: their last-epoch row says so
+        label = r["checkpoint"]["name"] + (" (last epoch)" if r["selection"]["rule"] == "last+best" else "")
+        row = row_by_method(table, label)
         assert row["Runs"][0] == str(len(runs))
         for header, metric in (("Top-1", "top1"), *((f"conv{i}", f"conv{i}") for i in range(1, 6))):
             if header in row and metric in r["metrics"]:
@@ -689,3 +744,29 @@ def test_resnet_rows_get_their_own_tables_never_the_alexnet_ones(tmp_path):
     full = tables[f"{FULL} / ResNets: ImageNet, linear classifiers on conv1, res2-res5 and pooled res5 "
                   "(Table 5.3's protocol)"]
     assert [r[1][0] for r in full["rows"]] == ["measured (full)"]
+
+
+def test_diff_names_each_protocol_value_that_differs_and_the_paired_metric_difference(tmp_path, capsys):
+    from dcbench.leaderboard.diff import main as diff_main
+
+    rng = np.random.default_rng(3)
+    hits = _hits(300, 150, rng)
+    a = with_outcomes(tmp_path / "a", "a.json", result("mlp", {"top1": 0.0}), {"top1": hits})
+    other = result("mlp", {"top1": 0.0}, protocol={"lr": 0.05, "epochs": 30, "batch_size": 128})
+    b = with_outcomes(tmp_path / "b", "b.json", other, {"top1": hits & (rng.random(300) < 0.7)})
+    assert diff_main([str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "3 value(s) differ:" in out
+    for line in ("protocol.lr: A 0.01 | B 0.05", "protocol.epochs: A 20 | B 30", "protocol.batch_size: A 256 | B 128"):
+        assert line in out
+    assert "metrics (A - B), paired over the same test images:" in out
+    assert re.search(r"top1: A 50\.00 \| B \d+\.\d\d \| A - B \+\d+\.\d\d \[\+\d+\.\d\d, \+\d+\.\d\d\] 95%, significant", out)
+
+
+def test_diff_of_a_result_and_a_folder_is_a_one_line_error(tmp_path, capsys):
+    from dcbench.errors import run_cli
+
+    a = write(tmp_path, "a.json", result("mlp", {"top1": 1.0}))
+    assert run_cli(main, ["diff", str(a), str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "diff two results or two checkpoints" in err[0]

@@ -445,3 +445,25 @@ def test_slurm_engine_without_the_slurm_tools_names_each_missing_one(tmp_path, m
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing of Slurm's here
     with pytest.raises(UserError, match=r"sbatch, srun, scancel not found on PATH"):
         SlurmEngine(tmp_path, "r").check([])
+
+
+def test_dry_run_runs_nothing_and_estimates_full_scale_cost_from_earlier_results(ckpt, tmp_path, capsys):
+    from dcbench.results import SCHEMA_NAME, SCHEMA_VERSION
+
+    results = tmp_path / "res"
+    results.mkdir()
+    base = {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "variant": {"dataset": "imagenet"},
+            "checkpoint": {"name": "x", "sha256": "c" * 64, "arch": "alexnet", "sobel": True, "origin": "random"},
+            "selection": {"rule": "final"}, "protocol": {}, "environment": {}, "timings": {},
+            "data": {"name": "imagenet", "root": "/d", "fingerprint": "f", "sizes": {"val": 10}},
+            "created": "2026-01-01T00:00:00+00:00"}
+    for i, wall in enumerate((3600.0, 7200.0, 5400.0)):
+        r = {**base, "task": "knn", "metrics": {"desc_k10_top1": 50.0}, "scale": "full",
+             "cost": {"wall_s": wall, "device": "NVIDIA H200", "device_count": 1, "gpu_hours": wall / 3600,
+                      "peak_host_mb": 1.0}}
+        (results / f"knn{i}.json").write_text(json.dumps(r))
+    code, out, _ = bench([ckpt, "--tasks", "knn,mlp", "--results", results, "--dry-run"], capsys)
+    assert code == 0
+    assert "knn (rand64-" in out and "about 1.5 h, 1.50 GPU-h (median of 3 full-scale result(s) on NVIDIA H200)" in out
+    assert "mlp (rand64-" in out and "no full-scale cost recorded" in out
+    assert sorted(p.name for p in results.iterdir()) == ["knn0.json", "knn1.json", "knn2.json"]  # nothing ran
