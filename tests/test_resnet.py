@@ -394,3 +394,23 @@ def test_dc_train_resnet50_checkpoint_runs_through_dc_bench(tiny_data, tmp_path,
     assert "ResNets: ImageNet, linear classifiers on conv1, res2-res5 and pooled res5" in board
     smoke = board.split("## Smoke scale")[1].split("## Full scale")[0]  # measured scale first
     assert "ImageNet, linear classifiers on conv1-conv5 (Table 5.3)" not in smoke
+
+
+def test_smoke_scale_runs_a_224px_resnet_at_the_embedded_64px_and_keeps_an_alexnet_at_its_own(capsys):
+    from argparse import Namespace
+
+    from dcbench.transfer.protocol import input_size
+
+    def args(**over):
+        return Namespace(**{"input_size": None, "scale": "smoke", "data": None, "checkpoint": "ck", **over})
+
+    resnet, alexnet = {"input_size": 224, "arch": "resnet50"}, {"input_size": 224, "arch": "alexnet"}
+    a = args()
+    assert input_size(a, resnet) == 64 and a.adapted_input_size["checkpoint"] == 224
+    assert "runs at the embedded data's 64px" in capsys.readouterr().err
+    assert input_size(args(input_size=224), resnet) == 224            # asked for its own size: kept
+    assert input_size(args(scale="full"), resnet) == 224              # the protocol's size is never changed
+    assert input_size(args(data="/imagenet"), resnet) == 224          # nor on real data
+    b = args()
+    assert input_size(b, alexnet) == 224 and not hasattr(b, "adapted_input_size")  # fc6 is tied to the size
+    assert "dc-convert --from random --input-size 64" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from dcbench import argtypes
 from dcbench import imageload as IL
 from dcbench.checkpoint import preprocessing
 from dcbench.errors import UserError
+from dcbench.models import family_of
 from dcbench.precision import PRECISIONS, resolve_precision
 from dcbench.results import write_result
 from dcbench.text import printable
@@ -83,13 +85,36 @@ def add_input_size_argument(p: argparse.ArgumentParser) -> None:
                    help="network input size; must equal the checkpoint's (default: the checkpoint's)")
 
 
+SMOKE_INPUT_SIZE = 64  # the input size of dc-train's smoke scale, which the embedded data is drawn for
+
+
 def input_size(args: argparse.Namespace, meta: dict) -> int:
-    """The checkpoint's input size; a different ``--input-size`` is a one-line user error."""
+    """The input size a task feeds: the checkpoint's; a different ``--input-size`` is a one-line
+    user error.
+
+    At smoke scale on the embedded data, a ResNet built for another size runs at 64 px: its weights
+    do not depend on the size, and upsampling the 64-px images to 224 only costs minutes (the result
+    records both sizes; ``--input-size`` with the checkpoint's own size keeps it). An AlexNet or VGG16
+    cannot change size (fc6 is as wide as the size makes conv5), so it runs at its own size, upsampled,
+    with a note: its rows are not ranked against 64-px ones."""
     size = int(meta["input_size"])
     asked = getattr(args, "input_size", None)
     if asked is not None and int(asked) != size:
         raise UserError(f"--input-size {asked}: checkpoint {args.checkpoint} was built for {size}px inputs; "
                         f"pass --input-size {size} (or convert the weights at {asked}px with dc-convert)")
+    embedded_smoke = getattr(args, "scale", None) == "smoke" and getattr(args, "data", "") is None
+    if asked is None and embedded_smoke and size != SMOKE_INPUT_SIZE:
+        if family_of(meta["arch"]) == "resnet":
+            print(f"note: {printable(str(args.checkpoint), 200)} is built for {size}px inputs; at smoke scale the "
+                  f"ResNet runs at the embedded data's {SMOKE_INPUT_SIZE}px (its weights do not depend on the "
+                  f"size; --input-size {size} keeps {size}px)", file=sys.stderr)
+            args.adapted_input_size = {"checkpoint": size, "run": SMOKE_INPUT_SIZE,
+                                       "why": "smoke scale on the embedded data: a ResNet runs at 64 px"}
+            return SMOKE_INPUT_SIZE
+        print(f"note: {printable(str(args.checkpoint), 200)} is built for {size}px inputs, the embedded data for "
+              f"{SMOKE_INPUT_SIZE}px: its images are upsampled (slower; the leaderboard does not rank it against "
+              f"{SMOKE_INPUT_SIZE}px rows). A random baseline comparable with dc-train's smoke checkpoint: "
+              f"dc-convert --from random --input-size {SMOKE_INPUT_SIZE}", file=sys.stderr)
     return size
 
 
@@ -350,6 +375,8 @@ def save_and_report(args: argparse.Namespace, result: dict, outcomes=None) -> Pa
     which its intervals come) under ``--out``, and print its metrics."""
     # every result says how it computed and decoded
     result["protocol"] = {**result["protocol"], "precision": precision_of(args), "loader": loader_of(args)}
+    if getattr(args, "adapted_input_size", None):
+        result["protocol"]["input_size_adapted"] = args.adapted_input_size
     path = write_result(result, args.out, outcomes)
     ci = result.get("intervals", {}).get("metrics", {})
     metrics = ", ".join(f"{k}={v:.2f}" + (f" [{ci[k][0]:.2f}, {ci[k][1]:.2f}]" if k in ci else "")
