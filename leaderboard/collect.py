@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from dcbench.choices import family_of
 from dcbench.errors import ResultError, UserError
-from dcbench.models import family_of
 from dcbench.outcomes import read_outcomes
 from dcbench.results import READABLE_VERSIONS, SCHEMA_NAME, validate_result
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from dcbench.choices import family_of
 from dcbench.errors import ResultError
-from dcbench.models import family_of
 from dcbench.results import read_result
 from dcbench.text import printable
 

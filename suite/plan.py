@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dcbench.checkpoint import read_meta
+from dcbench.choices import family_of
 from dcbench.errors import ResultError, UserError
-from dcbench.models import family_of
 from dcbench.results import read_result
 from dcbench.safepath import checkpoint_label
 from dcbench.tasks import task_names

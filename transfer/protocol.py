@@ -23,8 +23,8 @@ from torchvision import transforms as T
 from dcbench import argtypes
 from dcbench import imageload as IL
 from dcbench.checkpoint import preprocessing
+from dcbench.choices import family_of
 from dcbench.errors import UserError
-from dcbench.models import family_of
 from dcbench.precision import PRECISIONS, resolve_precision
 from dcbench.results import write_result
 from dcbench.text import printable
