@@ -174,7 +174,7 @@ def test_a_task_declared_in_one_place_reaches_every_consumer(toy, tmp_path, caps
     assert leaderboard([str(res), "--out", str(tmp_path / "L.md"), "--no-plots"]) == 0
     board = (tmp_path / "L.md").read_text(encoding="utf-8")
     assert f"### {TOY.description} (dc-transfer toy-task)" in board
-    assert "| Method | Source | acc | Runs | Provenance |" in board
+    assert "| Method | Source | acc | Runs | Cost | Provenance |" in board
 
 
 def test_the_throw_away_task_is_gone_afterwards():
