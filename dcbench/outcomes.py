@@ -70,14 +70,16 @@ def images_digest(ids: Sequence[str]) -> str:
 # Weighted statistics (weights = how often each image is drawn; all ones = the plain metric)
 
 
-def _ap_one(scores: np.ndarray, labels: np.ndarray, w: np.ndarray, rule: str) -> float:
-    keep = (labels != 0) & (w > 0)
-    s, pos, w = scores[keep], labels[keep] > 0, w[keep]
+def _ap_one(scores: np.ndarray, labels: np.ndarray, w: np.ndarray, rule: str, order: np.ndarray) -> float:
+    """AP of one class at image weights ``w``; ``order``: the images by descending score (a stable
+    sort, computed once: weights never change the order, and a stable order restricted to the
+    images kept is the stable order of those images)."""
+    keep = (labels[order] != 0) & (w[order] > 0)
+    idx = order[keep]
+    s, pos, w = scores[idx], labels[idx] > 0, w[idx]
     npos = float(np.dot(w, pos))
     if npos == 0:
         return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    s, pos, w = s[order], pos[order], w[order]
     tp = np.cumsum(w * pos)
     seen = np.cumsum(w)
     if rule == "sklearn":
@@ -106,13 +108,18 @@ def _eleven_point(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(ap)
 
 
-def _mean_ap(arrays: dict, w: np.ndarray, rule: str) -> float:
+def _mean_ap(arrays: dict, w: np.ndarray, rule: str, orders: dict) -> float:
     scores, labels = arrays["scores"], arrays["labels"]
     if scores.ndim == 2:
         scores, labels = scores[None], labels[None]
     maps = []
-    for s, y in zip(scores, labels):
-        aps = np.array([_ap_one(s[:, c], y[:, c], w, rule) for c in range(s.shape[1])])
+    for d, (s, y) in enumerate(zip(scores, labels)):
+        aps = []
+        for c in range(s.shape[1]):
+            if (d, c) not in orders:
+                orders[d, c] = np.argsort(-s[:, c], kind="mergesort")
+            aps.append(_ap_one(s[:, c], y[:, c], w, rule, orders[d, c]))
+        aps = np.array(aps)
         maps.append(np.nanmean(aps) if np.isfinite(aps).any() else 0.0)
     return 100.0 * float(np.mean(maps))
 
@@ -127,7 +134,7 @@ def _miou_scores(hist: np.ndarray) -> dict:
             "pixel_acc": float(100.0 * tp.sum() / total) if total else 0.0}
 
 
-def _detection_map(arrays: dict, w: np.ndarray) -> float:
+def _detection_map(arrays: dict, w: np.ndarray, orders: dict) -> float:
     image, cls, score, match = arrays["image"], arrays["cls"], arrays["score"], arrays["match"]
     npos_all = w @ arrays["npos"].astype(np.float64)
     aps = []
@@ -135,11 +142,13 @@ def _detection_map(arrays: dict, w: np.ndarray) -> float:
         npos = npos_all[c]
         if npos == 0:
             continue
-        sel = np.flatnonzero(cls == c)
-        if sel.size == 0:
+        if c not in orders:
+            sel = np.flatnonzero(cls == c)
+            orders[c] = sel[np.argsort(-score[sel].astype(np.float64), kind="stable")]
+        order = orders[c]
+        if order.size == 0:
             aps.append(0.0)
             continue
-        order = sel[np.argsort(-score[sel].astype(np.float64), kind="stable")]
         wd = w[image[order]]
         m = match[order]
         ctp, cfp = np.cumsum(wd * (m == 1)), np.cumsum(wd * (m == 0))
@@ -156,6 +165,7 @@ class Metric:
     kind: str
     arrays: dict[str, np.ndarray]
     rule: str | None = None
+    _orders: dict = field(default_factory=dict, repr=False, compare=False)  # per-class score orders
 
     @property
     def images(self) -> int:
@@ -174,12 +184,12 @@ class Metric:
         if self.kind == "mean":
             return float(np.dot(w, a["values"]) / w.sum())
         if self.kind == "ap":
-            return _mean_ap(a, w, self.rule)
+            return _mean_ap(a, w, self.rule, self._orders)
         if self.kind == "miou":
             k = a["confusion"].shape[1]
             hist = (w @ a["confusion"].reshape(len(w), -1).astype(np.float64)).reshape(k, k)
             return _miou_scores(hist)[self.rule]
-        return _detection_map(a, w)
+        return _detection_map(a, w, self._orders)
 
     def statistics(self, weights: np.ndarray) -> np.ndarray:
         """One statistic per row of ``weights`` (resamples x images); ``mean`` and ``miou`` as one
