@@ -5,7 +5,7 @@ the result's checkpoint sha256, task, variant, scale and protocol: the sha256, t
 scale, the data folder, and the task's extra flags (``--task-args``); the protocol defaults
 themselves live in the code of dc-transfer. A job is skipped when the manifest of the results
 folder records a finished job with the same request whose result file is still there, is a
-valid schema-v1 result of that sha256, task and scale, and records every flag value that the
+valid result of the current schema (v2) of that sha256, task and scale, and records every flag value that the
 request passes (``--k 5`` -> ``protocol.k == 5``). Anything else -- another flag value, a
 different data folder, a missing or altered result, ``--force`` -- runs the task again.
 A default changed in dc-transfer's code between two runs is not seen by this rule (``--force``).
@@ -23,7 +23,7 @@ from pathlib import Path
 from dcbench.checkpoint import read_meta
 from dcbench.choices import family_of
 from dcbench.errors import ResultError, UserError
-from dcbench.results import read_result
+from dcbench.results import SCHEMA_VERSION, read_result
 from dcbench.safepath import checkpoint_label
 from dcbench.tasks import task_names
 from dcbench.text import printable
@@ -167,6 +167,8 @@ def reusable_result(job: Job, entry: dict | None, results: Path) -> Path | None:
     if (result["checkpoint"]["sha256"], result["task"], result["scale"]) != (
             job.checkpoint.sha256, job.task, job.scale):
         return None
+    if result["schema_version"] < SCHEMA_VERSION:
+        return None  # an older schema's result lacks what this one records (intervals, cost): rerun it
     recorded = {**result["protocol"], **result["variant"]}
     for name, value in flag_values(job.args).items():
         if name in recorded and not _same(value, recorded[name]):
