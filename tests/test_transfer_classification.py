@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from PIL import Image
 from dcbench.checkpoint import save_checkpoint
 from dcbench.errors import run_cli
 from dcbench.models import build_model
+from dcbench.outcomes import read_outcomes
 from dcbench.results import read_result
 from dcbench.transfer.cli import main
 
@@ -116,20 +118,96 @@ def test_checkpoint_without_preprocessing_is_exit_2_not_imagenet_constants(task,
 # End to end on the embedded data (tiny budgets)
 
 
+def _check_outcomes(result: dict, res_dir: Path) -> None:
+    """Every metric has per-image outcomes, the file reads back, and each interval holds its value."""
+    path = next(p for p in res_dir.glob("*.json") if read_result(p)["created"] == result["created"])
+    outcomes = read_outcomes(result, path)
+    assert set(outcomes) == set(result["metrics"]) == set(result["intervals"]["metrics"])
+    for name, (lo, hi) in result["intervals"]["metrics"].items():
+        assert lo <= result["metrics"][name] <= hi, name
+    assert result["intervals"]["images"] == result["data"]["sizes"]["val"]
+
+
 @pytest.mark.slow
 def test_linear_imagenet_end_to_end_and_cache(ckpt64, embedded_root, tmp_path, capsys):
     argv = ["linear-imagenet", *_common(ckpt64, embedded_root, tmp_path), "--epochs", "2"]
     assert _run(argv, capsys)[0] == 0
     r = _only_result(tmp_path)
-    assert set(r["metrics"]) == {f"conv{i}{s}" for i in range(1, 6) for s in ("", "_best")}
-    assert r["selection"]["rule"] == "last+best" and set(r["selection"]["best_epochs"]) == {
-        f"conv{i}" for i in range(1, 6)}
+    layers = {f"conv{i}" for i in range(1, 6)}
+    assert set(r["metrics"]) == layers  # held-out selection: one test number per layer, no "_best"
+    sel = r["selection"]
+    assert sel["rule"] == "held-out" and set(sel["chosen_epochs"]) == set(sel["held_out_top1"]) == layers
+    assert all(1 <= e <= 2 for e in sel["chosen_epochs"].values())
+    # smoke default: a fifth of the 600 embedded train images, 12 of each of the 10 classes
+    assert sel["split"] == {**sel["split"], "source": "train", "size": 120, "per_class": 12, "seed": 0}
+    assert r["data"]["sizes"] == {"train": 480, "held_out": 120, "val": 200}
     assert r["protocol"]["pooling"]["conv1"]["dim"] == 6144 and r["details"]["feature_cache_hit"] is False
-    for f in (tmp_path / "res").glob("*.json"):
+    _check_outcomes(r, tmp_path / "res")
+    for f in (tmp_path / "res").iterdir():
         f.unlink()
     assert _run(argv, capsys)[0] == 0  # second run: features from the cache, same numbers
     r2 = _only_result(tmp_path)
     assert r2["details"]["feature_cache_hit"] is True and r2["metrics"] == r["metrics"]
+    assert r2["selection"] == r["selection"]
+
+
+@pytest.mark.slow
+def test_linear_imagenet_thesis_rule_reports_last_and_best_on_test(ckpt64, embedded_root, tmp_path, capsys):
+    argv = ["linear-imagenet", *_common(ckpt64, embedded_root, tmp_path), "--epochs", "3", "--selection", "thesis",
+            "--layers", "conv1,conv5"]
+    assert _run(argv, capsys)[0] == 0
+    r = _only_result(tmp_path)
+    assert set(r["metrics"]) == {"conv1", "conv1_best", "conv5", "conv5_best"}
+    sel = r["selection"]
+    assert sel["rule"] == "last+best" and "thesis" in sel["note"] and set(sel["best_epochs"]) == {"conv1", "conv5"}
+    for layer in ("conv1", "conv5"):  # the metrics are the test history's last and best entries
+        hist = r["details"]["history_top1"][layer]
+        assert r["metrics"][layer] == pytest.approx(hist[-1], abs=1e-3)
+        assert r["metrics"][f"{layer}_best"] == pytest.approx(max(hist), abs=1e-3)
+        assert hist[sel["best_epochs"][layer] - 1] == max(hist)
+    assert r["data"]["sizes"] == {"train": 600, "val": 200}  # nothing held out
+    _check_outcomes(r, tmp_path / "res")
+
+
+def _poisoned_copy(embedded_root: Path, dst: Path) -> Path:
+    """The embedded classification data with EVERY test label wrong: the val class folders renamed
+    in a cycle (a -> b -> ... -> a), the train split untouched."""
+    src = embedded_root / "classification"
+    shutil.copytree(src, dst / "classification")
+    val = dst / "classification" / "val"
+    classes = sorted(d.name for d in val.iterdir())
+    for c in classes:
+        (val / c).rename(val / f"tmp-{c}")
+    for c, new in zip(classes, classes[1:] + classes[:1]):
+        (val / f"tmp-{c}").rename(val / new)
+    return dst
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["linear-imagenet", "mlp"])
+def test_poisoned_test_labels_leave_the_chosen_epochs_unchanged(task, ckpt64, embedded_root, tmp_path, capsys):
+    """Held-out selection reads no test label: with every test label wrong, the same epochs are chosen
+    (same held-out scores), while the test metric does change."""
+    poisoned = _poisoned_copy(embedded_root, tmp_path / "poisoned")
+    extra = ["--epochs", "4"] + (["--layers", "conv1,conv5"] if task == "linear-imagenet" else [])
+    results = []
+    for i, data in enumerate((embedded_root, poisoned)):
+        argv = [task, *_common(ckpt64, data, tmp_path), "--out", tmp_path / f"res{i}", *extra]
+        assert _run(argv, capsys)[0] == 0
+        (path,) = (tmp_path / f"res{i}").glob("*.json")
+        results.append(read_result(path))
+    clean, bad = results
+    assert bad["selection"]["chosen_epochs"] == clean["selection"]["chosen_epochs"]
+    assert bad["selection"]["held_out_top1"] == clean["selection"]["held_out_top1"]
+    assert bad["selection"]["split"] == clean["selection"]["split"]
+    assert bad["metrics"] != clean["metrics"]
+
+
+@pytest.mark.slow
+def test_held_out_larger_than_a_class_is_one_line(ckpt64, embedded_root, tmp_path, capsys):
+    argv = ["linear-imagenet", *_common(ckpt64, embedded_root, tmp_path), "--epochs", "1", "--val-size", "600"]
+    code, err = _run(argv, capsys)
+    assert code == 2 and err.count("\n") == 1 and "--val-size 600" in err and "smaller --val-size" in err
 
 
 @pytest.mark.slow
@@ -137,8 +215,9 @@ def test_linear_places_end_to_end(ckpt64, embedded_root, tmp_path, capsys):
     argv = ["linear-places", *_common(ckpt64, embedded_root, tmp_path), "--epochs", "1", "--layers", "conv1,conv5"]
     assert _run(argv, capsys)[0] == 0
     r = _only_result(tmp_path)
-    assert set(r["metrics"]) == {"conv1", "conv1_best", "conv5", "conv5_best"}
+    assert set(r["metrics"]) == {"conv1", "conv5"} and r["selection"]["rule"] == "held-out"
     assert r["variant"]["dataset"] == "places205" and r["data"]["sizes"]["val"] > 0
+    _check_outcomes(r, tmp_path / "res")
 
 
 @pytest.mark.slow
@@ -146,8 +225,21 @@ def test_mlp_end_to_end_ten_crops(ckpt64, embedded_root, tmp_path, capsys):
     argv = ["mlp", *_common(ckpt64, embedded_root, tmp_path), "--epochs", "1", "--eval-crops", "10"]
     assert _run(argv, capsys)[0] == 0
     r = _only_result(tmp_path)
-    assert set(r["metrics"]) == {"top1", "top1_best"} and r["protocol"]["eval_crops"] == 10
-    assert r["selection"] == {"rule": "last+best", "epochs": 1, "best_epoch": 1}
+    assert set(r["metrics"]) == {"top1"} and r["protocol"]["eval_crops"] == 10
+    sel = r["selection"]
+    assert sel["rule"] == "held-out" and sel["chosen_epochs"] == {"top1": 1} and sel["split"]["size"] == 120
+    _check_outcomes(r, tmp_path / "res")
+
+
+@pytest.mark.slow
+def test_mlp_thesis_rule(ckpt64, embedded_root, tmp_path, capsys):
+    argv = ["mlp", *_common(ckpt64, embedded_root, tmp_path), "--epochs", "1", "--selection", "thesis"]
+    assert _run(argv, capsys)[0] == 0
+    r = _only_result(tmp_path)
+    assert set(r["metrics"]) == {"top1", "top1_best"}
+    assert {k: r["selection"][k] for k in ("rule", "epochs", "best_epoch")} == {
+        "rule": "last+best", "epochs": 1, "best_epoch": 1}
+    _check_outcomes(r, tmp_path / "res")
 
 
 @pytest.mark.slow

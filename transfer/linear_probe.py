@@ -259,7 +259,7 @@ def run(args: argparse.Namespace) -> Path:
     else:
         selection = {"rule": "held-out", "epochs": proto["epochs"], "split": data.split,
                      "chosen_epochs": chosen, "best_epoch": chosen[layers[-1]],
-                     "held_out_top1": {p.layer: round(fit.history[i][fit.chosen[i]], 4) for i, p in enumerate(pools)},
+                     "held_out_top1": {p.layer: round(h[e], 4) for p, h, e in zip(pools, fit.history, fit.chosen)},
                      "note": "each layer's epoch chosen by top-1 on the held-out split of train; the test "
                              "split scored once, with each head in its state of that epoch"}
         details_history = {"held_out_history_top1": history}
