@@ -118,11 +118,13 @@ def test_checkpoint_without_preprocessing_is_exit_2_not_imagenet_constants(task,
 # End to end on the embedded data (tiny budgets)
 
 
-def _check_outcomes(result: dict, res_dir: Path) -> None:
-    """Every metric has per-image outcomes, the file reads back, and each interval holds its value."""
+def _check_outcomes(result: dict, res_dir: Path, metrics=None) -> None:
+    """``metrics`` (default: every metric) have per-image outcomes, the file reads back, and each
+    interval holds its value."""
     path = next(p for p in res_dir.glob("*.json") if read_result(p)["created"] == result["created"])
     outcomes = read_outcomes(result, path)
-    assert set(outcomes) == set(result["metrics"]) == set(result["intervals"]["metrics"])
+    expected = set(result["metrics"]) if metrics is None else set(metrics)
+    assert set(outcomes) == expected == set(result["intervals"]["metrics"])
     for name, (lo, hi) in result["intervals"]["metrics"].items():
         assert lo <= result["metrics"][name] <= hi, name
     assert result["intervals"]["images"] == result["data"]["sizes"]["val"]
@@ -261,6 +263,11 @@ def test_lowshot_end_to_end_records_draws(ckpt64, embedded_root, tmp_path, capsy
     assert _run(argv, capsys)[0] == 0
     r = _only_result(tmp_path)
     assert set(r["metrics"]) == {"n2_mean", "n2_std", "random_n2_mean", "random_n2_std"}
+    # the means over draws have outcomes (each test image's hit rate over the draws), the stds none
+    _check_outcomes(r, tmp_path / "res", {"n2_mean", "random_n2_mean"})
+    for init, name in (("checkpoint", "n2_mean"), ("random", "random_n2_mean")):
+        accs = [x["top1"] for x in r["details"]["runs"] if x["init"] == init]
+        assert r["metrics"][name] == pytest.approx(sum(accs) / len(accs), abs=1e-3)
     runs = r["details"]["runs"]
     assert len(runs) == 4 and len({x["seed"] for x in runs}) == 2
     lines = Path(runs[0]["images"]).read_text().split()
@@ -275,6 +282,8 @@ def test_knn_graph_end_to_end_pictures(ckpt64, embedded_root, tmp_path, capsys):
     assert _run(argv, capsys)[0] == 0
     r = _only_result(tmp_path)
     assert {"ratio_intra", "ratio_median", "random_graph_mean"} <= set(r["metrics"])
+    # the embedded val classes are of equal size: ratio_intra is a mean over nodes, the rest are not
+    _check_outcomes(r, tmp_path / "res", {"ratio_intra"})
     assert len(r["details"]["per_class"]) == 10
     for name in ("png_neighbours", "png_filters", "png_ratios"):
         p = r["details"][name]  # relative to the result's folder, which can move as a whole

@@ -246,9 +246,9 @@ def run(args: argparse.Namespace) -> Path:
     metrics = {}
     chosen = {p.layer: e + 1 for p, e in zip(pools, fit.chosen)}
     for i, p in enumerate(pools):
-        training.record_top1(metrics, outcomes, p.layer, fit.test_hits[i])
+        training.record_hits(metrics, outcomes, p.layer, fit.test_hits[i])
         if thesis:
-            training.record_top1(metrics, outcomes, f"{p.layer}_best", fit.best_hits[i])
+            training.record_hits(metrics, outcomes, f"{p.layer}_best", fit.best_hits[i])
     history = {p.layer: [round(v, 3) for v in h] for p, h in zip(pools, fit.history)}
     if thesis:
         selection = {"rule": "last+best", "epochs": proto["epochs"], "best_epoch": chosen[layers[-1]],

@@ -110,9 +110,9 @@ def run(args: argparse.Namespace) -> Path:
     (hist,), (chosen,) = fit.history, fit.chosen
     outcomes = Outcomes(ids=sample_ids(val))
     metrics = {}
-    training.record_top1(metrics, outcomes, "top1", fit.test_hits[0])
+    training.record_hits(metrics, outcomes, "top1", fit.test_hits[0])
     if thesis:
-        training.record_top1(metrics, outcomes, "top1_best", fit.best_hits[0])
+        training.record_hits(metrics, outcomes, "top1_best", fit.best_hits[0])
         selection = {"rule": "last+best", "epochs": proto["epochs"], "best_epoch": chosen + 1,
                      "note": "the thesis's rule: the test split scored after every epoch, the last and the "
                              "best reported (the best is chosen on the test set)"}

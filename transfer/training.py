@@ -384,9 +384,9 @@ def hits_top1(scores: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
     return (torch.as_tensor(scores).argmax(1) == torch.as_tensor(targets)).numpy()
 
 
-def record_top1(metrics: dict, outcomes, name: str, hits: np.ndarray) -> None:
-    """A top-1 metric (percent) and its per-image outcomes (:class:`dcbench.outcomes.Outcomes`), both
-    from the same hits, so they agree exactly."""
+def record_hits(metrics: dict, outcomes, name: str, hits: np.ndarray) -> None:
+    """A hit-rate metric (percent: top-1, top-5) and its per-image outcomes
+    (:class:`dcbench.outcomes.Outcomes`), both from the same hits, so they agree exactly."""
     metrics[name] = 100.0 * int(hits.sum()) / len(hits)
     outcomes.hits(name, hits)
 
@@ -621,10 +621,14 @@ def top1(scores: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray) 
 
 def topk(scores: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray, k: int) -> float:
     """Top-k accuracy in percent: the target among the k highest scores (k capped by the class count)."""
+    return float(hits_topk(scores, targets, k).mean() * 100)
+
+
+def hits_topk(scores: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray, k: int) -> np.ndarray:
+    """Per-image top-k hits (bool) of :func:`topk`."""
     scores, targets = torch.as_tensor(scores), torch.as_tensor(targets)
     k = min(k, scores.shape[1])
-    hit = (scores.topk(k, dim=1).indices == targets[:, None]).any(1)
-    return float(hit.float().mean() * 100)
+    return (scores.topk(k, dim=1).indices == targets[:, None]).any(1).numpy()
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
