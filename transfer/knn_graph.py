@@ -14,6 +14,10 @@ result under ``OUT/knn-graph/<checkpoint>-<sha8>/``: ``neighbours.png`` (query i
 filters when the network has them, Fig. 5.2), ``ratios.png`` (distribution, Fig. 4.1); their
 paths are in ``details.png_neighbours``, ``details.png_filters``, ``details.png_ratios``, relative to
 the result file's folder (``--out``), so a results folder can be moved as a whole.
+
+Outcomes (:func:`node_outcomes`): ``ratio_intra`` only, as each node's share of intra-class edges,
+when every class has the same number of images (then the mean over classes is the mean over nodes);
+the other metrics are statistics over classes.
 """
 
 from __future__ import annotations

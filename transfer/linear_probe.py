@@ -17,9 +17,19 @@ original AlexNet settings exactly (conv1 6/6 pad 3 -> 9600, conv2 4/4 -> 9216, c
 3/3 pad 1 -> 9600, conv5 2/2 -> 9216); smaller inputs give smaller maps and never upsample
 (k = 1 when S^2 * C is already under the cap).
 
-Result (one per dataset): metrics ``conv1``..``conv5`` = top-1 (%) after the last epoch and
-``conv1_best``..``conv5_best`` = the best top-1 over epochs (the thesis's rule); selection
-``last+best`` with ``best_epochs`` per layer (1-based) and ``best_epoch`` = conv5's.
+Result (one per dataset), ``--selection held-out`` (the default): a class-balanced split of the
+TRAIN split (``--val-size``; :func:`dcbench.transfer.protocol.held_out_split`) is left out of
+training; each head's epoch is the one of its best top-1 on it, the head is put back in its state
+of that epoch, and the test split is scored once. Metrics ``conv1``..``conv5`` = those test top-1
+(%); selection ``held-out`` with the ``split`` (source, size, per_class, seed), ``chosen_epochs``
+(1-based) and ``held_out_top1`` per layer, ``best_epoch`` = the last layer's.
+
+``--selection thesis`` (the thesis's rule, which chooses on the test set): trained on the whole
+train split, the test split scored after every epoch; ``conv1``..``conv5`` = top-1 after the last
+epoch and ``conv1_best``..``conv5_best`` = the best over epochs; selection ``last+best`` with
+``best_epochs`` per layer and ``best_epoch`` = the last layer's.
+
+Outcomes: every metric's per-image test top-1 hits.
 """
 
 from __future__ import annotations

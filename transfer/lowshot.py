@@ -11,7 +11,9 @@ init) and ``random_n<n>_mean`` / ``random_n<n>_std`` (random init), percent, std
 (ddof 1); variant ``shots`` = the n list ("4,8,16"); selection ``final``. Every run (n, draw,
 seed, init, top-1) is in ``details.runs``; each draw's image list is written to
 ``OUT/lowshot/<checkpoint>-<sha8>/n<n>_draw<d>.txt`` (paths relative to the train split) and
-recorded with its sha256.
+recorded with its sha256. Outcomes: for each ``_mean`` metric, each test image's top-1 hit rate
+over the draws (their mean is the mean over draws of top-1); a ``_std`` has none. Nothing is chosen
+from data (fixed budgets and learning rates), so the selection is ``final``.
 
 The thesis chose the hyper-parameters by cross-validation and did not publish them; the
 defaults below are our choice (see each comment) and are recorded in the protocol block.

@@ -4,8 +4,13 @@ The conv trunk is frozen (eval mode); fc6, fc7 (the checkpoint's classifier layo
 included) are re-initialised and trained with a new fc8 over the dataset's classes. Top-1 is
 the softmax average over 10 crops (Resize 256, ten-crop 224), evaluated after every epoch.
 
-Result: metrics ``top1`` (last epoch) and ``top1_best`` (best epoch, the thesis's "maximum
-amongst 90 epochs"); selection ``last+best`` with ``best_epoch`` (1-based).
+Result, ``--selection held-out`` (the default): the epoch is chosen by top-1 on a class-balanced
+split held out of the TRAIN split (``--val-size``), the head put back in its state of that epoch
+and the test split scored once: metric ``top1``; selection ``held-out`` with the ``split``,
+``chosen_epochs`` / ``held_out_top1`` (key ``top1``) and ``best_epoch`` (1-based).
+``--selection thesis``: ``top1`` (last epoch) and ``top1_best`` (best epoch on the test split, the
+thesis's "maximum amongst 90 epochs"); selection ``last+best`` with ``best_epoch``.
+Outcomes: every metric's per-image test top-1 hits.
 
 With ``--train-aug none`` (the smoke default) the trunk output (pool5) is extracted once, per
 (checkpoint sha256, layer, data fingerprint, split, crops), cached, and the MLP trains on it.

@@ -17,7 +17,9 @@ or leaving a class without an image is refused before anything runs or is writte
 
 Result (one per checkpoint): metrics ``top1_<f>pct`` / ``top5_<f>pct`` (percent) for each
 fraction f; variant ``fractions`` ("1,10"); selection ``final``. Each fraction's image list
-(its file, sha256, images, classes) and step count is in ``details.subsets``.
+(its file, sha256, images, classes) and step count is in ``details.subsets``. Outcomes: the
+per-image top-1 and top-5 hits of every metric. Nothing is chosen from data (fixed epochs, the lr a
+fixed rule of the batch size), hence ``final``.
 """
 
 from __future__ import annotations
