@@ -206,6 +206,24 @@ def test_poisoned_test_labels_leave_the_chosen_epochs_unchanged(task, ckpt64, em
 
 
 @pytest.mark.slow
+def test_streamed_probe_holds_out_the_same_split_as_the_cached_one(ckpt64, embedded_root, tmp_path, capsys):
+    """--train-aug crop-flip runs the trunk on every batch: it trains on the images the cached path
+    trains on and chooses on the same held-out images, scored as the test split is."""
+    runs = {}
+    for aug in ("crop-flip", "none"):
+        argv = ["linear-imagenet", *_common(ckpt64, embedded_root, tmp_path), "--out", tmp_path / aug,
+                "--epochs", "2", "--layers", "conv1", "--train-aug", aug]
+        assert _run(argv, capsys)[0] == 0
+        (path,) = (tmp_path / aug).glob("*.json")
+        runs[aug] = read_result(path)
+        _check_outcomes(runs[aug], tmp_path / aug)
+    streamed, cached = runs["crop-flip"], runs["none"]
+    assert streamed["selection"]["split"] == cached["selection"]["split"]
+    assert streamed["data"]["sizes"] == cached["data"]["sizes"] == {"train": 480, "held_out": 120, "val": 200}
+    assert streamed["details"]["feature_cache_hit"] is None and streamed["selection"]["rule"] == "held-out"
+
+
+@pytest.mark.slow
 def test_held_out_larger_than_a_class_is_one_line(ckpt64, embedded_root, tmp_path, capsys):
     argv = ["linear-imagenet", *_common(ckpt64, embedded_root, tmp_path), "--epochs", "1", "--val-size", "600"]
     code, err = _run(argv, capsys)

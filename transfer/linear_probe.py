@@ -22,7 +22,7 @@ TRAIN split (``--val-size``; :func:`dcbench.transfer.protocol.held_out_split`) i
 training; each head's epoch is the one of its best top-1 on it, the head is put back in its state
 of that epoch, and the test split is scored once. Metrics ``conv1``..``conv5`` = those test top-1
 (%); selection ``held-out`` with the ``split`` (source, size, per_class, seed), ``chosen_epochs``
-(1-based) and ``held_out_top1`` per layer, ``best_epoch`` = the last layer's.
+(1-based) and ``held_out_top1`` per layer.
 
 ``--selection thesis`` (the thesis's rule, which chooses on the test set): trained on the whole
 train split, the test split scored after every epoch; ``conv1``..``conv5`` = top-1 after the last
@@ -268,7 +268,7 @@ def run(args: argparse.Namespace) -> Path:
         details_history = {"history_top1": history}
     else:
         selection = {"rule": "held-out", "epochs": proto["epochs"], "split": data.split,
-                     "chosen_epochs": chosen, "best_epoch": chosen[layers[-1]],
+                     "chosen_epochs": chosen,
                      "held_out_top1": {p.layer: round(h[e], 4) for p, h, e in zip(pools, fit.history, fit.chosen)},
                      "note": "each layer's epoch chosen by top-1 on the held-out split of train; the test "
                              "split scored once, with each head in its state of that epoch"}

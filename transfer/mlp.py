@@ -7,7 +7,7 @@ the softmax average over 10 crops (Resize 256, ten-crop 224), evaluated after ev
 Result, ``--selection held-out`` (the default): the epoch is chosen by top-1 on a class-balanced
 split held out of the TRAIN split (``--val-size``), the head put back in its state of that epoch
 and the test split scored once: metric ``top1``; selection ``held-out`` with the ``split``,
-``chosen_epochs`` / ``held_out_top1`` (key ``top1``) and ``best_epoch`` (1-based).
+``chosen_epochs`` (1-based) and ``held_out_top1`` (key ``top1``).
 ``--selection thesis``: ``top1`` (last epoch) and ``top1_best`` (best epoch on the test split, the
 thesis's "maximum amongst 90 epochs"); selection ``last+best`` with ``best_epoch``.
 Outcomes: every metric's per-image test top-1 hits.
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> Path:
         history = {"history_top1": [round(v, 3) for v in hist]}
     else:
         selection = {"rule": "held-out", "epochs": proto["epochs"], "split": data.split,
-                     "chosen_epochs": {"top1": chosen + 1}, "best_epoch": chosen + 1,
+                     "chosen_epochs": {"top1": chosen + 1},
                      "held_out_top1": {"top1": round(hist[chosen], 4)},
                      "note": "the epoch chosen by top-1 on the held-out split of train; the test split "
                              "scored once, with the head in its state of that epoch"}
