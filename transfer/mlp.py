@@ -2,7 +2,8 @@
 
 The conv trunk is frozen (eval mode); fc6, fc7 (the checkpoint's classifier layout, dropout
 included) are re-initialised and trained with a new fc8 over the dataset's classes. Top-1 is
-the softmax average over 10 crops (Resize 256, ten-crop 224), evaluated after every epoch.
+the softmax average over 10 crops (Resize 256, ten-crop 224), evaluated after every epoch (on
+the held-out split by default, on the test split under the thesis's rule).
 
 Result, ``--selection held-out`` (the default): the epoch is chosen by top-1 on a class-balanced
 split held out of the TRAIN split (``--val-size``), the head put back in its state of that epoch

@@ -1,6 +1,7 @@
 """What a transfer protocol *is*, as opposed to how it trains: the flags every task takes, the
-(full, smoke) defaults tables and the help drawn from them, where the data lives, the image
-transforms, class alignment between splits, and writing the result.
+(full, smoke) defaults tables and the help drawn from them, where the data lives, the held-out
+split of the train set that epochs are chosen on, the image transforms, class alignment between
+splits, and writing the result.
 
 Role split: this module never runs a network; :mod:`dcbench.transfer.training` holds the
 computation (loaders, the step iterator, feature extraction and its cache, heads, metrics, the
