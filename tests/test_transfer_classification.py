@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from dcbench.checkpoint import save_checkpoint
-from dcbench.errors import run_cli
+from dcbench.errors import UserError, run_cli
 from dcbench.models import build_model
 from dcbench.outcomes import read_outcomes
 from dcbench.results import read_result
 from dcbench.transfer.cli import main
+from dcbench.transfer.protocol import held_out_split
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +114,26 @@ def test_checkpoint_without_preprocessing_is_exit_2_not_imagenet_constants(task,
     (bad / "meta.json").write_text(json.dumps(meta))
     code, err = _run([task, *_common(bad, _tiny_tree(tmp_path / "data", {"val": ["a"]}), tmp_path)], capsys)
     assert code == 2 and err.count("\n") == 1 and "preprocessing" in err
+
+
+# --------------------------------------------------------------------------------------------
+# The held-out split the probes choose their epoch on
+
+
+def test_held_out_split_is_class_balanced_seeded_and_disjoint_from_what_trains():
+    labels = [c for c in range(4) for _ in range(10)] + [0, 1]  # class 0 and 1 a little larger
+    rest, held, block = held_out_split(labels, 9, seed=3, where="train/")
+    assert block == {**block, "source": "train", "size": 8, "per_class": 2, "seed": 3, "train_left": 34}
+    assert sorted(rest + held) == list(range(len(labels))) and not set(rest) & set(held)
+    assert Counter(labels[i] for i in held) == {0: 2, 1: 2, 2: 2, 3: 2}
+    assert held_out_split(labels, 9, seed=3, where="train/") == (rest, held, block)  # same seed, same split
+    assert held_out_split(labels, 9, seed=4, where="train/")[1] != held
+
+
+@pytest.mark.parametrize("size, words", [(3, "fewer than one image per class"), (40, "smaller --val-size")])
+def test_held_out_split_that_cannot_be_drawn_is_a_user_error(size, words):
+    with pytest.raises(UserError, match=words):
+        held_out_split([c for c in range(4) for _ in range(10)], size, seed=0, where="train/")
 
 
 # --------------------------------------------------------------------------------------------
