@@ -246,10 +246,12 @@ def test_streamed_probe_holds_out_the_same_split_as_the_cached_one(ckpt64, embed
 
 
 @pytest.mark.slow
-def test_held_out_larger_than_a_class_is_one_line(ckpt64, embedded_root, tmp_path, capsys):
+def test_a_val_size_that_cannot_be_used_is_one_line(ckpt64, embedded_root, tmp_path, capsys):
     argv = ["linear-imagenet", *_common(ckpt64, embedded_root, tmp_path), "--epochs", "1", "--val-size", "600"]
     code, err = _run(argv, capsys)
     assert code == 2 and err.count("\n") == 1 and "--val-size 600" in err and "smaller --val-size" in err
+    code, err = _run([*argv[:-2], "--val-size", "50", "--selection", "thesis"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "holds nothing out" in err  # refused, not ignored
 
 
 @pytest.mark.slow

@@ -507,6 +507,9 @@ def head_data(args: argparse.Namespace, proto: dict, *, train, val, forward, nam
     from dcbench.transfer.protocol import held_out_size, held_out_split
 
     bs, workers, device = proto["batch_size"], args.workers, args.device
+    if not held_out and getattr(args, "val_size", None) is not None:
+        raise UserError(f"--val-size {args.val_size}: --selection thesis holds nothing out (it chooses on the test "
+                        "split); drop --val-size or use --selection held-out")
     rest = held = split = None
     if held_out:
         rest, held, split = held_out_split(train.targets, held_out_size(args, len(train)), args.seed,
