@@ -12,6 +12,7 @@ from PIL import Image
 from dcbench.checkpoint import save_checkpoint
 from dcbench.errors import run_cli
 from dcbench.models import build_model
+from dcbench.outcomes import read_outcomes
 from dcbench.results import read_result
 from dcbench.transfer.cli import main
 from dcbench.transfer.semisup import cosine_lr, draw_balanced, list_names, read_subset, resolve, steps_for
@@ -135,6 +136,11 @@ def test_end_to_end_result_and_saved_lists_round_trip(ckpt, data, tmp_path, caps
     assert set(r["metrics"]) == {"top1_1pct", "top5_1pct", "top1_10pct", "top5_10pct"}
     assert all(0 <= v <= 100 for v in r["metrics"].values())
     assert r["metrics"]["top5_1pct"] == 100.0  # 4 classes: the top 5 always holds the answer
+    outcomes = read_outcomes(r, first)  # per-image top-1 / top-5 hits of every metric
+    assert set(outcomes) == set(r["metrics"]) == set(r["intervals"]["metrics"])
+    assert r["intervals"]["images"] == r["data"]["sizes"]["val"]
+    for name, (lo, hi) in r["intervals"]["metrics"].items():
+        assert lo <= r["metrics"][name] <= hi, name
     subs = r["details"]["subsets"]
     assert (subs["1pct"]["images"], subs["10pct"]["images"]) == (4, 8) and subs["10pct"]["classes"] == 4
     lists = {f: Path(subs[f"{f}pct"]["file"]) for f in (1, 10)}

@@ -14,6 +14,10 @@ result under ``OUT/knn-graph/<checkpoint>-<sha8>/``: ``neighbours.png`` (query i
 filters when the network has them, Fig. 5.2), ``ratios.png`` (distribution, Fig. 4.1); their
 paths are in ``details.png_neighbours``, ``details.png_filters``, ``details.png_ratios``, relative to
 the result file's folder (``--out``), so a results folder can be moved as a whole.
+
+Outcomes (:func:`node_outcomes`): ``ratio_intra`` only, as each node's share of intra-class edges,
+when every class has the same number of images (then the mean over classes is the mean over nodes);
+the other metrics are statistics over classes.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from dcbench.checkpoint import descriptor_block, load_checkpoint
 from dcbench.datasets import ImageFolder, fingerprint, pil_loader
 from dcbench.errors import UserError
 from dcbench.knn_graph import knn, random_graph_ratio, ratio_edge_intra_class
+from dcbench.outcomes import Outcomes
 from dcbench.results import checkpoint_block, make_result
 from dcbench.safepath import output_dir, plot_text
 from dcbench.tasks import Resources, Task, register
@@ -45,6 +50,7 @@ from dcbench.transfer.protocol import (
     loader_of,
     precision_of,
     resolve_protocol,
+    sample_ids,
     save_and_report,
 )
 from dcbench.whitening import pca_whiten
@@ -212,6 +218,7 @@ def run(args: argparse.Namespace) -> Path:
     metrics = {"ratio_intra": vals.mean(), "ratio_median": np.median(vals), "ratio_q1": np.percentile(vals, 25),
                "ratio_q3": np.percentile(vals, 75), "ratio_min": vals.min(), "ratio_max": vals.max(),
                "random_graph_mean": float(np.mean(list(rand.values())))}
+    outcomes, outcome_note = node_outcomes(ds, nn, labels)
     with timer("pictures"):
         # the name is meta.json's, i.e. the checkpoint author's: a slug, kept under --out
         pic_dir = output_dir(args.out, "knn-graph", f"{ckpt.name}-{ckpt.sha256[:8]}")
@@ -244,8 +251,30 @@ def run(args: argparse.Namespace) -> Path:
         details={"per_class": {str(classes[c]): round(v, 3) for c, v in ratios.items()},
                  "random_graph_per_class": {str(classes[c]): round(v, 3) for c, v in rand.items()},
                  "queries": [paths[q] for q in queries], **{f"png_{n}": str(p.relative_to(args.out)) for n, p in pictures.items()},
-                 "filters_composed_with_sobel": grey, "feature_cache_hit": hit})
-    return save_and_report(args, result)
+                 "filters_composed_with_sobel": grey, "feature_cache_hit": hit, "outcomes": outcome_note})
+    return save_and_report(args, result, outcomes)
+
+
+def node_outcomes(ds, neighbours: np.ndarray, labels: np.ndarray) -> tuple[Outcomes | None, str]:
+    """Per-node outcomes of ``ratio_intra`` where it is a mean over nodes, and why (not) in words.
+
+    ``ratio_intra`` is the mean over classes of the mean over a class's nodes of the share of their k
+    edges that stay in the class: with every class the same size, that is the mean over nodes of each
+    node's share, and those shares are its outcomes. The bootstrap then resamples the nodes whose
+    shares are averaged, on the graph built over the whole split (an interval given that graph).
+    With unequal classes it is a class-weighted mean, which no per-node mean reproduces under
+    resampling, and the median, quartiles, extremes and the random-graph baseline are statistics over
+    classes: they get no outcomes."""
+    counts = np.unique(labels, return_counts=True)[1]
+    if len(labels) != len(ds):
+        return None, "none: some images could not be decoded, so the nodes do not match the split's images"
+    if counts.min() != counts.max():
+        return None, "none: classes of unequal size make ratio_intra a class-weighted mean, not a mean over nodes"
+    share = 100.0 * (labels[neighbours] == labels[:, None]).mean(1)
+    outcomes = Outcomes(ids=sample_ids(ds))
+    outcomes.mean("ratio_intra", share)
+    return outcomes, ("ratio_intra: each node's share of its k edges that stay in its class (classes of equal "
+                      "size); the graph is that of the whole split")
 
 
 register(Task(

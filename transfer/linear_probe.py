@@ -17,9 +17,19 @@ original AlexNet settings exactly (conv1 6/6 pad 3 -> 9600, conv2 4/4 -> 9216, c
 3/3 pad 1 -> 9600, conv5 2/2 -> 9216); smaller inputs give smaller maps and never upsample
 (k = 1 when S^2 * C is already under the cap).
 
-Result (one per dataset): metrics ``conv1``..``conv5`` = top-1 (%) after the last epoch and
-``conv1_best``..``conv5_best`` = the best top-1 over epochs (the thesis's rule); selection
-``last+best`` with ``best_epochs`` per layer (1-based) and ``best_epoch`` = conv5's.
+Result (one per dataset), ``--selection held-out`` (the default): a class-balanced split of the
+TRAIN split (``--val-size``; :func:`dcbench.transfer.protocol.held_out_split`) is left out of
+training; each head's epoch is the one of its best top-1 on it, the head is put back in its state
+of that epoch, and the test split is scored once. Metrics ``conv1``..``conv5`` = those test top-1
+(%); selection ``held-out`` with the ``split`` (source, size, per_class, seed), ``chosen_epochs``
+(1-based) and ``held_out_top1`` per layer.
+
+``--selection thesis`` (the thesis's rule, which chooses on the test set): trained on the whole
+train split, the test split scored after every epoch; ``conv1``..``conv5`` = top-1 after the last
+epoch and ``conv1_best``..``conv5_best`` = the best over epochs; selection ``last+best`` with
+``best_epochs`` per layer and ``best_epoch`` = the last layer's.
+
+Outcomes: every metric's per-image test top-1 hits.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import ImageFolder, ListFileDataset, fingerprint
 from dcbench.errors import UserError
 from dcbench.models import conv_shapes, get_architecture
+from dcbench.outcomes import Outcomes
 from dcbench.results import checkpoint_block, make_result
 from dcbench.seeding import seed_everything
 from dcbench.tasks import Resources, Task, register
@@ -45,6 +56,7 @@ from dcbench.transfer import training
 from dcbench.transfer.protocol import (
     Timer,
     add_input_size_argument,
+    add_selection_arguments,
     add_sgd_arguments,
     align_classes,
     check_list_labels,
@@ -55,6 +67,7 @@ from dcbench.transfer.protocol import (
     precision_of,
     remap_targets,
     resolve_protocol,
+    sample_ids,
     save_and_report,
     train_transform,
 )
@@ -172,6 +185,7 @@ def _resnet_forward(model, pools: list[Pool], layers: tuple[str, ...]):
 def add_arguments(p: argparse.ArgumentParser, task: str) -> None:
     add_input_size_argument(p)
     add_sgd_arguments(p, DEFAULTS)
+    add_selection_arguments(p)
     p.add_argument("--layers", default=None,
                    help="comma-separated subset of conv1..conv5 (ResNets: conv1,res2,res3,res4,res5,res5_gap) "
                         "(default: all of the checkpoint's)")
@@ -228,41 +242,37 @@ def run(args: argparse.Namespace) -> Path:
     before = training.parameter_snapshot(model)
     forward = make_forward(model, pools, layers)
     heads = nn.ModuleList([nn.Linear(p.dim, n_classes) for p in pools]).to(args.device)
-    bs, workers = proto["batch_size"], args.workers
-    cache_hit = None
-    if proto["train_aug"] == "none":
-        base = {"kind": "conv-avgpool", "checkpoint": training.checkpoint_identity(ckpt), "data": data_fp, "input_size": size,
-                "pools": [asdict(p) for p in pools], "dtype": "float16"}
-        with timer("features"):
-            tr, ytr, hit_tr = training.extract_cached(
-                args, {**base, "split": "train", "transform": "center-crop"}, layers,
-                lambda: training.loader(train, bs, shuffle=False, workers=workers), forward,
-                device=args.device, desc="features train", precision=precision_of(args))
-            va, yva, hit_va = training.extract_cached(
-                args, {**base, "split": "val", "transform": f"crops{proto['eval_crops']}"}, layers,
-                lambda: training.loader(val, bs, shuffle=False, workers=workers), forward,
-                device=args.device, desc="features val", precision=precision_of(args))
-        cache_hit = hit_tr and hit_va
-        train_b = training.cached_batches([tr[n] for n in layers], ytr, bs, args.seed, args.device)
-        val_b = training.cached_val_batches([va[n] for n in layers], yva, bs, args.device)
-        sizes = {"train": int(len(ytr)), "val": int(len(yva))}
-    else:
-        train_b = training.stream_batches(lambda e: training.loader(train, bs, shuffle=True, workers=workers,
-                                                         seed=args.seed * 1000 + e), forward, args.device, precision_of(args))
-        val_b = training.stream_val_batches(lambda: training.loader(val, max(1, bs // 2), shuffle=False, workers=workers),
-                                   forward, args.device, precision_of(args))
-        sizes = {"train": len(train), "val": len(val)}
+    thesis = args.selection == "thesis"
+    base = {"kind": "conv-avgpool", "checkpoint": training.checkpoint_identity(ckpt), "data": data_fp,
+            "input_size": size, "pools": [asdict(p) for p in pools], "dtype": "float16"}
+    data = training.head_data(args, proto, train=train, val=val, forward=forward, names=layers, base_key=base,
+                              dtype=np.float16, timer=timer, held_out=not thesis, precision=precision_of(args))
     with timer("train"):
-        hist = training.train_heads(heads, train_b, val_b, epochs=proto["epochs"], lr=proto["lr"],
-                           momentum=proto["momentum"], weight_decay=proto["weight_decay"],
-                           device=args.device, desc=task, precision=precision_of(args))
+        fit = training.fit_heads(heads, data, epochs=proto["epochs"], lr=proto["lr"], momentum=proto["momentum"],
+                                 weight_decay=proto["weight_decay"], device=args.device, desc=task,
+                                 precision=precision_of(args))
     training.assert_unchanged(model, before, "linear probe: frozen trunk")
-    metrics, best_epochs = {}, {}
-    for p, h in zip(pools, hist):
-        metrics[p.layer] = h[-1]
-        best = int(np.argmax(h))
-        metrics[f"{p.layer}_best"] = h[best]
-        best_epochs[p.layer] = best + 1
+    outcomes = Outcomes(ids=sample_ids(val))
+    metrics = {}
+    chosen = {p.layer: e + 1 for p, e in zip(pools, fit.chosen)}
+    for i, p in enumerate(pools):
+        training.record_hits(metrics, outcomes, p.layer, fit.test_hits[i])
+        if thesis:
+            training.record_hits(metrics, outcomes, f"{p.layer}_best", fit.best_hits[i])
+    history = {p.layer: [round(v, 3) for v in h] for p, h in zip(pools, fit.history)}
+    if thesis:
+        selection = {"rule": "last+best", "epochs": proto["epochs"], "best_epoch": chosen[layers[-1]],
+                     "best_epochs": chosen,
+                     "note": "the thesis's rule: the test split scored after every epoch, the last and the "
+                             "best reported (the best is chosen on the test set)"}
+        details_history = {"history_top1": history}
+    else:
+        selection = {"rule": "held-out", "epochs": proto["epochs"], "split": data.split,
+                     "chosen_epochs": chosen,
+                     "held_out_top1": {p.layer: round(h[e], 4) for p, h, e in zip(pools, fit.history, fit.chosen)},
+                     "note": "each layer's epoch chosen by top-1 on the held-out split of train; the test "
+                             "split scored once, with each head in its state of that epoch"}
+        details_history = {"held_out_history_top1": history}
     result = make_result(
         task=task, variant={"dataset": name}, checkpoint=checkpoint_block(ckpt), metrics=metrics,
         protocol={**proto, "optimizer": "SGD", "lr_schedule": "lr0/sqrt(1+lr0*wd*t) per iteration (eval_linear.py)",
@@ -271,14 +281,12 @@ def run(args: argparse.Namespace) -> Path:
                   "input_size": size, "layers": list(layers), "one_pass": True,
                   "pooling": {p.layer: {"kernel": p.kernel, "stride": p.stride, "padding": p.padding,
                                         "out": p.out, "dim": p.dim} for p in pools},
-                  "seed": args.seed},
-        data={"name": name, "root": str(root), "fingerprint": data_fp, "sizes": sizes},
-        scale=args.scale, timings=timer.timings,
-        selection={"rule": "last+best", "epochs": proto["epochs"], "best_epoch": best_epochs[layers[-1]],
-                   "best_epochs": best_epochs},
-        details={"history_top1": {p.layer: [round(v, 3) for v in h] for p, h in zip(pools, hist)},
-                 "classes": n_classes, "feature_cache_hit": cache_hit, "trunk_unchanged": True})
-    return save_and_report(args, result)
+                  "selection": args.selection, "seed": args.seed},
+        data={"name": name, "root": str(root), "fingerprint": data_fp, "sizes": data.sizes},
+        scale=args.scale, timings=timer.timings, selection=selection,
+        details={**details_history, "classes": n_classes, "feature_cache_hit": data.cache_hit,
+                 "trunk_unchanged": True})
+    return save_and_report(args, result, outcomes)
 
 
 _PROBED = r"(conv[1-5](_[1-9])?|res[2-5]|res5_gap)(_best)?"  # AlexNet/VGG16 convs, ResNet stages

@@ -11,7 +11,9 @@ init) and ``random_n<n>_mean`` / ``random_n<n>_std`` (random init), percent, std
 (ddof 1); variant ``shots`` = the n list ("4,8,16"); selection ``final``. Every run (n, draw,
 seed, init, top-1) is in ``details.runs``; each draw's image list is written to
 ``OUT/lowshot/<checkpoint>-<sha8>/n<n>_draw<d>.txt`` (paths relative to the train split) and
-recorded with its sha256.
+recorded with its sha256. Outcomes: for each ``_mean`` metric, each test image's top-1 hit rate
+over the draws (their mean is the mean over draws of top-1); a ``_std`` has none. Nothing is chosen
+from data (fixed budgets and learning rates), so the selection is ``final``.
 
 The thesis chose the hyper-parameters by cross-validation and did not publish them; the
 defaults below are our choice (see each comment) and are recorded in the protocol block.
@@ -34,6 +36,7 @@ from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import ImageFolder, fingerprint
 from dcbench.errors import UserError
 from dcbench.models import build_model
+from dcbench.outcomes import Outcomes
 from dcbench.progress import progress
 from dcbench.results import checkpoint_block, make_result
 from dcbench.safepath import output_dir
@@ -51,6 +54,7 @@ from dcbench.transfer.protocol import (
     precision_of,
     remap_targets,
     resolve_protocol,
+    sample_ids,
     save_and_report,
     train_transform,
 )
@@ -94,8 +98,9 @@ def finetune(net: nn.Module, loader, *, iterations: int, lr: float, drop_at: flo
                             momentum=momentum, weight_decay=weight_decay, device=device, precision=precision)
 
 
-def evaluate(net: nn.Module, make_loader, device: str, precision: str = "fp32") -> float:
-    return training.top1(*training.predict_crops(net, make_loader, device, precision))
+def evaluate(net: nn.Module, make_loader, device: str, precision: str = "fp32") -> np.ndarray:
+    """Per-image top-1 hits (bool) on the test loader; their mean x 100 is the run's top-1."""
+    return training.hits_top1(*training.predict_crops(net, make_loader, device, precision))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -142,6 +147,7 @@ def run(args: argparse.Namespace) -> Path:
         return training.loader(val, max(1, bs_cap // 2), shuffle=False, workers=workers)
 
     runs = []
+    hits: dict[tuple[int, str], list[np.ndarray]] = {(n, init): [] for n in shots for init in inits}
     total = len(shots) * proto["draws"] * len(inits)
     bar = progress(total=total, desc="lowshot runs")
     for n in shots:
@@ -167,18 +173,26 @@ def run(args: argparse.Namespace) -> Path:
                              momentum=proto["momentum"], weight_decay=proto["weight_decay"], device=args.device,
                              precision=precision_of(args))
                 with timer(f"eval_{init}"):
-                    acc = evaluate(net, val_loader, args.device, precision_of(args))
+                    hits[(n, init)].append(evaluate(net, val_loader, args.device, precision_of(args)))
+                acc = 100.0 * float(hits[(n, init)][-1].mean())
                 runs.append({"n": n, "draw": d, "seed": run_seed, "init": init, "top1": round(acc, 4),
                              "images": str(list_file), "images_sha256": hashlib.sha256(text.encode()).hexdigest()})
                 bar.update()
     bar.close()
     metrics = {}
+    outcomes = Outcomes(ids=sample_ids(val))
     for n in shots:
         for init, prefix in (("checkpoint", ""), ("random", "random_")):
-            accs = [r["top1"] for r in runs if r["n"] == n and r["init"] == init]
-            if accs:
-                metrics[f"{prefix}n{n}_mean"] = float(np.mean(accs))
-                metrics[f"{prefix}n{n}_std"] = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
+            if init not in inits:
+                continue
+            per_draw = np.stack(hits[(n, init)])  # draws x test images
+            accs = 100.0 * per_draw.mean(1)
+            # The mean over draws of top-1 is the mean over images of each image's hit rate over
+            # draws: those rates are its outcomes. The std over draws is a statistic of the
+            # draws, not of the test images, and gets none.
+            outcomes.mean(f"{prefix}n{n}_mean", 100.0 * per_draw.mean(0))
+            metrics[f"{prefix}n{n}_mean"] = float(np.mean(100.0 * per_draw.mean(0)))
+            metrics[f"{prefix}n{n}_std"] = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
     result = make_result(
         task="lowshot", variant={"dataset": "imagenet", "shots": proto["shots"]}, checkpoint=checkpoint_block(ckpt),
         metrics=metrics,
@@ -192,7 +206,7 @@ def run(args: argparse.Namespace) -> Path:
               "sizes": {"train": len(train), "val": len(val)}},
         scale=args.scale, timings=timer.timings, selection={"rule": "final", "epochs": None},
         details={"runs": runs, "classes": n_classes, "image_lists": str(list_dir)})
-    return save_and_report(args, result)
+    return save_and_report(args, result, outcomes)
 
 
 register(Task(

@@ -2,10 +2,16 @@
 
 The conv trunk is frozen (eval mode); fc6, fc7 (the checkpoint's classifier layout, dropout
 included) are re-initialised and trained with a new fc8 over the dataset's classes. Top-1 is
-the softmax average over 10 crops (Resize 256, ten-crop 224), evaluated after every epoch.
+the softmax average over 10 crops (Resize 256, ten-crop 224), evaluated after every epoch (on
+the held-out split by default, on the test split under the thesis's rule).
 
-Result: metrics ``top1`` (last epoch) and ``top1_best`` (best epoch, the thesis's "maximum
-amongst 90 epochs"); selection ``last+best`` with ``best_epoch`` (1-based).
+Result, ``--selection held-out`` (the default): the epoch is chosen by top-1 on a class-balanced
+split held out of the TRAIN split (``--val-size``), the head put back in its state of that epoch
+and the test split scored once: metric ``top1``; selection ``held-out`` with the ``split``,
+``chosen_epochs`` (1-based) and ``held_out_top1`` (key ``top1``).
+``--selection thesis``: ``top1`` (last epoch) and ``top1_best`` (best epoch on the test split, the
+thesis's "maximum amongst 90 epochs"); selection ``last+best`` with ``best_epoch``.
+Outcomes: every metric's per-image test top-1 hits.
 
 With ``--train-aug none`` (the smoke default) the trunk output (pool5) is extracted once, per
 (checkpoint sha256, layer, data fingerprint, split, crops), cached, and the MLP trains on it.
@@ -22,6 +28,7 @@ from torch import nn
 
 from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import ImageFolder, fingerprint
+from dcbench.outcomes import Outcomes
 from dcbench.results import checkpoint_block, make_result
 from dcbench.seeding import seed_everything
 from dcbench.tasks import Resources, Task, register
@@ -29,6 +36,7 @@ from dcbench.transfer import training
 from dcbench.transfer.protocol import (
     Timer,
     add_input_size_argument,
+    add_selection_arguments,
     add_sgd_arguments,
     align_classes,
     dataset_dir,
@@ -38,6 +46,7 @@ from dcbench.transfer.protocol import (
     precision_of,
     remap_targets,
     resolve_protocol,
+    sample_ids,
     save_and_report,
     train_transform,
 )
@@ -71,6 +80,7 @@ def build_head(model, n_classes: int) -> nn.Sequential:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_input_size_argument(p)
     add_sgd_arguments(p, DEFAULTS)
+    add_selection_arguments(p)
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -93,49 +103,46 @@ def run(args: argparse.Namespace) -> Path:
     def forward(x):
         return [model.trunk(x).flatten(1)]
 
-    bs, workers = proto["batch_size"], args.workers
-    cache_hit = None
-    if proto["train_aug"] == "none":
-        base = {"kind": "pool5", "checkpoint": training.checkpoint_identity(ckpt), "data": data_fp, "input_size": size,
-                "dtype": "float32"}
-        with timer("features"):
-            tr, ytr, hit_tr = training.extract_cached(
-                args, {**base, "split": "train", "transform": "center-crop"}, ["pool5"],
-                lambda: training.loader(train, bs, shuffle=False, workers=workers), forward,
-                device=args.device, desc="features train", precision=precision_of(args), dtype=np.float32)
-            va, yva, hit_va = training.extract_cached(
-                args, {**base, "split": "val", "transform": f"crops{proto['eval_crops']}"}, ["pool5"],
-                lambda: training.loader(val, bs, shuffle=False, workers=workers), forward,
-                device=args.device, desc="features val", precision=precision_of(args), dtype=np.float32)
-        cache_hit = hit_tr and hit_va
-        train_b = training.cached_batches([tr["pool5"]], ytr, bs, args.seed, args.device)
-        val_b = training.cached_val_batches([va["pool5"]], yva, bs, args.device)
-        sizes = {"train": int(len(ytr)), "val": int(len(yva))}
-    else:
-        train_b = training.stream_batches(lambda e: training.loader(train, bs, shuffle=True, workers=workers,
-                                                                seed=args.seed * 1000 + e), forward, args.device, precision_of(args))
-        val_b = training.stream_val_batches(lambda: training.loader(val, max(1, bs // 2), shuffle=False,
-                                                                workers=workers), forward, args.device, precision_of(args))
-        sizes = {"train": len(train), "val": len(val)}
+    thesis = args.selection == "thesis"
+    base = {"kind": "pool5", "checkpoint": training.checkpoint_identity(ckpt), "data": data_fp, "input_size": size,
+            "dtype": "float32"}
+    data = training.head_data(args, proto, train=train, val=val, forward=forward, names=["pool5"], base_key=base,
+                              dtype=np.float32, timer=timer, held_out=not thesis, precision=precision_of(args))
     with timer("train"):
-        (hist,) = training.train_heads(nn.ModuleList([head]), train_b, val_b, epochs=proto["epochs"], lr=proto["lr"],
-                                     momentum=proto["momentum"], weight_decay=proto["weight_decay"],
-                                     device=args.device, desc="mlp", precision=precision_of(args))
+        fit = training.fit_heads(nn.ModuleList([head]), data, epochs=proto["epochs"], lr=proto["lr"],
+                                 momentum=proto["momentum"], weight_decay=proto["weight_decay"],
+                                 device=args.device, desc="mlp", precision=precision_of(args))
     training.assert_unchanged(model, before, "mlp: frozen trunk")
-    best = int(np.argmax(hist))
+    (hist,), (chosen,) = fit.history, fit.chosen
+    outcomes = Outcomes(ids=sample_ids(val))
+    metrics = {}
+    training.record_hits(metrics, outcomes, "top1", fit.test_hits[0])
+    if thesis:
+        training.record_hits(metrics, outcomes, "top1_best", fit.best_hits[0])
+        selection = {"rule": "last+best", "epochs": proto["epochs"], "best_epoch": chosen + 1,
+                     "note": "the thesis's rule: the test split scored after every epoch, the last and the "
+                             "best reported (the best is chosen on the test set)"}
+        history = {"history_top1": [round(v, 3) for v in hist]}
+    else:
+        selection = {"rule": "held-out", "epochs": proto["epochs"], "split": data.split,
+                     "chosen_epochs": {"top1": chosen + 1},
+                     "held_out_top1": {"top1": round(hist[chosen], 4)},
+                     "note": "the epoch chosen by top-1 on the held-out split of train; the test split "
+                             "scored once, with the head in its state of that epoch"}
+        history = {"held_out_history_top1": [round(v, 3) for v in hist]}
     result = make_result(
         task="mlp", variant={"dataset": "imagenet", "layers": "fc6-8"}, checkpoint=checkpoint_block(ckpt),
-        metrics={"top1": hist[-1], "top1_best": hist[best]},
+        metrics=metrics,
         protocol={**proto, "optimizer": "SGD", "lr_schedule": "lr0/sqrt(1+lr0*wd*t) per iteration (eval_linear.py)",
                   "loss": "cross-entropy", "trunk": "frozen, eval mode", "head": "fc6, fc7 re-initialised "
                   "N(0, 0.01) in the checkpoint's layout (dropout included), new fc8",
-                  "eval_rule": "softmax averaged over crops", "input_size": size, "seed": args.seed},
-        data={"name": "imagenet", "root": str(root), "fingerprint": data_fp, "sizes": sizes},
-        scale=args.scale, timings=timer.timings,
-        selection={"rule": "last+best", "epochs": proto["epochs"], "best_epoch": best + 1},
-        details={"history_top1": [round(v, 3) for v in hist], "classes": len(train.classes),
-                 "feature_cache_hit": cache_hit, "trunk_unchanged": True})
-    return save_and_report(args, result)
+                  "eval_rule": "softmax averaged over crops", "input_size": size, "selection": args.selection,
+                  "seed": args.seed},
+        data={"name": "imagenet", "root": str(root), "fingerprint": data_fp, "sizes": data.sizes},
+        scale=args.scale, timings=timer.timings, selection=selection,
+        details={**history, "classes": len(train.classes), "feature_cache_hit": data.cache_hit,
+                 "trunk_unchanged": True})
+    return save_and_report(args, result, outcomes)
 
 
 register(Task(

@@ -1,6 +1,7 @@
 """What a transfer protocol *is*, as opposed to how it trains: the flags every task takes, the
-(full, smoke) defaults tables and the help drawn from them, where the data lives, the image
-transforms, class alignment between splits, and writing the result.
+(full, smoke) defaults tables and the help drawn from them, where the data lives, the held-out
+split of the train set that epochs are chosen on, the image transforms, class alignment between
+splits, and writing the result.
 
 Role split: this module never runs a network; :mod:`dcbench.transfer.training` holds the
 computation (loaders, the step iterator, feature extraction and its cache, heads, metrics, the
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision import transforms as T
 
@@ -162,6 +164,61 @@ def resolve_protocol(args: argparse.Namespace, defaults: dict) -> dict:
         if given is not None:
             out[k] = given
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing from data: a held-out split of the TRAIN set
+
+SELECTIONS = ("held-out", "thesis")
+# A fixed held-out size at full scale: the standard error of a top-1 near 50% on n images is
+# sqrt(0.25 / n), 0.5 points at n = 10,000 (ImageNet: 10 per class, Places205: 48 per class).
+HELD_OUT_FULL = 10_000
+HELD_OUT_SMOKE_FRACTION = 5  # smoke: a fifth of train, so the embedded data keeps most for training
+_HELD_OUT_STREAM = 0x48454C44  # "HELD": the split's own numpy stream, apart from every other draw of a seed
+
+
+def add_selection_arguments(p: argparse.ArgumentParser, what: str = "epoch") -> None:
+    """``--selection`` and ``--val-size`` of a task that chooses its ``what`` from data."""
+    p.add_argument("--selection", choices=SELECTIONS, default="held-out",
+                   help=f"held-out: choose the {what} by top-1 on a class-balanced split carved from the train "
+                        "split (trained on the rest), then score the test split once; thesis: score the test "
+                        f"split every {what} and report the last and the best (the thesis's rule, which "
+                        "chooses on the test set) (default: held-out)")
+    p.add_argument("--val-size", type=argtypes.positive_int, default=None,
+                   help=f"images held out of the train split for --selection held-out, the same number per "
+                        f"class (default: {HELD_OUT_FULL} (full), a fifth of train (smoke))")
+
+
+def held_out_size(args: argparse.Namespace, n_train: int) -> int:
+    """``--val-size``, else the scale's default."""
+    given = getattr(args, "val_size", None)
+    if given is not None:
+        return int(given)
+    return HELD_OUT_FULL if args.scale == "full" else max(1, n_train // HELD_OUT_SMOKE_FRACTION)
+
+
+def held_out_split(labels: Sequence[int], size: int, seed: int, where: str) -> tuple[list[int], list[int], dict]:
+    """(train indices, held-out indices, the selection's ``split`` block) of ``labels`` (the TRAIN
+    split's): ``size // classes`` images of every class held out, drawn without replacement by
+    ``numpy.random.default_rng([seed, stream])`` over each class's indices in dataset order. Only
+    train labels are read, so nothing about the test split can move the split or what it chooses."""
+    y = np.asarray(labels)
+    classes = np.unique(y)
+    per_class = int(size) // len(classes)
+    if per_class < 1:
+        raise UserError(f"--val-size {size}: fewer than one image per class ({len(classes)} classes in {where}); "
+                        f"give at least {len(classes)}")
+    counts = np.bincount(np.searchsorted(classes, y), minlength=len(classes))
+    if counts.min() <= per_class:
+        c = classes[int(np.argmin(counts))]
+        raise UserError(f"--val-size {size}: class {c} of {where} has {counts.min()} images, and holding out "
+                        f"{per_class} per class leaves it none to train on; give a smaller --val-size")
+    rng = np.random.default_rng([seed, _HELD_OUT_STREAM])
+    held = np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), per_class, replace=False) for c in classes]))
+    rest = np.setdiff1d(np.arange(len(y)), held)
+    block = {"source": "train", "size": int(len(held)), "per_class": per_class, "seed": int(seed),
+             "train_left": int(len(rest)), "rule": "class-balanced, numpy default_rng([seed, 0x48454C44])"}
+    return rest.tolist(), held.tolist(), block
 
 
 # --------------------------------------------------------------------------------------------

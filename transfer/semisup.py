@@ -17,7 +17,9 @@ or leaving a class without an image is refused before anything runs or is writte
 
 Result (one per checkpoint): metrics ``top1_<f>pct`` / ``top5_<f>pct`` (percent) for each
 fraction f; variant ``fractions`` ("1,10"); selection ``final``. Each fraction's image list
-(its file, sha256, images, classes) and step count is in ``details.subsets``.
+(its file, sha256, images, classes) and step count is in ``details.subsets``. Outcomes: the
+per-image top-1 and top-5 hits of every metric. Nothing is chosen from data (fixed epochs, the lr a
+fixed rule of the batch size), hence ``final``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from dcbench.atomic import write_text_atomic
 from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import ImageFolder, fingerprint
 from dcbench.errors import UserError
+from dcbench.outcomes import Outcomes
 from dcbench.results import checkpoint_block, make_result
 from dcbench.safepath import output_dir
 from dcbench.tasks import Resources, Task, register
@@ -55,6 +58,7 @@ from dcbench.transfer.protocol import (
     precision_of,
     remap_targets,
     resolve_protocol,
+    sample_ids,
     save_and_report,
     train_transform,
 )
@@ -258,6 +262,7 @@ def run(args: argparse.Namespace) -> Path:
         return training.loader(val, max(1, proto["batch_size"] // 2), shuffle=False, workers=args.workers)
 
     metrics, details = {}, {}
+    outcomes = Outcomes(ids=sample_ids(val))
     for f in fractions:
         sub = subsets[f]
         data = torch.utils.data.Subset(train, sub["idx"])
@@ -275,8 +280,8 @@ def run(args: argparse.Namespace) -> Path:
                                     desc=f"fine-tune {f}%")
         with timer(f"eval_{f}pct"):
             scores, ys = training.predict_crops(net, val_loader, args.device, precision)
-        metrics[f"top1_{f}pct"] = training.top1(scores, ys)
-        metrics[f"top5_{f}pct"] = training.topk(scores, ys, 5)
+        training.record_hits(metrics, outcomes, f"top1_{f}pct", training.hits_top1(scores, ys))
+        training.record_hits(metrics, outcomes, f"top5_{f}pct", training.hits_topk(scores, ys, 5))
         details[f"{f}pct"] = {"source": sub["source"], "file": sub["file"], "images": len(data),
                               "classes": len({targets[i] for i in sub["idx"]}), "batch_size": bs,
                               "iterations": iterations, "seed": run_seed,
@@ -302,7 +307,7 @@ def run(args: argparse.Namespace) -> Path:
               "sizes": {"train": len(train), "val": len(val)}},
         scale=args.scale, timings=timer.timings, selection={"rule": "final", "epochs": None},
         details={"subsets": details, "classes": len(train.classes)})
-    return save_and_report(args, result)
+    return save_and_report(args, result, outcomes)
 
 
 register(Task(

@@ -11,11 +11,13 @@ Role split: flags, defaults, data folders, transforms and results are in
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -344,10 +346,57 @@ def extract_cached(args: argparse.Namespace, base_key: dict, names: Sequence[str
 # Heads on frozen features: one feature pass feeds every head
 
 
+class EpochRecord:
+    """What :func:`train_heads` keeps of its per-epoch evaluation beyond top-1, per head: the
+    state (on the CPU) and the per-image top-1 hits at its best epoch (the first maximum, as
+    ``np.argmax`` of the history picks it), and the hits of the last epoch."""
+
+    def __init__(self, n_heads: int):
+        self.best_epoch: list[int | None] = [None] * n_heads
+        self.best_state: list[dict | None] = [None] * n_heads
+        self.best_hits: list[np.ndarray | None] = [None] * n_heads
+        self.last_hits: list[np.ndarray | None] = [None] * n_heads
+
+    def restore_best(self, heads: nn.ModuleList) -> None:
+        """Put every head back in its state of its best epoch."""
+        for h, state in zip(heads, self.best_state):
+            h.load_state_dict(state)
+
+
+def score_heads(heads: nn.ModuleList, val_batches, *, device: str,
+                precision: str = "fp32") -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(per head: softmax averaged over each image's crops (N, C), labels (N,)) of ``val_batches()``."""
+    heads.eval()
+    scores: list[list[torch.Tensor]] = [[] for _ in heads]
+    ys = []
+    with torch.no_grad():
+        for feats, y, ncrops in val_batches():
+            for i, (h, f) in enumerate(zip(heads, feats)):
+                with amp(precision, device):
+                    s = h(f)
+                scores[i].append(average_crops(s.float().cpu(), ncrops, softmax=True))
+            ys.append(y)
+    return [torch.cat(s) for s in scores], torch.cat(ys)
+
+
+def hits_top1(scores: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+    """Per-image top-1 hits (bool), ties to the lowest class index as :func:`top1`."""
+    return (torch.as_tensor(scores).argmax(1) == torch.as_tensor(targets)).numpy()
+
+
+def record_hits(metrics: dict, outcomes, name: str, hits: np.ndarray) -> None:
+    """A hit-rate metric (percent: top-1, top-5) and its per-image outcomes
+    (:class:`dcbench.outcomes.Outcomes`), both from the same hits, so they agree exactly."""
+    metrics[name] = 100.0 * int(hits.sum()) / len(hits)
+    outcomes.hits(name, hits)
+
+
 def train_heads(heads: nn.ModuleList, train_batches, val_batches, *, epochs: int, lr: float, momentum: float,
-                weight_decay: float, device: str, desc: str = "probe", precision: str = "fp32") -> list[list[float]]:
+                weight_decay: float, device: str, desc: str = "probe", precision: str = "fp32",
+                record: EpochRecord | None = None) -> list[list[float]]:
     """Train every head together; ``train_batches(epoch)`` and ``val_batches()`` yield
-    (list of per-head features, labels[, ncrops]). Returns top-1 history[head][epoch]."""
+    (list of per-head features, labels[, ncrops]). Returns top-1 history[head][epoch] on
+    ``val_batches``; ``record`` also keeps each head's best-epoch state and the per-image hits."""
     opt = torch.optim.SGD(heads.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     history: list[list[float]] = [[] for _ in heads]
@@ -364,19 +413,16 @@ def train_heads(heads: nn.ModuleList, train_batches, val_batches, *, epochs: int
             loss.backward()
             opt.step()
             step += 1
-        heads.eval()
-        scores: list[list[torch.Tensor]] = [[] for _ in heads]
-        ys = []
-        with torch.no_grad():
-            for feats, y, ncrops in val_batches():
-                for i, (h, f) in enumerate(zip(heads, feats)):
-                    with amp(precision, device):
-                        s = h(f)
-                    scores[i].append(average_crops(s.float().cpu(), ncrops, softmax=True))
-                ys.append(y)
-        y = torch.cat(ys)
-        for i in range(len(heads)):
-            history[i].append(top1(torch.cat(scores[i]), y))
+        scores, y = score_heads(heads, val_batches, device=device, precision=precision)
+        for i, h in enumerate(heads):
+            acc = top1(scores[i], y)
+            if record is not None:
+                hit = hits_top1(scores[i], y)
+                record.last_hits[i] = hit
+                if record.best_epoch[i] is None or acc > history[i][record.best_epoch[i]]:
+                    record.best_epoch[i], record.best_hits[i] = epoch, hit
+                    record.best_state[i] = {k: v.detach().to("cpu", copy=True) for k, v in h.state_dict().items()}
+            history[i].append(acc)
     return history
 
 
@@ -435,6 +481,114 @@ def stream_val_batches(make_loader, forward, device: str, precision: str = "fp32
     return batches
 
 
+@dataclass
+class HeadData:
+    """The batches a frozen-feature head task trains, chooses and scores on: ``train(epoch)``,
+    ``held_out()`` (None under the thesis's rule, which chooses on ``test()``), the split sizes,
+    whether every feature came from the cache (None when streamed) and the held-out split block."""
+
+    train: Callable
+    held_out: Callable | None
+    test: Callable
+    sizes: dict
+    cache_hit: bool | None
+    split: dict | None
+
+
+def head_data(args: argparse.Namespace, proto: dict, *, train, val, forward, names: Sequence[str], base_key: dict,
+              dtype, timer, held_out: bool, precision: str = "fp32") -> HeadData:
+    """Batches of ``forward``'s features for the probe-style heads (linear probes, mlp).
+
+    ``held_out``: a class-balanced split of ``train`` (:func:`dcbench.transfer.protocol.held_out_split`)
+    is left out of training and scored as ``val`` is (its transform, its crops), to choose on.
+    ``--train-aug none`` extracts and caches the features (the held-out images' centre-crop features
+    are the train split's own rows; with ten test crops they are extracted once more, under the
+    test transform); otherwise the trunk runs on every batch."""
+    from dcbench.transfer.protocol import held_out_size, held_out_split
+
+    bs, workers, device = proto["batch_size"], args.workers, args.device
+    if not held_out and getattr(args, "val_size", None) is not None:
+        raise UserError(f"--val-size {args.val_size}: --selection thesis holds nothing out (it chooses on the test "
+                        "split); drop --val-size or use --selection held-out")
+    rest = held = split = None
+    if held_out:
+        rest, held, split = held_out_split(train.targets, held_out_size(args, len(train)), args.seed,
+                                           str(getattr(train, "list_file", train.root)))
+    held_ds = copy.copy(train)  # the held-out images under the test transform
+    held_ds.transform = val.transform
+    if proto["train_aug"] == "none":
+        def extract(ds, key, what):
+            return extract_cached(args, {**base_key, **key}, names,
+                                  lambda: loader(ds, bs, shuffle=False, workers=workers), forward,
+                                  device=device, desc=f"features {what}", precision=precision, dtype=dtype)
+
+        with timer("features"):
+            tr, ytr, hit_tr = extract(train, {"split": "train", "transform": "center-crop"}, "train")
+            va, yva, hit_va = extract(val, {"split": "val", "transform": f"crops{proto['eval_crops']}"}, "val")
+            hits = [hit_tr, hit_va]
+            if held_out:
+                if len(ytr) != len(train):
+                    raise UserError(f"{train.root}: {len(train) - len(ytr)} training images could not be decoded, "
+                                    "so the held-out split cannot be drawn; remove them (see the warnings)")
+                if proto["eval_crops"] == 1:  # the centre crop is the test transform: the rows are the features
+                    ho = {n: tr[n][held][:, None] for n in names}
+                else:
+                    ho, _, hit_ho = extract(torch.utils.data.Subset(held_ds, held),
+                                            {"split": "train", "transform": f"crops{proto['eval_crops']}",
+                                             "held_out": split}, "held-out")
+                    hits.append(hit_ho)
+                yho = ytr[held]
+                tr, ytr = {n: tr[n][rest] for n in names}, ytr[rest]
+        train_b = cached_batches([tr[n] for n in names], ytr, bs, args.seed, device)
+        held_b = cached_val_batches([ho[n] for n in names], yho, bs, device) if held_out else None
+        test_b = cached_val_batches([va[n] for n in names], yva, bs, device)
+        sizes = {"train": int(len(ytr)), "val": int(len(yva))}
+        cache_hit = all(hits)
+    else:
+        fit_ds = torch.utils.data.Subset(train, rest) if held_out else train
+        train_b = stream_batches(lambda e: loader(fit_ds, bs, shuffle=True, workers=workers, seed=args.seed * 1000 + e),
+                                 forward, device, precision)
+        held_b = stream_val_batches(lambda: loader(torch.utils.data.Subset(held_ds, held), max(1, bs // 2),
+                                                   shuffle=False, workers=workers),
+                                    forward, device, precision) if held_out else None
+        test_b = stream_val_batches(lambda: loader(val, max(1, bs // 2), shuffle=False, workers=workers),
+                                    forward, device, precision)
+        sizes = {"train": len(fit_ds), "val": len(val)}
+        cache_hit = None
+    if held_out:
+        sizes["held_out"] = split["size"]
+    return HeadData(train_b, held_b, test_b, sizes, cache_hit, split)
+
+
+@dataclass
+class Fitted:
+    """What :func:`fit_heads` gives per head: the top-1 history it chose on (held-out or test), the
+    chosen epoch (0-based), the test hits of the reported metric, and under the thesis's rule the
+    test hits at the best epoch (its ``_best`` metric)."""
+
+    history: list[list[float]]
+    chosen: list[int]
+    test_hits: list[np.ndarray]
+    best_hits: list[np.ndarray] | None
+
+
+def fit_heads(heads: nn.ModuleList, data: HeadData, *, epochs: int, lr: float, momentum: float, weight_decay: float,
+              device: str, desc: str, precision: str = "fp32") -> Fitted:
+    """Train the heads and score the test split. With a held-out split: each head is put back in
+    its state of its best held-out epoch and the test split is scored once. Without (the thesis):
+    the test split is scored every epoch; the last epoch's hits and the best epoch's are kept."""
+    record = EpochRecord(len(heads))
+    opt = {"epochs": epochs, "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "device": device,
+           "desc": desc, "precision": precision, "record": record}
+    if data.held_out is None:
+        hist = train_heads(heads, data.train, data.test, **opt)
+        return Fitted(hist, list(record.best_epoch), list(record.last_hits), list(record.best_hits))
+    hist = train_heads(heads, data.train, data.held_out, **opt)
+    record.restore_best(heads)
+    scores, y = score_heads(heads, data.test, device=device, precision=precision)
+    return Fitted(hist, list(record.best_epoch), [hits_top1(s, y) for s in scores], None)
+
+
 def place(module: nn.Module, device, precision: str = "fp32") -> nn.Module:
     """``module`` on ``device`` in ``--precision``'s layout: channels_last under bf16, which the GPU's
     convolution kernels want (their outputs then stay channels_last through the trunk)."""
@@ -470,10 +624,14 @@ def top1(scores: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray) 
 
 def topk(scores: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray, k: int) -> float:
     """Top-k accuracy in percent: the target among the k highest scores (k capped by the class count)."""
+    return float(hits_topk(scores, targets, k).mean() * 100)
+
+
+def hits_topk(scores: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray, k: int) -> np.ndarray:
+    """Per-image top-k hits (bool) of :func:`topk`."""
     scores, targets = torch.as_tensor(scores), torch.as_tensor(targets)
     k = min(k, scores.shape[1])
-    hit = (scores.topk(k, dim=1).indices == targets[:, None]).any(1)
-    return float(hit.float().mean() * 100)
+    return (scores.topk(k, dim=1).indices == targets[:, None]).any(1).numpy()
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
