@@ -447,6 +447,8 @@ def measured_rows(spec: TableSpec, newest: pd.DataFrame, scale: str) -> list[Row
         provenance, protocol = _provenance(sha, results)
         if kind == "best":
             provenance += " · " + _best_epochs(spec, by_col)
+        if rule == "held-out":
+            provenance += " · " + _held_out(results)
         if kind == "random":
             label = f"Random init (baseline run with {name})"
         said = RULE_LABELS.get(rule, {}).get(kind)
@@ -510,6 +512,13 @@ def _best_epochs(spec: TableSpec, by_col: dict) -> str:
     if len(set(epochs.values())) == 1:
         return f"best epoch {next(iter(epochs.values()))}"
     return "best epochs " + ", ".join(f"{h} {e}" for h, e in epochs.items())
+
+
+def _held_out(results: list) -> str:
+    """"chosen on 120 held-out train images": the size of the split a held-out choice was made on."""
+    sizes = sorted({g["selection"].get("split", {}).get("size") for g in results} - {None}, key=str)
+    shown = ", ".join(str(n) for n in sizes if isinstance(n, int) and not isinstance(n, bool))
+    return f"chosen on {shown or 'a'} held-out train images"
 
 
 def _differing_keys(variants: list[dict]) -> list[str]:
