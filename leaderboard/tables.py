@@ -516,7 +516,8 @@ def _best_epochs(spec: TableSpec, by_col: dict) -> str:
 
 def _held_out(results: list) -> str:
     """"chosen on 120 held-out train images": the size of the split a held-out choice was made on."""
-    sizes = sorted({g["selection"].get("split", {}).get("size") for g in results} - {None}, key=str)
+    splits = [g["selection"].get("split") for g in results]
+    sizes = sorted({sp.get("size") for sp in splits if isinstance(sp, dict)} - {None}, key=str)
     shown = ", ".join(str(n) for n in sizes if isinstance(n, int) and not isinstance(n, bool))
     return f"chosen on {shown or 'a'} held-out train images"
 
