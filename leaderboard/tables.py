@@ -517,8 +517,9 @@ def _best_epochs(spec: TableSpec, by_col: dict) -> str:
 def _held_out(results: list) -> str:
     """"chosen on 120 held-out train images": the size of the split a held-out choice was made on."""
     splits = [g["selection"].get("split") for g in results]
-    sizes = sorted({sp.get("size") for sp in splits if isinstance(sp, dict)} - {None}, key=str)
-    shown = ", ".join(str(n) for n in sizes if isinstance(n, int) and not isinstance(n, bool))
+    sizes = sorted({sp["size"] for sp in splits if isinstance(sp, dict) and isinstance(sp.get("size"), int)
+                    and not isinstance(sp["size"], bool) and 0 < sp["size"] < 10**9})
+    shown = ", ".join(map(str, sizes))
     return f"chosen on {shown or 'a'} held-out train images"
 
 
