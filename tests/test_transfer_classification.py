@@ -7,7 +7,9 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
+from outcome_checks import check_intervals  # tests/outcome_checks.py
 from PIL import Image
 
 from dcbench.checkpoint import save_checkpoint
@@ -296,6 +298,11 @@ def test_voc_classification_end_to_end(layers, ckpt64, embedded_root, tmp_path, 
     assert set(r["metrics"]) == {"map"} and r["variant"]["layers"] == layers
     assert len(r["details"]["ap"]) == 20
     json.dumps(r)
+    (path,) = (tmp_path / "res").glob("*.json")
+    outcomes = check_intervals(path, r, ["map"], contains=False)  # AP on a few positives: see check_intervals
+    m = outcomes["map"]
+    assert m.kind == "ap" and m.rule == "sklearn" and m.arrays["scores"].shape == (120, 20)
+    assert set(np.unique(m.arrays["labels"])) <= {-1, 0, 1} and r["details"]["unreadable_test_images"] == 0
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from outcome_checks import check_intervals  # tests/outcome_checks.py
 
 from dcbench import synth
 from dcbench.buildings import read_dataset
@@ -17,6 +18,7 @@ from dcbench.models import build_model
 from dcbench.results import read_result
 from dcbench.transfer import retrieval
 from dcbench.transfer.cli import main
+from dcbench.transfer.retrieval import query_outcomes
 
 TINY = dict(ret_good=2, ret_ok=1, ret_junk=1, ret_distractors=3, ret_side=160)
 
@@ -192,3 +194,17 @@ def test_end_to_end_writes_a_schema_valid_result(tree, ckpt, tmp_path, capsys, o
         assert r["details"]["whitening"][name]["fitted_on"] != name
     assert r["protocol"]["max_size"] == 160 and r["protocol"]["levels"] == 3
     assert r["data"]["sizes"]["oxford5k_images"] == 28
+    outcomes = check_intervals(files[0], r, ["oxford5k_map", "paris6k_map"])  # means: the value inside
+    for name in ("oxford5k", "paris6k"):
+        assert outcomes[f"{name}_map"].arrays["values"].tolist() == list(r["details"]["per_query_ap"][name].values())
+
+
+def test_query_outcomes_pair_the_ith_queries_and_each_metric_is_its_own_datasets_mean():
+    per_query = {"oxford5k": {"a_1": 10.0, "b_1": 30.0, "c_1": 80.0}, "paris6k": {"x_1": 50.0, "y_1": 0.0, "z_1": 40.0}}
+    o = query_outcomes(per_query)
+    assert o.ids == ["a_1|x_1", "b_1|y_1", "c_1|z_1"]
+    assert o.metrics["oxford5k_map"].statistic(np.ones(3)) == pytest.approx(40.0)
+    assert o.metrics["paris6k_map"].statistic(np.array([0.0, 2.0, 1.0])) == pytest.approx(40 / 3)
+    # a resample is one of pairs: each metric sees its own queries resampled, never the other's
+    assert o.metrics["oxford5k_map"].statistic(np.array([3.0, 0.0, 0.0])) == pytest.approx(10.0)
+    assert query_outcomes({**per_query, "paris6k": {"x_1": 50.0}}) is None  # cannot be paired

@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from outcome_checks import check_intervals  # tests/outcome_checks.py
 
 from dcbench.checkpoint import save_checkpoint
 from dcbench.datasets import VOC_CLASSES, VOCDetection
 from dcbench.errors import DataError, run_cli
 from dcbench.models import build_model
+from dcbench.outcomes import Outcomes
 from dcbench.transfer import cli, voc_eval
 from dcbench.transfer.training import assert_unchanged, parameter_snapshot
 from dcbench.transfer.voc_detection import (
@@ -138,6 +140,30 @@ def test_devkit_ap_matches_independent_computation(tmp_path):
     assert out["counts"]["cat"] == {"npos": 4, "tp": 3, "fp": 4}
 
 
+def _outcomes_map(out: dict, annotations: dict) -> float:
+    o = Outcomes(ids=list(annotations))
+    o.detection("map", **out["outcomes"])
+    return o.metrics["map"].statistic(np.ones(len(annotations)))
+
+
+def test_eval_returns_each_detections_devkit_match_and_the_positives_per_image(tmp_path):
+    det_dir, annotations = _devkit_tree(tmp_path, GTS, DETS)
+    out = voc_eval.eval_detection_files(det_dir, annotations, CLASSES)
+    o, ids = out["outcomes"], list(annotations)
+    cat = o["cls"] == CLASSES.index("cat")
+    # the cat file's order: tp, fp (same object again), skip (difficult), tp, fp (nothing there), tp,
+    # fp (IoU exactly 0.5), fp (an image without objects)
+    assert o["match"][cat].tolist() == [1, 0, -1, 1, 0, 1, 0, 0]
+    assert [ids[i] for i in o["image"][cat]] == [d[0] for d in DETS["cat"]]
+    assert o["score"][cat].tolist() == [d[1] for d in DETS["cat"]]
+    assert o["match"][o["cls"] == CLASSES.index("person")].tolist() == [-1]  # only a difficult box there
+    assert o["npos"].shape == (len(ids), len(CLASSES))
+    assert o["npos"][:, CLASSES.index("cat")].tolist() == [1, 2, 1, 0]  # 000001's second cat is difficult
+    assert o["npos"][:, CLASSES.index("person")].sum() == 0
+    # and the outcomes give back the mAP at weights 1 (the mAP itself unchanged: checked above)
+    assert _outcomes_map(out, annotations) == pytest.approx(out["map"], abs=1e-9)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_devkit_ap_random_cases(tmp_path, seed):
     rng = np.random.default_rng(seed)
@@ -171,6 +197,7 @@ def test_devkit_ap_random_cases(tmp_path, seed):
         assert (out["ap"][c] is None) == (ref is None)
         if ref is not None:
             assert out["ap"][c] == pytest.approx(100 * ref, abs=1e-9)
+    assert _outcomes_map(out, annotations) == pytest.approx(out["map"], abs=1e-9)  # ties broken alike
 
 
 def test_detection_files_round_trip_and_unknown_image(tmp_path):
@@ -330,3 +357,5 @@ def test_voc_detection_end_to_end(method, ckpt64, embedded_root, tmp_path, one_t
     again = voc_eval.eval_detection_files(det_dir, {i: a["objects"] for i, a in zip(ds.ids, ds.annotations)},
                                           VOC_CLASSES)
     assert again["map"] == pytest.approx(r["metrics"]["map"])
+    outcomes = check_intervals(path, r, ["map"], contains=False, spread=False)  # see check_intervals
+    assert outcomes["map"].arrays["npos"].shape == (r["data"]["sizes"]["test"], 20)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from outcome_checks import check_intervals  # tests/outcome_checks.py
 
 from dcbench.checkpoint import save_checkpoint
 from dcbench.errors import run_cli
@@ -158,6 +159,13 @@ def test_voc_segmentation_end_to_end(ckpt64, tmp_path, embedded_root, one_thread
     assert r["scale"] == "smoke" and r["protocol"]["iterations"] == 15 and r["protocol"]["model"] == "FCN-32s"
     assert r["data"]["sizes"]["train"] > 0 and r["data"]["sizes"]["val"] > 0
     assert len(r["details"]["confusion_matrix"]) == 21
+    # mIoU averages the classes a resample happens to contain: its interval need not hold the value
+    outcomes = check_intervals(path, r, ["miou", "pixel_acc"], contains=False)
+    lo, hi = r["intervals"]["metrics"]["pixel_acc"]
+    assert lo <= r["metrics"]["pixel_acc"] <= hi
+    conf = outcomes["miou"].arrays["confusion"]
+    assert conf.shape == (r["data"]["sizes"]["val"], 21, 21) and outcomes["pixel_acc"].rule == "pixel_acc"
+    assert conf.sum(0).tolist() == r["details"]["confusion_matrix"]  # the per-image matrices sum to the split's
 
 
 def test_diverging_fcn_training_is_one_line_exit_2_and_writes_nothing(ckpt64, tmp_path, embedded_root, capsys,

@@ -122,14 +122,18 @@ def workers(n_jobs: int) -> Parallel:
 
 
 def mean_ap(aps: Sequence[float]) -> float:
+    """Mean over the classes with a defined AP; NaN when none has one."""
     aps = np.asarray(aps, float)
-    return float(np.mean(aps[~np.isnan(aps)]))
+    defined = aps[~np.isnan(aps)]
+    return float(np.mean(defined)) if defined.size else float("nan")
 
 
 def voc07_svm(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
               costs: Sequence[float], folds: int, seed: int, n_jobs: int, difficult: str = "negative",
               ap_rule: str = "interpolated", names: Sequence[str] = ()) -> dict:
     """The whole protocol for one tap: ``x_*`` already normalised (N, D), ``y_*`` (N, classes) in 1/-1/0.
+    The cost is chosen from trainval alone; ``y_test`` is read only to score the refitted SVMs, whose
+    test decision values (N_test, classes) are returned as ``scores`` (the per-image outcomes).
 
     Jobs: one per (class, cost) for the cross-validation, then one per class for the final fit, in
     :func:`workers`."""
@@ -146,8 +150,9 @@ def voc07_svm(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_te
     chosen = [float(costs[i]) for i in np.argmax(cv, axis=1)]
     models = par(delayed(fit_class)(x_train, y_train[:, c], chosen[c], seed=seed, difficult=difficult)
                  for c in classes)
-    aps = [test_ap(m.decision_function(x_test), y_test[:, c], ap_rule) for c, m in zip(classes, models)]
-    return {"map": mean_ap(aps), "aps": aps, "chosen": chosen, "cv": cv}
+    scores = np.stack([m.decision_function(x_test) for m in models], axis=1)
+    aps = [test_ap(scores[:, c], y_test[:, c], ap_rule) for c in classes]
+    return {"map": mean_ap(aps), "aps": aps, "chosen": chosen, "cv": cv, "scores": scores}
 
 
 
@@ -171,34 +176,88 @@ def draw(labels: np.ndarray, k: int, seed: int, index: int,
     return out
 
 
-def _class_maps(x_train, x_test, y_test_c, rows, costs, seed, ap_rule) -> list[float]:
-    """Test AP of one class at every cost, trained on its drawn rows (copied once, for all costs)."""
+def validation_rows(labels_c: np.ndarray, rows: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """One class's held-out rows in one draw: every trainval row not drawn for that class (its SVM never
+    sees them), difficult-only rows left out as on test. Not subsampled: at k = 96 a draw uses 1,920 of
+    VOC07's 5,011 trainval images per class, and every image is drawn for some class, so no split
+    disjoint from all the draws exists; per class, the rest of trainval is the largest honest one."""
+    used = np.zeros(len(labels_c), bool)
+    used[np.concatenate(rows)] = True
+    return np.flatnonzero(~used & (labels_c != 0))
+
+
+def _fit_drawn(x_train, rows, cost, seed) -> LinearSVC:
     pos, neg = rows
     idx = np.concatenate([pos, neg])
-    x, y = x_train[idx], np.r_[np.ones(len(pos), int), -np.ones(len(neg), int)]
-    return [test_ap(make_svm(c, seed).fit(x, y).decision_function(x_test), y_test_c, ap_rule) for c in costs]
+    return make_svm(cost, seed).fit(x_train[idx], np.r_[np.ones(len(pos), int), -np.ones(len(neg), int)])
+
+
+def _class_aps(x_eval, y_eval_c, x_train, rows, costs, seed, ap_rule, eval_rows=None) -> list[float]:
+    """AP of one class at every cost, trained on its drawn rows: on ``x_eval`` (test), or on the rows
+    ``eval_rows`` of ``x_train`` (held-out; ``y_eval_c`` then labels those rows)."""
+    aps = []
+    for c in costs:
+        m = _fit_drawn(x_train, rows, c, seed)
+        # decision values of all of x_train then indexed: the memory-mapped features are never copied
+        s = m.decision_function(x_eval)[eval_rows] if eval_rows is not None else m.decision_function(x_eval)
+        aps.append(test_ap(s, y_eval_c, ap_rule))
+    return aps
+
+
+def _test_scores(x_train, x_test, rows, cost, seed) -> np.ndarray:
+    return _fit_drawn(x_train, rows, cost, seed).decision_function(x_test)
+
+
+LOWSHOT_SELECTIONS = ("held-out", "published")
 
 
 def lowshot_svm(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
                 shots: Sequence[int], draws: int, costs: Sequence[float], seed: int, n_jobs: int,
-                ap_rule: str = "interpolated", names: Sequence[str] = ()) -> dict:
-    """One tap: ``x_*`` normalised. Returns per k the mAP matrix (draws, costs), the chosen cost and the
-    statistics over the draws at it, and the draws themselves (row indices)."""
+                ap_rule: str = "interpolated", selection: str = "held-out", names: Sequence[str] = ()) -> dict:
+    """One tap: ``x_*`` normalised. Per k, the cost with the highest mAP averaged over the draws is
+    chosen: on held-out trainval rows (``selection="held-out"``, :func:`validation_rows`, test never
+    read for it) or on test (``"published"``, the published scripts' rule). Then every (draw, class)
+    SVM is refitted at that cost (seeded: the same SVM as in the sweep) and scored on test once.
+
+    Returns per k: ``maps`` (draws, costs), the mAPs the choice was made on; the chosen ``cost``;
+    ``test_maps`` (draws,) at it and their ``mean`` / ``min`` / ``max`` / ``std`` (ddof 0); ``scores``
+    (draws, N_test, classes), the test decision values; ``validation`` (held-out: the smallest and
+    largest count of held-out images and positives over draws and classes). And the draws (row indices)."""
+    if selection not in LOWSHOT_SELECTIONS:
+        raise ValueError(selection)
     drawn = {k: [draw(y_train, k, seed, d, names) for d in range(draws)] for k in shots}
     classes = range(y_train.shape[1])
     jobs = [(k, d, c) for k in shots for d in range(draws) for c in classes]
-    aps = workers(n_jobs)(
-        delayed(_class_maps)(x_train, x_test, y_test[:, c], drawn[k][d][c], costs, seed, ap_rule)
-        for k, d, c in jobs)
+    par = workers(n_jobs)
+    if selection == "held-out":
+        val = {(k, d, c): validation_rows(y_train[:, c], drawn[k][d][c]) for k, d, c in jobs}
+        aps = par(delayed(_class_aps)(x_train, y_train[val[k, d, c], c], x_train, drawn[k][d][c], costs, seed,
+                                      ap_rule, val[k, d, c]) for k, d, c in jobs)
+    else:
+        aps = par(delayed(_class_aps)(x_test, y_test[:, c], x_train, drawn[k][d][c], costs, seed, ap_rule)
+                  for k, d, c in jobs)
     by = dict(zip(jobs, aps))
     out = {}
     for k in shots:
         maps = np.array([[mean_ap([by[k, d, c][i] for c in classes]) for i in range(len(costs))]
                          for d in range(draws)])
-        best = int(np.argmax(maps.mean(axis=0)))
-        at = maps[:, best]
-        out[k] = {"maps": maps, "cost": float(costs[best]), "mean": float(at.mean()), "min": float(at.min()),
-                  "max": float(at.max()), "std": float(at.std())}
+        if np.isnan(maps).all():
+            raise UserError(f"--shots {k}: no class has a positive image left outside its draws to choose the "
+                            "cost on; lower --shots, or pass --selection published (chosen on test)")
+        # a draw whose held-out rows have no positive of any class is left out of the choice
+        best = int(np.nanargmax(np.nanmean(maps, axis=0)))
+        out[k] = {"maps": maps, "cost": float(costs[best])}
+        if selection == "held-out":
+            sizes = [(len(val[k, d, c]), int((y_train[val[k, d, c], c] > 0).sum()))
+                     for d in range(draws) for c in classes]
+            out[k]["validation"] = {"images": [min(n for n, _ in sizes), max(n for n, _ in sizes)],
+                                    "positives": [min(p for _, p in sizes), max(p for _, p in sizes)]}
+    scored = par(delayed(_test_scores)(x_train, x_test, drawn[k][d][c], out[k]["cost"], seed) for k, d, c in jobs)
+    by = dict(zip(jobs, scored))
+    for k in shots:
+        scores = np.stack([np.stack([by[k, d, c] for c in classes], axis=1) for d in range(draws)])
+        at = np.array([mean_ap([test_ap(scores[d, :, c], y_test[:, c], ap_rule) for c in classes])
+                       for d in range(draws)])
+        out[k].update(scores=scores, test_maps=at, mean=float(at.mean()), min=float(at.min()),
+                      max=float(at.max()), std=float(at.std()))
     return {"per_k": out, "drawn": drawn}
-
-

@@ -22,7 +22,11 @@ Protocol, in order:
    junk images are removed from the ranking, and the area under precision-recall is summed by the
    trapezoidal rule (:func:`compute_ap`). mAP = the mean over the queries, in percent.
 
-Result: metrics ``oxford5k_map`` and ``paris6k_map``; the per-query APs in details.
+Result: metrics ``oxford5k_map`` and ``paris6k_map``, each with its 95% bootstrap interval over its
+queries; the per-query APs in details; selection ``final`` (nothing is chosen from data). Per-image
+outcomes beside the result (:mod:`dcbench.outcomes`, kind ``mean``): each query's AP, item i being the
+i-th query of each dataset (:func:`query_outcomes`; datasets with different numbers of queries get no
+outcomes and no intervals, as ``details.outcomes`` says).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from dcbench.buildings import RetrievalDataset, read_dataset
 from dcbench.checkpoint import load_checkpoint, preprocessing
 from dcbench.datasets import fingerprint, pil_loader
 from dcbench.errors import DataError, UserError
+from dcbench.outcomes import Outcomes
 from dcbench.progress import progress
 from dcbench.results import checkpoint_block, make_result
 from dcbench.tasks import Resources, Task, register
@@ -156,6 +161,27 @@ def mean_ap(sim: np.ndarray, ds: RetrievalDataset) -> tuple[float, dict[str, flo
         order = np.argsort(-row, kind="stable")
         aps[q.name] = 100.0 * compute_ap([ds.names[i] for i in order], q.positives, q.junk)
     return float(np.mean(list(aps.values()))), aps
+
+
+OUTCOMES_NOTE = ("outcome i = (the i-th Oxford5k query, the i-th Paris6k query): one list of test items for "
+                 "both metrics, each metric the mean AP of its own dataset's queries")
+
+
+def query_outcomes(per_query: dict[str, dict[str, float]]) -> Outcomes | None:
+    """Each query's AP (percent) as ``mean`` outcomes of its dataset's mAP.
+
+    One outcomes file has one list of test items for every metric, and the two metrics rank two query
+    sets; so item i is the pair of the i-th query of each dataset (both published sets have 55). A
+    resample of the pairs is a resample of each dataset's queries, so each metric's interval is its own
+    queries' bootstrap; two results on the same datasets resample the same pairs, so they compare
+    pairwise. Datasets with different numbers of queries cannot be paired: no outcomes (None)."""
+    lists = [list(per_query[name].items()) for name in DATASETS]
+    if len({len(q) for q in lists}) != 1:
+        return None
+    outcomes = Outcomes(ids=["|".join(q for q, _ in pair) for pair in zip(*lists)])
+    for name, queries in zip(DATASETS, lists):
+        outcomes.mean(f"{name}_map", [ap for _, ap in queries])
+    return outcomes
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,6 +302,7 @@ def run(args: argparse.Namespace) -> Path:
             metrics[f"{name}_map"], per_query[name] = mean_ap(q @ d.T, data[name])
             whitening[name] = {"fitted_on": other, "regions": int(sum(len(r) for r in db[other])),
                                "dims": int(proj.shape[1])}
+    outcomes = query_outcomes(per_query)
     result = make_result(
         task="retrieval", variant={"dataset": "oxford5k+paris6k"}, checkpoint=checkpoint_block(ckpt),
         metrics=metrics,
@@ -291,8 +318,10 @@ def run(args: argparse.Namespace) -> Path:
                         **{f"{n}_queries": len(ds.queries) for n, ds in data.items()}}},
         scale=args.scale, timings=timer.timings, selection={"rule": "final", "epochs": None},
         details={"per_query_ap": per_query, "whitening": whitening,
-                 "left_out_images": {n: len(ds.skipped) for n, ds in data.items()}})
-    return save_and_report(args, result)
+                 "left_out_images": {n: len(ds.skipped) for n, ds in data.items()},
+                 "outcomes": OUTCOMES_NOTE if outcomes is not None else
+                 "none: the datasets have different numbers of queries, which one outcomes file cannot pair"})
+    return save_and_report(args, result, outcomes)
 
 
 register(Task(

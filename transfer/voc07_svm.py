@@ -23,8 +23,12 @@ the precision envelope (max precision at any recall >= r), summed over the recal
 rule; ``11point``: the VOC2007 devkit's 11-point rule (:func:`dcbench.transfer.voc_eval.voc07_ap`).
 mAP = mean over classes with a positive test image.
 
-Result: metrics ``<tap>_map`` (percent); the chosen C per tap and class in ``details.chosen_costs``;
-per-class test APs and cross-validation APs in ``details``; selection ``final``.
+Result: metrics ``<tap>_map`` (percent), each with its 95% bootstrap interval over the test images;
+per-class test APs and cross-validation APs in ``details``. Selection ``cross-validation``
+(``folds``, and ``chosen_costs``: the C per tap and class, also in ``details.chosen_costs``): C is
+chosen on trainval alone and test is scored once, at that C. Per-image outcomes beside the result
+(:mod:`dcbench.outcomes`, kind ``ap`` under the ``--ap`` rule): per tap, every test image's SVM
+decision value per class and its label (1, -1, 0 = difficult only, left out).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from dcbench import argtypes
 from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import VOC_CLASSES, VOCClassification, fingerprint
 from dcbench.errors import UserError
+from dcbench.outcomes import Outcomes
 from dcbench.results import checkpoint_block, make_result
 from dcbench.tasks import Resources, Task, register
 from dcbench.transfer import training
@@ -145,7 +150,9 @@ def voc_features(args: argparse.Namespace, proto: dict, timer: Timer, what: str)
             if len(labels) != len(ds):
                 raise UserError(f"{devkit / 'VOC2007'}: {len(ds) - len(labels)} {split} images could not be read; "
                                 "every image is needed for the SVM protocol: repair or re-download VOC2007")
-            out[split] = (feats, labels.astype(np.int8), list(ds.ids))
+            # the labels as the class files say now: the cache key fingerprints file sizes only, so a
+            # same-size rewrite of a label file would otherwise be read back with the old labels
+            out[split] = (feats, ds.labels.astype(np.int8), list(ds.ids))
             hits.append(hit)
     where = f"{what} on {args.checkpoint}"
     for name in layers:
@@ -177,14 +184,17 @@ def run(args: argparse.Namespace) -> Path:
     if proto["folds"] < 2:
         raise UserError(f"--folds {proto['folds']}: cross-validation needs at least 2 folds (published: 3)")
     ckpt, pools, layers, feats, devkit, data_fp, hit, size = voc_features(args, proto, timer, "voc07-svm")
-    (xtr, ytr, _), (xte, yte, _) = feats[args.train_split], feats[args.test_split]
+    (xtr, ytr, _), (xte, yte, test_ids) = feats[args.train_split], feats[args.test_split]
     metrics, chosen, per_class, cv_best = {}, {}, {}, {}
+    outcomes = Outcomes(ids=test_ids)
     with timer("svm"):
         for name in layers:
             r = voc07_svm(normalise(xtr[name]), ytr, normalise(xte[name]), yte, costs=proto["costs"],
                           folds=proto["folds"], seed=args.seed, n_jobs=args.n_jobs,
                           difficult=args.train_difficult, ap_rule=args.ap, names=VOC_CLASSES)
             metrics[f"{name}_map"] = 100 * r["map"]
+            # the test decision values and labels the mAP came from, under the same --ap rule
+            outcomes.ap(f"{name}_map", r["scores"], yte, rule=args.ap)
             chosen[name] = dict(zip(VOC_CLASSES, r["chosen"]))
             per_class[name] = {c: (None if np.isnan(a) else round(100 * a, 3)) for c, a in zip(VOC_CLASSES, r["aps"])}
             cv_best[name] = {c: round(100 * float(v.max()), 3) for c, v in zip(VOC_CLASSES, r["cv"])}
@@ -200,10 +210,14 @@ def run(args: argparse.Namespace) -> Path:
                   "train_split": args.train_split, "test_split": args.test_split, "seed": args.seed},
         data={"name": "voc2007", "root": str(devkit), "fingerprint": data_fp,
               "sizes": {args.train_split: int(len(ytr)), args.test_split: int(len(yte))}},
-        scale=args.scale, timings=timer.timings, selection={"rule": "final", "epochs": None},
+        scale=args.scale, timings=timer.timings,
+        # C is chosen on trainval alone; test is scored once, at the chosen C
+        selection={"rule": "cross-validation", "folds": proto["folds"], "source": args.train_split,
+                   "scoring": "mean average_precision over the folds, per tap and class",
+                   "chosen_costs": chosen, "epochs": None},
         details={"chosen_costs": chosen, "ap": per_class, "cv_ap_best": cv_best, "feature_cache_hit": hit,
                  "n_jobs": args.n_jobs})  # changes no number: the fits are seeded one by one
-    return save_and_report(args, result)
+    return save_and_report(args, result, outcomes)
 
 
 TAP_METRIC = r"(conv[1-5]|res[2-5]|res5_gap)"  # AlexNet/VGG16 convs, ResNet taps (linear_probe's names)

@@ -14,8 +14,11 @@ AP over the test images whose label is not "difficult only" (sklearn's non-inter
 ``average_precision_score`` rule: tied scores form one threshold); mAP = mean over classes
 with at least one positive.
 
-Result: metric ``map`` (percent); per-class APs in ``details.ap``; variant ``layers``;
-selection ``final`` (after the fixed number of iterations).
+Result: metric ``map`` (percent) with its 95% bootstrap interval over the test images; per-class APs
+in ``details.ap``; variant ``layers``; selection ``final`` (after the fixed number of iterations: no
+choice is made from data). Per-image outcomes beside the result (:mod:`dcbench.outcomes`, kind ``ap``,
+rule ``sklearn``): each scored test image's summed crop scores per class and its labels (1, -1, 0 =
+difficult only, left out); an unreadable test image is not scored and not among them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dcbench import argtypes
 from dcbench.checkpoint import load_checkpoint
 from dcbench.datasets import VOC_CLASSES, VOCClassification, collate_skip_none, fingerprint
 from dcbench.errors import UserError
+from dcbench.outcomes import Outcomes
 from dcbench.progress import progress
 from dcbench.results import checkpoint_block, make_result
 from dcbench.seeding import seed_everything
@@ -156,22 +160,40 @@ def train(net: nn.Module, params, loader, *, iterations: int, lr: float, stepsiz
     return losses.flush()
 
 
-def evaluate(net: nn.Module, batches, device: str, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
-    """Scores summed over each image's crops (B, n, C, H, W inputs), and the targets."""
+class Indexed(torch.utils.data.Dataset):
+    """``(x, y, index)`` of a dataset whose items are ``(x, y)`` or None (unreadable): the scored test
+    images are known by index, so the per-image outcomes name exactly the images the mAP ranked."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        item = self.ds[i]
+        return None if item is None else (*item, i)
+
+
+def evaluate(net: nn.Module, batches, device: str, precision: str = "fp32"
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores summed over each image's crops (B, n, C, H, W inputs), the targets, and the images'
+    indices (batches of :class:`Indexed`)."""
     net.eval()
-    scores, targets = [], []
+    scores, targets, index = [], [], []
     with torch.no_grad():
         for batch in batches:
             if batch is None:
                 continue
-            x, y = batch
+            x, y, i = batch
             n = x.shape[1]
             with training.amp(precision, device):
                 out = net(x.flatten(0, 1).to(device))
             out = out.float().cpu()
             scores.append(out.view(-1, n, out.shape[1]).sum(1).numpy())
             targets.append(y.numpy())
-    return np.concatenate(scores), np.concatenate(targets)
+            index.append(i.numpy())
+    return np.concatenate(scores), np.concatenate(targets), np.concatenate(index)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -236,10 +258,15 @@ def run(args: argparse.Namespace) -> Path:
         training.assert_unchanged(trunk, trunk_before, f"voc-classification {args.layers}: frozen trunk")
     with timer("test"):
         torch.manual_seed(args.seed + 1)
-        scores, targets = evaluate(net, training.loader(test_ds, max(1, bs // 2), shuffle=False, workers=workers,
-                                                      seed=args.seed + 1), args.device, precision_of(args))
+        scores, targets, scored = evaluate(net, training.loader(Indexed(test_ds), max(1, bs // 2), shuffle=False,
+                                                              workers=workers, seed=args.seed + 1),
+                                           args.device, precision_of(args))
     aps = training.voc_class_aps(scores, targets)
     defined = ~np.isnan(aps)
+    # what the mAP ranked: the scored test images' summed crop scores and labels (0 = difficult only, left
+    # out), under voc_class_aps's rule (sklearn's: tied scores one threshold)
+    outcomes = Outcomes(ids=[test_ds.ids[i] for i in scored])
+    outcomes.ap("map", scores, targets, rule="sklearn")
     result = make_result(
         task="voc-classification", variant={"dataset": "voc2007", "layers": args.layers},
         checkpoint=checkpoint_block(ckpt), metrics={"map": float(np.mean(aps[defined]) * 100)},
@@ -258,8 +285,9 @@ def run(args: argparse.Namespace) -> Path:
         scale=args.scale, timings=timer.timings, selection={"rule": "final", "epochs": None},
         details={"ap": {c: (None if np.isnan(a) else round(float(a) * 100, 3)) for c, a in zip(VOC_CLASSES, aps)},
                  "classes_without_positives": [c for c, d in zip(VOC_CLASSES, defined) if not d],
-                 "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)] if losses else None})
-    return save_and_report(args, result)
+                 "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)] if losses else None,
+                 "unreadable_test_images": len(test_ds) - len(scored)})
+    return save_and_report(args, result, outcomes)
 
 
 register(Task(

@@ -31,7 +31,12 @@ statistics, as above). Fast R-CNN with ``--proposals`` runs through the same RoI
 
 Output: ``comp4_det_test_<class>.txt`` per class (VOC devkit results format, 1-based pixel boxes)
 in ``<out>/voc-detection-<checkpoint>-<variant>-<time>/``, and mAP by the VOC2007 rules computed
-from those files (:mod:`dcbench.transfer.voc_eval`).
+from those files (:mod:`dcbench.transfer.voc_eval`). Result: metric ``map`` with its 95% bootstrap
+interval over the test images; selection ``last`` (the detector after its fixed schedule: no choice
+made from data). Per-image outcomes beside the result (:mod:`dcbench.outcomes`, kind ``detection``):
+every detection's test image, class, confidence and match as the devkit rule decides it (1 true,
+0 false positive, -1 ignored: matched to a difficult box), and the non-difficult boxes per test
+image and class -- a resample of the images carries their detections and their boxes together.
 
 Proposals file (``--proposals``), JSON::
 
@@ -68,6 +73,7 @@ from dcbench.checkpoint import load_checkpoint, preprocessing
 from dcbench.datasets import VOC_CLASSES, VOCDetection, fingerprint
 from dcbench.errors import DataError, UserError
 from dcbench.models import DeepClusterNet
+from dcbench.outcomes import Outcomes
 from dcbench.progress import progress
 from dcbench.results import checkpoint_block, make_result
 from dcbench.safepath import safe_slug, under
@@ -493,11 +499,17 @@ def run(args: argparse.Namespace) -> Path:
         timings=timer.timings,
         selection={"rule": "last", "epochs": None},
         details={"ap": scores["ap"], "counts": scores["counts"],
+                 "unreadable_test_images": len(test_ds.skipped),
                  "classes_without_ground_truth": scores["classes_without_ground_truth"],
                  "detections_dir": str(det_dir), "final_loss": float(np.mean(losses[-10:])) if losses else None,
                  "seed": args.seed},
     )
-    return save_and_report(args, result)
+    # the mAP's own inputs: every detection's image, class, confidence and devkit match, and the
+    # non-difficult boxes per test image and class (an unreadable image keeps its boxes: the devkit
+    # counts them as missed)
+    outcomes = Outcomes(ids=list(annotations))
+    outcomes.detection("map", **scores["outcomes"])
+    return save_and_report(args, result, outcomes)
 
 
 register(Task(

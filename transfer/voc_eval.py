@@ -75,7 +75,9 @@ def eval_class(detections: Sequence[tuple[str, float, Sequence[float]]],
     ``detections``: ``(image_id, confidence, (x1, y1, x2, y2))``, 1-based pixel boxes.
     ``ground_truth``: image_id -> (boxes (N, 4) 1-based, difficult (N,) bool) for this class,
     for every image of the test set (images without objects of the class may be omitted).
-    Returns ``{"ap": float | None, "npos": int, "tp": int, "fp": int}``.
+    Returns ``{"ap": float | None, "npos": int, "tp": int, "fp": int, "match": (len(detections),) int8}``,
+    ``match`` in the order of ``detections``: 1 true positive, 0 false positive, -1 ignored (its best
+    overlap is a difficult box).
     """
     npos = int(sum((~np.asarray(d, bool)).sum() for _, d in ground_truth.values()))
     conf = np.array([float(c) for _, c, _ in detections], dtype=np.float64)
@@ -83,12 +85,13 @@ def eval_class(detections: Sequence[tuple[str, float, Sequence[float]]],
     used = {k: np.zeros(len(b), bool) for k, (b, _) in ground_truth.items()}
     tp = np.zeros(len(order))
     fp = np.zeros(len(order))
+    match = np.full(len(order), -1, np.int8)
     for rank, i in enumerate(order):
         image_id, _, box = detections[i]
         box = np.asarray(box, dtype=np.float64)
         gt = ground_truth.get(image_id)
         if gt is None or len(gt[0]) == 0:
-            fp[rank] = 1
+            fp[rank], match[i] = 1, 0
             continue
         gboxes, difficult = np.asarray(gt[0], np.float64).reshape(-1, 4), np.asarray(gt[1], bool)
         ov = iou_inclusive(box, gboxes)
@@ -98,20 +101,20 @@ def eval_class(detections: Sequence[tuple[str, float, Sequence[float]]],
                 continue
             if not used[image_id][j]:
                 used[image_id][j] = True
-                tp[rank] = 1
+                tp[rank], match[i] = 1, 1
             else:
-                fp[rank] = 1
+                fp[rank], match[i] = 1, 0
         else:
-            fp[rank] = 1
+            fp[rank], match[i] = 1, 0
     if npos == 0:
-        return {"ap": None, "npos": 0, "tp": int(tp.sum()), "fp": int(fp.sum())}
+        return {"ap": None, "npos": 0, "tp": int(tp.sum()), "fp": int(fp.sum()), "match": match}
     ctp, cfp = np.cumsum(tp), np.cumsum(fp)
     recall = ctp / npos
     precision = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
     # ignored (difficult) detections have tp = fp = 0: they add no point of their own, and the
     # devkit keeps them in the cumulative curve exactly this way.
     return {"ap": voc07_ap(recall, precision) if len(order) else 0.0, "npos": npos,
-            "tp": int(tp.sum()), "fp": int(fp.sum())}
+            "tp": int(tp.sum()), "fp": int(fp.sum()), "match": match}
 
 
 def ground_truth_by_class(annotations: Mapping[str, Iterable[dict]], classes: Sequence[str]
@@ -163,10 +166,21 @@ def read_detection_file(path: str | os.PathLike) -> list[tuple[str, float, tuple
 
 def eval_detection_files(det_dir: str | os.PathLike, annotations: Mapping[str, Iterable[dict]],
                          classes: Sequence[str], iou_threshold: float = 0.5) -> dict:
-    """mAP from devkit-format files in ``det_dir``: ``{"map": %, "ap": {class: % or None}, ...}``."""
+    """mAP from devkit-format files in ``det_dir``: ``{"map": %, "ap": {class: % or None}, ...}``.
+
+    ``outcomes``: what the mAP is computed from, per image of ``annotations`` (in its order): every
+    detection's image index, class index, confidence and match (:func:`eval_class`), and ``npos``
+    (images, classes), the non-difficult boxes of each class in each image (the
+    :mod:`dcbench.outcomes` ``detection`` kind)."""
     gt = ground_truth_by_class(annotations, classes)
+    index = {image_id: n for n, image_id in enumerate(annotations)}
+    npos = np.zeros((len(index), len(classes)), np.int64)
+    for ci, c in enumerate(classes):
+        for image_id, (_, difficult) in gt[c].items():
+            npos[index[image_id], ci] = int((~difficult).sum())
+    fields: dict[str, list[np.ndarray]] = {"image": [], "cls": [], "score": [], "match": []}
     per_class, counts = {}, {}
-    for c in classes:
+    for ci, c in enumerate(classes):
         path = Path(det_dir) / DET_FILE.format(cls=c)
         dets = read_detection_file(path)
         unknown = next((d[0] for d in dets if d[0] not in annotations), None)
@@ -175,9 +189,16 @@ def eval_detection_files(det_dir: str | os.PathLike, annotations: Mapping[str, I
         r = eval_class(dets, gt[c], iou_threshold)
         per_class[c] = None if r["ap"] is None else 100.0 * r["ap"]
         counts[c] = {k: r[k] for k in ("npos", "tp", "fp")}
+        # file order: the stable sort by confidence then breaks ties as eval_class's does
+        fields["image"].append(np.array([index[d[0]] for d in dets], np.int64))
+        fields["cls"].append(np.full(len(dets), ci, np.int64))
+        fields["score"].append(np.array([d[1] for d in dets], np.float64))
+        fields["match"].append(r["match"])
     defined = [v for v in per_class.values() if v is not None]
+    outcomes = {k: np.concatenate(v) for k, v in fields.items()}
     return {"map": float(np.mean(defined)) if defined else 0.0, "ap": per_class, "counts": counts,
-            "classes_without_ground_truth": [c for c, v in per_class.items() if v is None]}
+            "classes_without_ground_truth": [c for c, v in per_class.items() if v is None],
+            "outcomes": {**outcomes, "npos": npos}}
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from dcbench.checkpoint import load_checkpoint, preprocessing
 from dcbench.datasets import VOCSegmentation, fingerprint
 from dcbench.errors import DataError, UserError
 from dcbench.models import DeepClusterNet, make_network
+from dcbench.outcomes import Outcomes
 from dcbench.progress import progress
 from dcbench.results import checkpoint_block, make_result
 from dcbench.seeding import seed_everything
@@ -285,9 +286,14 @@ def train_fcn(net: FCN32s, loader, proto: dict, device: torch.device, seed: int,
 
 
 @torch.no_grad()
-def evaluate_fcn(net: FCN32s, dataset, device: torch.device, precision: str = "fp32") -> np.ndarray:
+def evaluate_fcn(net: FCN32s, dataset, device: torch.device, precision: str = "fp32"
+                 ) -> tuple[np.ndarray, list[int]]:
+    """Per evaluated image its 21 x 21 confusion matrix (rows ground truth, void pixels left out) and
+    the dataset indices of those images (an unreadable one is skipped). Their sum is the split's
+    matrix the metrics come from; the per-image matrices are its outcomes, so a bootstrap resample of
+    the images is the sum over the resampled images."""
     net.eval()
-    hist = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    per_image, index = [], []
     for i in progress(range(len(dataset)), desc="fcn eval", mininterval=2):
         item = dataset[i]
         if item is None:
@@ -295,8 +301,12 @@ def evaluate_fcn(net: FCN32s, dataset, device: torch.device, precision: str = "f
         x, m = item
         with training.amp(precision, device):
             pred = net(x.unsqueeze(0).to(device)).argmax(1)[0].cpu().numpy()
-        hist += confusion_matrix(m.numpy(), pred, NUM_CLASSES, IGNORE)
-    return hist
+        per_image.append(confusion_matrix(m.numpy(), pred, NUM_CLASSES, IGNORE))
+        index.append(i)
+    if not per_image:
+        raise DataError(f"{dataset.root}: none of the {len(dataset)} evaluation images could be read; "
+                        "repair or re-download the images")
+    return np.stack(per_image), index
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -326,8 +336,12 @@ def run(args: argparse.Namespace) -> Path:
     if trunk_before is not None:
         assert_unchanged(net.trunk, trunk_before, "voc-segmentation fc6-8")
     with timer("eval"):
-        hist = evaluate_fcn(net, val_set, device, precision_of(args))
+        confusions, evaluated = evaluate_fcn(net, val_set, device, precision_of(args))
+    hist = confusions.sum(0)
     scores = segmentation_scores(hist)
+    outcomes = Outcomes(ids=[val_set.ids[i] for i in evaluated])
+    for name in ("miou", "pixel_acc"):  # both are functions of the summed matrix
+        outcomes.miou(name, confusions, score=name)
     classes = list(val_set.classes)
     result = make_result(
         task="voc-segmentation",
@@ -343,9 +357,10 @@ def run(args: argparse.Namespace) -> Path:
         details={"iou": dict(zip(classes, scores["iou"])),
                  "final_loss": float(np.mean(losses[-20:])) if losses else None,
                  "confusion_matrix": hist.tolist(), "classes": classes,
-                 "seed": args.seed, "nan_free": all(math.isfinite(v) for v in losses)},
+                 "seed": args.seed, "nan_free": all(math.isfinite(v) for v in losses),
+                 "unreadable_val_images": len(val_set) - len(evaluated)},
     )
-    return save_and_report(args, result)
+    return save_and_report(args, result, outcomes)
 
 
 register(Task(
