@@ -41,7 +41,9 @@ def format_value(table: Table, row, header: str) -> str:
     text = f"{value:.1f}"
     if header in row.intervals:
         lo, hi = row.intervals[header]
-        text += f" ± {(hi - lo) / 2:.1f}"
+        # an interval that does not hold its value (AP resamples sit above it: a positive drawn twice
+        # ranks next to itself) is shown as it is, never folded into a symmetric ±
+        text += f" ± {(hi - lo) / 2:.1f}" if lo <= value <= hi else f" [{lo:.1f}, {hi:.1f}]"
     if header in row.stds:
         text += f" (sd {row.stds[header]:.1f})"
     if table.bold(header, row):
@@ -117,7 +119,8 @@ def render(tables: dict[str, list[Table]], coll: Collection, n_files: int, plots
         "numbers kept), or, where the Source names another file, as printed there; *measured* rows (method in `code font`) are our results, one row per checkpoint.",
         "- Several runs of one (checkpoint, task, variant): the newest is shown; **Runs** says how many exist.",
         "- `41.2 ± 0.3`: the value and half the width of its 95% percentile bootstrap interval over the "
-        "test images (1,000 resamples); a value without ± has no per-image outcomes (a schema-v1 result, "
+        "test images (1,000 resamples); `16.6 [17.0, 20.4]` an interval that does not hold its value (mAP "
+        "resamples run high on small test sets: a positive drawn twice ranks next to itself); a value without ± has no per-image outcomes (a schema-v1 result, "
         f"or a statistic over draws); {WITHHELD} marks an interval left out because the outcomes file did "
         "not match its result (the reason is under the table). `(sd x)`: standard deviation over draws.",
         "- Rows are compared only when comparable: same selection rule, data, input size and protocol. "
