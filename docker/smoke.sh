@@ -29,9 +29,12 @@
 #   DC_SMOKE_ARTIFACTS  copy the checkpoint, results and logs here before cleaning up
 #   DC_SMOKE_DEBIAN_MIRROR  mirror for debootstrap (default: debootstrap's own)
 #   DC_SMOKE_PIP_MIRROR 0 to ignore the machine's local wheel mirror and use only PyPI
+#   DC_SMOKE_BUILDER    buildkit (default: DOCKER_BUILDKIT=1, --progress plain) or legacy
+#                       (DOCKER_BUILDKIT=0: the builder a Docker client >= 23 without the buildx
+#                       plugin still has, so the Dockerfile is shown to need no BuildKit)
 #   DOCKERD, DOCKER_CLI, DEBOOTSTRAP  engine, client and debootstrap binaries (default /usr/sbin/dockerd, /usr/bin/docker:
-#                       Debian's 20.10 client builds with the engine's built-in BuildKit; a newer
-#                       client would need buildx)
+#                       Debian's 20.10 client builds with the engine's built-in BuildKit; a client
+#                       >= 23 needs the buildx plugin for that, or DC_SMOKE_BUILDER=legacy)
 # Exit: 0 all checks passed; 1 a check failed or the engine/build could not run (one line says
 # which); 2 bad settings.
 
@@ -42,6 +45,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TMP_PARENT=${DC_SMOKE_TMP:-/tmp}
 MIN_FREE_GB=${DC_SMOKE_MIN_FREE_GB:-14}
 FLAVOR=${DC_SMOKE_FLAVOR:-cpu}
+BUILDER=${DC_SMOKE_BUILDER:-buildkit}
 TASK=${DC_SMOKE_TASK:-linear-imagenet,knn-graph}
 DC_BENCH=${DC_BENCH:-$REPO/.venv/bin/dc-bench}
 DOCKERD=${DOCKERD:-/usr/sbin/dockerd}
@@ -65,7 +69,7 @@ check() {  # check DESCRIPTION COMMAND...: a failed check is counted and reporte
     shift
     if "$@"; then ok "$what"; else FAILED=$((FAILED + 1)); echo "docker-smoke: check failed: $what" >&2; fi
 }
-docker() { DOCKER_HOST="unix://$WORK/docker.sock" DOCKER_BUILDKIT=1 "$DOCKER_CLI" "$@"; }
+docker() { DOCKER_HOST="unix://$WORK/docker.sock" DOCKER_BUILDKIT=$BUILDKIT "$DOCKER_CLI" "$@"; }
 
 cleanup() {
     local rc=$?
@@ -98,6 +102,11 @@ cleanup() {
 
 # --- preconditions: one line each -------------------------------------------------------------
 [[ $FLAVOR == cpu || $FLAVOR == gpu ]] || die "DC_SMOKE_FLAVOR must be cpu or gpu, not '$FLAVOR'" 2
+case $BUILDER in
+    buildkit) BUILDKIT=1 progress=(--progress plain) ;;
+    legacy) BUILDKIT=0 progress=() ;;  # the legacy builder has no --progress
+    *) die "DC_SMOKE_BUILDER must be buildkit or legacy, not '$BUILDER'" 2 ;;
+esac
 [[ $MIN_FREE_GB =~ ^[0-9]+$ ]] || die "DC_SMOKE_MIN_FREE_GB must be a whole number, not '$MIN_FREE_GB'" 2
 [[ -d $TMP_PARENT ]] || die "DC_SMOKE_TMP=$TMP_PARENT is not a folder" 2
 free_gb=$(($(df -Pk "$TMP_PARENT" | awk 'NR == 2 { print $4 }') / 1024 / 1024))
@@ -127,7 +136,7 @@ fi
 WORK=$(mktemp -d "$TMP_PARENT/dcbench-docker.XXXXXX")
 mkdir -p "$WORK/out/checkpoints" "$WORK/out/results" "$WORK/out/logs" "$WORK/exec"
 LOGS=$WORK/out/logs
-say "work folder $WORK (${free_gb} GB free), flavour $FLAVOR, task $TASK"
+say "work folder $WORK (${free_gb} GB free), flavour $FLAVOR, builder $BUILDER, task $TASK"
 
 # --- 1. the engine --------------------------------------------------------------------------------
 "$DOCKERD" --data-root "$WORK/docker" --exec-root "$WORK/exec" --pidfile "$WORK/dockerd.pid" \
@@ -154,6 +163,21 @@ mkdir -p "$DEB_CACHE"
     || die "debootstrap of the base failed (last line: $(tail -1 "$LOGS/debootstrap.log"))"
 tar -C "$WORK/rootfs" -c . | docker import -c 'ENV LANG=C.UTF-8' - "$BASE_TAG" >/dev/null \
     || die "docker import of the base failed"
+# The CA certificates this machine trusts and the base does not (a TLS-intercepting proxy's): only
+# those go to the build, as PEM text (EXTRA_CA_PEM), since one build argument is capped at 128 KiB.
+ca=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
+if [[ -s $ca ]]; then
+    python3 - "$ca" "$WORK/rootfs/etc/ssl/certs/ca-certificates.crt" >"$WORK/extra-ca.pem" <<'EOF' \
+        || die "could not compare the CA bundle $ca with the base's"
+import pathlib, re, sys
+pem = re.compile(r"-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----")
+def certs(path):
+    p = pathlib.Path(path)
+    return pem.findall(p.read_text(errors="replace")) if p.is_file() else []
+known = {"".join(c.split()) for c in certs(sys.argv[2])}
+print("\n".join(c for c in certs(sys.argv[1]) if "".join(c.split()) not in known))
+EOF
+fi
 rm -rf "$WORK/rootfs"
 say "base image $BASE_TAG made in $(($(date +%s) - t))s"
 
@@ -161,8 +185,13 @@ say "base image $BASE_TAG made in $(($(date +%s) - t))s"
 GIT_SHA=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)
 [[ $GIT_SHA == unknown || -z $(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null) ]] || GIT_SHA+=+dirty
 build_args=(--build-arg "BASE_IMAGE=$BASE_TAG" --build-arg "FLAVOR=$FLAVOR" --build-arg "DCBENCH_GIT_SHA=$GIT_SHA")
-ca=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
-[[ -s $ca ]] && build_args+=(--secret "id=cacert,src=$ca")
+if [[ -s $WORK/extra-ca.pem ]] && grep -q 'BEGIN CERTIFICATE' "$WORK/extra-ca.pem"; then
+    n_ca=$(grep -c 'BEGIN CERTIFICATE' "$WORK/extra-ca.pem")
+    (($(wc -c <"$WORK/extra-ca.pem") < 120000)) \
+        || die "$n_ca CA certificates of $ca are not in the base, too many for one build argument (EXTRA_CA_PEM, 128 KiB); set PIP_CERT to a bundle of the proxy's CA only" 2
+    build_args+=(--build-arg "EXTRA_CA_PEM=$(cat "$WORK/extra-ca.pem")")
+    say "pip in the build trusts $n_ca more CA certificate(s) from $ca (EXTRA_CA_PEM)"
+fi
 # This machine's pip may carry file:// indexes (a local wheel mirror); the build container cannot
 # see the host's files, so serve their common root on loopback for the build (--network host).
 if [[ ${DC_SMOKE_PIP_MIRROR:-1} != 0 ]]; then
@@ -190,7 +219,7 @@ declare -A BUILD_S SIZE
 for target in dc-train dc-transfer; do
     t=$(date +%s)
     if ! docker build --network host -f "$REPO/docker/Dockerfile" --target "$target" -t "$target" \
-        "${build_args[@]}" --progress plain "$REPO" >"$LOGS/build-$target.log" 2>&1; then
+        "${build_args[@]}" "${progress[@]}" "$REPO" >"$LOGS/build-$target.log" 2>&1; then
         tail -25 "$LOGS/build-$target.log" >&2
         die "docker build --target $target failed (log above)"
     fi
@@ -315,7 +344,7 @@ check "dc-bench ran dc-leaderboard: LEADERBOARD.md beside the results" test -s "
 
 STAGE_S=$(($(date +%s) - T0))
 echo
-echo "docker-smoke summary (flavour $FLAVOR, task $TASK)"
+echo "docker-smoke summary (flavour $FLAVOR, builder $BUILDER, task $TASK)"
 for target in dc-train dc-transfer; do
     printf '  image %-12s %6d MB   built in %4ds\n' "$target" $((SIZE[$target] / 1000000)) "${BUILD_S[$target]}"
 done

@@ -8,6 +8,7 @@ its 'not writable' line, and the smoke script's one-line failures that leave not
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -136,6 +137,54 @@ def test_smoke_bad_flavor_is_usage_error(tmp_path):
     r = smoke(tmp_path, DC_SMOKE_FLAVOR="tpu")
     assert r.returncode == 2 and "DC_SMOKE_FLAVOR" in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_smoke_bad_builder_is_usage_error(tmp_path):
+    r = smoke(tmp_path, DC_SMOKE_BUILDER="kaniko")
+    assert r.returncode == 2 and "DC_SMOKE_BUILDER must be buildkit or legacy" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+# Instruction flags and forms only BuildKit knows: the legacy builder (DOCKER_BUILDKIT=0, all a
+# Docker client >= 23 without the buildx plugin can build with) fails on them.
+BUILDKIT_ONLY = {
+    "RUN --mount": re.compile(r"^RUN\s+(--\S+\s+)*--mount="),
+    "RUN --network / --security": re.compile(r"^RUN\s+(--\S+\s+)*--(network|security)="),
+    "COPY/ADD --link, --parents, --exclude": re.compile(r"^(COPY|ADD)\s+(--\S+\s+)*--(link|parents|exclude)\b"),
+    "a heredoc": re.compile(r"^(RUN|COPY|ADD)\s+(--\S+\s+)*<<"),
+}
+
+
+def dockerfile_instructions(text):
+    """The instructions, continuation lines joined, comments dropped."""
+    out, cur = [], ""
+    for line in text.splitlines():
+        if not cur and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        cur += line.rstrip("\\").strip() + " " if line.endswith("\\") else line.strip()
+        if not line.endswith("\\"):
+            out.append(cur)
+            cur = ""
+    return out
+
+
+def test_dockerfile_needs_no_buildkit():
+    text = DOCKERFILE.read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I), "a syntax directive pulls a frontend image"
+    instructions = dockerfile_instructions(text)
+    assert any(i.startswith("RUN ") for i in instructions) and any(i.startswith("FROM ") for i in instructions)
+    for what, pattern in BUILDKIT_ONLY.items():
+        used = [i[:80] for i in instructions if pattern.search(i)]
+        assert not used, f"{what} needs BuildKit: {used}"
+
+
+def test_buildkit_only_patterns_catch_what_they_name():
+    caught = dockerfile_instructions("FROM x\nRUN --mount=type=cache,target=/c \\\n    pip install y\n"
+                                     "COPY --link a /b\nRUN <<EOF\nCOPY --from=base /a /b\n")
+    assert BUILDKIT_ONLY["RUN --mount"].search(caught[1])
+    assert BUILDKIT_ONLY["COPY/ADD --link, --parents, --exclude"].search(caught[2])
+    assert BUILDKIT_ONLY["a heredoc"].search(caught[3])
+    assert not any(p.search(caught[4]) for p in BUILDKIT_ONLY.values())  # COPY --from: both builders
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the smoke script runs only as root")
