@@ -61,8 +61,9 @@ def find_result_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 # dcbench's own documents that share a results folder with the results: dc-bench run keeps its
-# manifest there (RESULTS/suite/). They are not results, nor a problem to report.
-NOT_RESULTS = ("dcbench-suite-manifest",)
+# manifest there (RESULTS/suite/), lowshot-svm the images of each draw. They are not results, nor a
+# problem to report.
+NOT_RESULTS = ("dcbench-suite-manifest", "dcbench-lowshot-draw")
 
 MAX_RESULT_BYTES = 64 << 20  # a result is a few KB; k-NN details with per-class lists, a few MB
 

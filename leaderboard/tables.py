@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from dcbench.outcomes import paired_difference
+from dcbench.results import TEST_SET_RULES
 from dcbench.tasks import Task, registry
 from dcbench.text import md_text
 
@@ -424,12 +425,15 @@ def measured_rows(spec: TableSpec, newest: pd.DataFrame, scale: str) -> list[Row
     sub = newest[newest["scale"] == scale] if not newest.empty else newest
     if sub.empty:
         return []
+    # rules that choose on the test set get rows of their own; every other rule (final, last, held-out,
+    # cross-validation) shares the checkpoint's row across the tasks of a table
+    sub = sub.assign(row_rule=sub["selection_rule"].map(lambda r: r if r in TEST_SET_RULES else ""))
     for col in spec.columns:
         fits = sub[(sub["task"] == col.task) & sub["variant"].map(col.matches).astype(bool)]
         for kind in spec.kinds:
             metric = kind.metric(col.metric)
             has = fits[fits["metrics"].map(lambda m, k=metric: k in m).astype(bool)]
-            for (name, sha, rule), group in has.groupby(["ckpt_name", "ckpt_sha", "selection_rule"], sort=True):
+            for (name, sha, rule), group in has.groupby(["ckpt_name", "ckpt_sha", "row_rule"], sort=True):
                 group_rows = [g for _, g in group.iterrows()]
                 differing = _differing_keys([g["variant"] for g in group_rows])
                 for g in group_rows:
@@ -447,7 +451,7 @@ def measured_rows(spec: TableSpec, newest: pd.DataFrame, scale: str) -> list[Row
         provenance, protocol = _provenance(sha, results)
         if kind == "best":
             provenance += " · " + _best_epochs(spec, by_col)
-        if rule == "held-out":
+        if any(g["selection_rule"] == "held-out" for g in results):
             provenance += " · " + _held_out(results)
         if kind == "random":
             label = f"Random init (baseline run with {name})"
@@ -516,11 +520,11 @@ def _best_epochs(spec: TableSpec, by_col: dict) -> str:
 
 def _held_out(results: list) -> str:
     """"chosen on 120 held-out train images": the size of the split a held-out choice was made on."""
-    splits = [g["selection"].get("split") for g in results]
+    splits = [g["selection"].get("split") for g in results if g["selection_rule"] == "held-out"]
     sizes = sorted({sp["size"] for sp in splits if isinstance(sp, dict) and isinstance(sp.get("size"), int)
                     and not isinstance(sp["size"], bool) and 0 < sp["size"] < 10**9})
     shown = ", ".join(map(str, sizes))
-    return f"chosen on {shown or 'a'} held-out train images"
+    return f"chosen on {shown + ' ' if shown else ''}held-out train images"
 
 
 def _differing_keys(variants: list[dict]) -> list[str]:

@@ -324,11 +324,13 @@ def test_invalid_file_is_named_and_skipped(tmp_path, capsys):
     assert row_by_method(tables[f"{FULL} / {T52}"], "km-test")["Runs"][0] == "1"
 
 
-def test_the_suite_manifest_in_a_results_folder_is_not_reported_as_a_bad_result(tmp_path, capsys):
+def test_dcbenchs_own_files_in_a_results_folder_are_not_reported_as_bad_results(tmp_path, capsys):
     res = tmp_path / "res"
     write(res, "good.json", result("mlp", {"top1": 30.0}))
     write(res / "suite", "suite-manifest.json", {"schema": "dcbench-suite-manifest", "schema_version": 1,
                                                   "runs": [], "tasks": {}})
+    write(res / "lowshot-svm" / "ck-01234567", "k1_draw0.json", {"schema": "dcbench-lowshot-draw", "k": 1,
+                                                                 "draw": 0, "classes": {}})
     rc, text, tables = run(tmp_path, res)
     assert rc == 0
     assert "suite-manifest" not in capsys.readouterr().err and "## Files not included" not in text

@@ -133,7 +133,9 @@ def run(args: argparse.Namespace) -> Path:
     texts = {}
     for k in shots:
         for d, per_class in enumerate(drawn[k]):
-            texts[k, d] = json.dumps({"k": k, "draw": d, "seed": args.seed, "split": args.train_split,
+            # the schema name marks the file as dcbench's own, not a result (the leaderboard passes it by)
+            texts[k, d] = json.dumps({"schema": "dcbench-lowshot-draw", "k": k, "draw": d, "seed": args.seed,
+                                      "split": args.train_split,
                                       "classes": {c: {"positives": [ids[i] for i in pos],
                                                       "negatives": [ids[i] for i in neg]}
                                                   for c, (pos, neg) in zip(VOC_CLASSES, per_class)}}, indent=1) + "\n"
