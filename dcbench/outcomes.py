@@ -53,7 +53,8 @@ RESAMPLES = 1000  # a common choice for percentile bootstrap intervals (Efron & 
 LEVEL = 95
 SEED = 0  # one fixed seed for every result: paired comparisons need the same resamples on both sides
 MAX_IMAGES = 10_000_000  # bounds what a stranger's file may make us allocate per axis
-MAX_BYTES = 2 << 30
+MAX_BYTES = 1 << 30  # on disk; a full-scale lowshot-svm file, the largest, is about 160 MB
+MAX_UNPACKED = 4 << 30  # the arrays once decompressed: a small file must not unpack into a huge one
 _CHUNK = 64  # resamples whose weights are held at once (64 x n float64)
 _NAME = re.compile(r"[A-Za-z0-9_.+-]{1,100}")
 
@@ -369,6 +370,9 @@ def read_outcomes(result: dict, result_path: Path) -> dict[str, Metric]:
     if hashlib.sha256(data).hexdigest() != block.get("sha256"):
         raise ResultError(f"{where}: sha256 differs from the one its result records (another run's file?)")
     try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            if sum(i.file_size for i in zf.infolist()) > MAX_UNPACKED:
+                raise ResultError(f"{where}: unpacks to more than {MAX_UNPACKED >> 20} MB, not read")
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             names = set(z.files)
             meta = json.loads(bytes(z["__meta__"]).decode())

@@ -221,3 +221,14 @@ def test_an_outcomes_file_holding_a_pickle_is_refused_without_unpickling(tmp_pat
     result["outcomes"]["sha256"] = hashlib.sha256(data).hexdigest()
     with pytest.raises(ResultError, match="allow_pickle"):
         O.read_outcomes(result, path)
+
+
+def test_an_outcomes_file_that_would_unpack_into_gigabytes_is_refused_before_unpacking(tmp_path, monkeypatch):
+    import hashlib
+
+    result, path = _written(tmp_path)
+    monkeypatch.setattr(O, "MAX_UNPACKED", 100)  # the real bound is 4 GB; this file unpacks to about 1 KB
+    with pytest.raises(ResultError, match="unpacks to more than"):
+        O.read_outcomes(result, path)
+    data = (path.parent / result["outcomes"]["file"]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == result["outcomes"]["sha256"]  # the file itself was genuine
