@@ -89,11 +89,13 @@ def _ap_one(scores: np.ndarray, labels: np.ndarray, w: np.ndarray, rule: str, or
         return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
     recall, precision = tp / npos, tp / seen
     if rule == "interpolated":
-        return _interpolated(recall, precision)
-    return _eleven_point(recall, precision)
+        return interpolated_ap(recall, precision)
+    return voc07_ap(recall, precision)
 
 
-def _interpolated(recall: np.ndarray, precision: np.ndarray) -> float:
+def interpolated_ap(recall: np.ndarray, precision: np.ndarray) -> float:
+    """Area under the precision envelope: sum over recall steps of (step) * max precision at recall >= r."""
+    recall, precision = np.asarray(recall, float), np.asarray(precision, float)
     r = np.concatenate([[0.0], recall, [1.0]])
     p = np.concatenate([[0.0], precision, [0.0]])
     p = np.maximum.accumulate(p[::-1])[::-1]
@@ -101,10 +103,14 @@ def _interpolated(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(np.sum((r[steps] - r[steps - 1]) * p[steps]))
 
 
-def _eleven_point(recall: np.ndarray, precision: np.ndarray) -> float:
+def voc07_ap(recall: np.ndarray, precision: np.ndarray) -> float:
+    """VOC2007 11-point interpolated AP: mean over t in {0, .1, .., 1} of max precision at recall >= t."""
+    recall, precision = np.asarray(recall, float), np.asarray(precision, float)
     ap = 0.0
     for k in range(11):
-        mask = recall >= k / 10  # k / 10: a recall of exactly 0.3 counts at t = 0.3
+        # k / 10 is the double nearest to the threshold, as a recall of e.g. 3 / 10 is: a recall of
+        # exactly 0.3 counts at t = 0.3 (np.arange(0, 1.1, 0.1)[3] = 0.30000000000000004 would not).
+        mask = recall >= k / 10
         ap += (precision[mask].max() if mask.any() else 0.0) / 11.0
     return float(ap)
 
@@ -125,14 +131,23 @@ def _mean_ap(arrays: dict, w: np.ndarray, rule: str, orders: dict) -> float:
     return 100.0 * float(np.mean(maps))
 
 
-def _miou_scores(hist: np.ndarray) -> dict:
+def class_iou(hist: np.ndarray) -> np.ndarray:
+    """IoU per class (fraction) of a confusion matrix (rows ground truth); NaN where a class is in
+    neither ground truth nor prediction."""
+    hist = np.asarray(hist, dtype=np.float64)
     tp = np.diag(hist)
     denom = hist.sum(0) + hist.sum(1) - tp
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(denom > 0, tp / np.where(denom > 0, denom, 1), np.nan)
+        return np.where(denom > 0, tp / np.where(denom > 0, denom, 1), np.nan)
+
+
+def miou_scores(hist: np.ndarray) -> dict:
+    """mean IoU and pixel accuracy (percent) of a confusion matrix."""
+    hist = np.asarray(hist, dtype=np.float64)
+    iou = class_iou(hist)
     total = hist.sum()
     return {"miou": float(100.0 * np.nanmean(iou)) if np.isfinite(iou).any() else 0.0,
-            "pixel_acc": float(100.0 * tp.sum() / total) if total else 0.0}
+            "pixel_acc": float(100.0 * np.diag(hist).sum() / total) if total else 0.0}
 
 
 def _detection_map(arrays: dict, w: np.ndarray, orders: dict) -> float:
@@ -155,7 +170,7 @@ def _detection_map(arrays: dict, w: np.ndarray, orders: dict) -> float:
         ctp, cfp = np.cumsum(wd * (m == 1)), np.cumsum(wd * (m == 0))
         recall = ctp / npos
         precision = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
-        aps.append(_eleven_point(recall, precision))
+        aps.append(voc07_ap(recall, precision))
     return 100.0 * float(np.mean(aps)) if aps else 0.0
 
 
@@ -189,7 +204,7 @@ class Metric:
         if self.kind == "miou":
             k = a["confusion"].shape[1]
             hist = (w @ a["confusion"].reshape(len(w), -1).astype(np.float64)).reshape(k, k)
-            return _miou_scores(hist)[self.rule]
+            return miou_scores(hist)[self.rule]
         return _detection_map(a, w, self._orders)
 
     def statistics(self, weights: np.ndarray) -> np.ndarray:
@@ -200,7 +215,7 @@ class Metric:
         if self.kind == "miou":
             conf = self.arrays["confusion"].reshape(weights.shape[1], -1).astype(np.float64)
             k = self.arrays["confusion"].shape[1]
-            return np.array([_miou_scores(h.reshape(k, k))[self.rule] for h in weights @ conf])
+            return np.array([miou_scores(h.reshape(k, k))[self.rule] for h in weights @ conf])
         return np.array([self.statistic(w) for w in weights])
 
 

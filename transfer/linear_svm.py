@@ -17,7 +17,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.svm import LinearSVC
 
 from dcbench.errors import UserError
-from dcbench.transfer.voc_eval import voc07_ap
+from dcbench.outcomes import interpolated_ap, voc07_ap
 
 # train_svm_kfold.py / GETTING_STARTED.md --costs_list, plus the 0.5**4 .. 0.5**19 that
 # svm_helper.parse_cost_list always appends (VISSL: costs.base 0.5, power_range [4, 20])
@@ -88,15 +88,6 @@ def ranked_pr(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.
     order = np.argsort(-np.asarray(scores, float), kind="mergesort")
     tp = np.cumsum(np.asarray(positive, bool)[order])
     return tp / max(int(tp[-1]), 1), tp / np.arange(1, len(order) + 1)
-
-
-def interpolated_ap(recall: np.ndarray, precision: np.ndarray) -> float:
-    """Area under the precision envelope: sum over recall steps of (step) * max precision at recall >= r."""
-    r = np.concatenate([[0.0], recall, [1.0]])
-    p = np.concatenate([[0.0], precision, [0.0]])
-    p = np.maximum.accumulate(p[::-1])[::-1]
-    steps = np.flatnonzero(r[1:] != r[:-1]) + 1
-    return float(np.sum((r[steps] - r[steps - 1]) * p[steps]))
 
 
 def test_ap(scores: np.ndarray, labels: np.ndarray, rule: str) -> float:

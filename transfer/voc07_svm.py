@@ -20,7 +20,7 @@ out of that class's ranking (the published test script drops it).
 
 Test AP (``--ap``): ``interpolated`` (default, the published scripts' ``calculate_ap``): the area under
 the precision envelope (max precision at any recall >= r), summed over the recall steps — the VOC2010+
-rule; ``11point``: the VOC2007 devkit's 11-point rule (:func:`dcbench.transfer.voc_eval.voc07_ap`).
+rule; ``11point``: the VOC2007 devkit's 11-point rule (:func:`dcbench.outcomes.voc07_ap`).
 mAP = mean over classes with a positive test image.
 
 Result: metrics ``<tap>_map`` (percent), each with its 95% bootstrap interval over the test images;

@@ -35,24 +35,13 @@ import numpy as np
 
 from dcbench.atomic import write_text_atomic
 from dcbench.errors import DataError
+from dcbench.outcomes import class_iou, miou_scores, voc07_ap
 
 DET_FILE = "comp4_det_test_{cls}.txt"
 
 
 # --------------------------------------------------------------------------------------------
 # Detection
-def voc07_ap(recall: np.ndarray, precision: np.ndarray) -> float:
-    """VOC2007 11-point interpolated AP: mean over t in {0, .1, .., 1} of max precision at recall >= t."""
-    recall, precision = np.asarray(recall, float), np.asarray(precision, float)
-    ap = 0.0
-    for k in range(11):
-        # k / 10 is the double nearest to the threshold, as a recall of e.g. 3 / 10 is: a recall of
-        # exactly 0.3 counts at t = 0.3 (np.arange(0, 1.1, 0.1)[3] = 0.30000000000000004 would not).
-        mask = recall >= k / 10
-        ap += (precision[mask].max() if mask.any() else 0.0) / 11.0
-    return float(ap)
-
-
 def iou_inclusive(box: np.ndarray, gts: np.ndarray) -> np.ndarray:
     """IoU of one 1-based inclusive pixel box against an (N, 4) array, devkit style (+1)."""
     ix1 = np.maximum(gts[:, 0], box[0])
@@ -216,12 +205,5 @@ def confusion_matrix(target: np.ndarray, pred: np.ndarray, num_classes: int = 21
 
 def segmentation_scores(hist: np.ndarray) -> dict:
     """mean IoU, per-class IoU (None where a class is in neither ground truth nor prediction), pixel acc."""
-    hist = np.asarray(hist, dtype=np.float64)
-    tp = np.diag(hist)
-    denom = hist.sum(0) + hist.sum(1) - tp
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(denom > 0, tp / np.where(denom > 0, denom, 1), np.nan)
-    total = hist.sum()
-    return {"miou": float(100.0 * np.nanmean(iou)) if np.isfinite(iou).any() else 0.0,
-            "pixel_acc": float(100.0 * tp.sum() / total) if total else 0.0,
-            "iou": [None if np.isnan(v) else float(100.0 * v) for v in iou]}
+    iou = class_iou(hist)
+    return {**miou_scores(hist), "iou": [None if np.isnan(v) else float(100.0 * v) for v in iou]}
