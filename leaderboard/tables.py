@@ -490,10 +490,10 @@ def _comparable(rule: str, kind: str, results: list) -> tuple:
 
 def _cost_text(results: list) -> str:
     """Wall time (or GPU-hours) and device of a row's newest results, from their ``cost`` blocks."""
-    costs = [g["cost"] for g in results if isinstance(g["cost"], dict)]
-    if not costs:
+    # one result fills several columns of a row: count each result file once
+    unique = list({g["path"]: g["cost"] for g in results if isinstance(g["cost"], dict)}.values())
+    if not unique:
         return "-"
-    unique = {id(c): c for c in costs}.values()
     wall = sum(float(c.get("wall_s", 0.0)) for c in unique)
     gpu_h = sum(float(c.get("gpu_hours", 0.0)) for c in unique)
     devices = sorted({str(c.get("device", "?")).removeprefix("cpu: ")[:40] for c in unique})
