@@ -4,12 +4,13 @@ files a user does not have, one description per task."""
 from __future__ import annotations
 
 import argparse
+import ast
 import subprocess
 import sys
 
 import pytest
 
-from dcbench.tasks import registry
+from dcbench.tasks import MODULES, registry
 from dcbench.train import cli as train_cli
 from dcbench.train.config import make_config
 from dcbench.transfer.cli import get_args_parser as transfer_parser
@@ -57,7 +58,7 @@ def test_dc_train_help_defaults_are_the_ones_a_run_uses():
 
 
 def subparsers() -> dict[str, argparse.ArgumentParser]:
-    p = transfer_parser()
+    p = transfer_parser(all_tasks=True)  # every task's flags, not only the one argv would choose
     return next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
 
 
@@ -76,6 +77,13 @@ def test_dc_transfer_help_lists_every_task_with_its_description():
     text = transfer_parser().format_help()
     for name, task in registry().items():
         assert name in text and task.description.split()[0] in text
+    # a % in a description is text, not a format directive: argparse would raise or garble it
+    assert "1% and 10% of ImageNet's" in " ".join(text.split())
+
+
+def test_a_task_subcommand_gets_its_flags_when_argv_names_it():
+    args = transfer_parser().parse_args(["knn", "--checkpoint", "ck", "--k", "10"])
+    assert args.task == "knn" and args.checkpoint is not None and args._run is registry()["knn"].run
 
 
 def test_dc_transfer_tasks_have_distinct_descriptions():
@@ -102,3 +110,32 @@ def test_dc_train_help_and_argument_errors_come_before_torch_is_loaded():
     p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert "HEAVY []" in p.stderr, p.stderr[-2000:]
     assert "invalid choice: 'nope'" in p.stderr and "--arch" in p.stdout
+
+
+def _probe(argvs: list[list[str]], modules: tuple[str, ...]) -> subprocess.CompletedProcess:
+    """Run dc-transfer's main on each argv in a fresh interpreter; stderr ends with which of
+    ``modules`` got imported."""
+    probe = ("import sys\nfrom dcbench.errors import run_cli\nfrom dcbench.transfer.cli import main\n"
+             f"for argv in {argvs!r}:\n"
+             "    try:\n        run_cli(main, argv)\n    except SystemExit:\n        pass\n"
+             f"loaded = sorted(m for m in {modules!r} if m in sys.modules)\n"
+             "print('LOADED', loaded, file=sys.stderr)\n")
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+
+
+def test_dc_transfer_help_and_a_wrong_task_name_come_before_torch_is_loaded():
+    # the task list is read from the task modules' source: none of them (nor torch) is imported
+    p = _probe([["--help"], ["nope"]], ("torch", "torchvision", "faiss", "numpy", *MODULES))
+    assert "LOADED []" in p.stderr, p.stderr[-2000:]
+    assert "invalid choice: 'nope'" in p.stderr
+    assert all(name in p.stdout for name in registry()), p.stdout
+
+
+def test_dc_transfer_task_help_imports_only_that_tasks_modules():
+    # knn's flags live in knn's module (which imports linear_probe's), so that one is imported, and
+    # torch with it; the other tasks' modules are not
+    p = _probe([["knn", "--help"]], MODULES)
+    loaded = ast.literal_eval(p.stderr.rsplit("LOADED ", 1)[1])  # the list the probe printed
+    assert "dcbench.transfer.knn" in loaded, p.stderr[-2000:]
+    assert "dcbench.transfer.voc_detection" not in loaded and "dcbench.transfer.retrieval" not in loaded
+    assert "--checkpoint" in p.stdout and "--temperature" in p.stdout  # the common flags and knn's

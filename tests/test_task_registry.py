@@ -12,6 +12,7 @@ import inspect
 import json
 import pkgutil
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,50 @@ def test_laid_out_leaderboard_columns_agree_with_each_tasks_declared_table():
                 assert declared[col.task] == spec.key.removeprefix("resnet-"), (spec.key, col.task)
                 filled.setdefault(col.task, set()).add(spec.key)
     assert set(filled) == set(declared)  # every task's results show somewhere
+
+
+def test_the_declared_tasks_are_the_registry_read_without_importing_it():
+    declared = registry_module.declared()
+    assert list(declared) == list(registry())
+    assert declared == {name: (t.description, t.run.__module__) for name, t in registry().items()}
+
+
+@pytest.fixture()
+def task_module(tmp_path, monkeypatch):
+    """Write a task module (source given to the returned function) importable as ``toy_tasks``, and
+    make it the only one MODULES lists."""
+    def write(source: str) -> str:
+        (tmp_path / "toy_tasks.py").write_text(source, encoding="utf-8")
+        return "toy_tasks"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry_module, "MODULES", ("toy_tasks",))
+    monkeypatch.setattr(registry_module, "_REGISTERED", dict(registry_module._REGISTERED))
+    monkeypatch.delitem(sys.modules, "toy_tasks", raising=False)
+    registry_module.declared.cache_clear()
+    yield write
+    registry_module.declared.cache_clear()
+
+
+def test_a_task_description_that_is_not_a_literal_is_refused_naming_its_module(task_module):
+    task_module("from dcbench.tasks import Task, register\n"
+                "DESCRIPTION = 'computed'\n"
+                "register(Task(name='toy', description=DESCRIPTION.upper(), add_arguments=None, run=None,\n"
+                "              dataset='imagenet', needs=('val',), resources=None, metrics='acc', table='t'))\n")
+    with pytest.raises(ValueError, match=r"toy_tasks, line 3: .*as string literals"):
+        registry_module.declared()
+    assert "toy_tasks" not in sys.modules  # read, never imported
+
+
+def test_a_task_declared_in_the_source_but_not_registered_on_import_is_a_clear_error(task_module):
+    # register and Task shadowed: the source shows a declaration that importing does not make
+    task_module("def register(task):\n    return task\n\n"
+                "def Task(**fields):\n    return fields\n\n"
+                "register(Task(name='ghost', description='declared, never registered'))\n")
+    assert registry_module.declared() == {"ghost": ("declared, never registered", "toy_tasks")}
+    with pytest.raises(ValueError, match="toy_tasks declares task 'ghost' .* did not register it"):
+        registry_module.task("ghost")
+    with pytest.raises(KeyError, match="no task 'nope'"):
+        registry_module.task("nope")
 
 
 def test_a_second_task_of_one_name_is_refused():
