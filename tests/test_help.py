@@ -135,6 +135,7 @@ def test_dc_transfer_task_help_imports_only_that_tasks_modules():
     # knn's flags live in knn's module (which imports linear_probe's), so that one is imported, and
     # torch with it; the other tasks' modules are not
     p = _probe([["knn", "--help"]], MODULES)
+    assert "LOADED" in p.stderr, p.stderr[-2000:]
     loaded = ast.literal_eval(p.stderr.rsplit("LOADED ", 1)[1])  # the list the probe printed
     assert "dcbench.transfer.knn" in loaded, p.stderr[-2000:]
     assert "dcbench.transfer.voc_detection" not in loaded and "dcbench.transfer.retrieval" not in loaded
