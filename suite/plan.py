@@ -20,7 +20,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dcbench.checkpoint import read_meta
 from dcbench.choices import family_of
 from dcbench.errors import ResultError, UserError
 from dcbench.results import SCHEMA_VERSION, read_result
@@ -47,6 +46,8 @@ class CheckpointRef:
 
 def read_checkpoint(path: Path) -> CheckpointRef:
     """Verify a checkpoint (format, sha256 of the weights) before anything starts."""
+    from dcbench.checkpoint import read_meta  # torch: imported here so that --help does not wait for it
+
     meta = read_meta(path)
     path = path.resolve()
     return CheckpointRef(path, meta["model_sha256"], family_of(meta["arch"]), meta.get("name") or path.name)

@@ -112,10 +112,10 @@ def test_dc_train_help_and_argument_errors_come_before_torch_is_loaded():
     assert "invalid choice: 'nope'" in p.stderr and "--arch" in p.stdout
 
 
-def _probe(argvs: list[list[str]], modules: tuple[str, ...]) -> subprocess.CompletedProcess:
-    """Run dc-transfer's main on each argv in a fresh interpreter; stderr ends with which of
-    ``modules`` got imported."""
-    probe = ("import sys\nfrom dcbench.errors import run_cli\nfrom dcbench.transfer.cli import main\n"
+def _probe(argvs: list[list[str]], modules: tuple[str, ...], cli: str = "dcbench.transfer.cli") -> subprocess.CompletedProcess:
+    """Run ``cli``'s main (dc-transfer's by default) on each argv in a fresh interpreter; stderr
+    ends with which of ``modules`` got imported."""
+    probe = (f"import sys\nfrom dcbench.errors import run_cli\nfrom {cli} import main\n"
              f"for argv in {argvs!r}:\n"
              "    try:\n        run_cli(main, argv)\n    except SystemExit:\n        pass\n"
              f"loaded = sorted(m for m in {modules!r} if m in sys.modules)\n"
@@ -140,3 +140,13 @@ def test_dc_transfer_task_help_imports_only_that_tasks_modules():
     assert "dcbench.transfer.knn" in loaded, p.stderr[-2000:]
     assert "dcbench.transfer.voc_detection" not in loaded and "dcbench.transfer.retrieval" not in loaded
     assert "--checkpoint" in p.stdout and "--temperature" in p.stdout  # the common flags and knn's
+
+
+def test_dc_bench_run_help_and_a_wrong_flag_come_before_torch_is_loaded():
+    # the checkpoint reader (torch) is imported when a run reads its checkpoints, not for --help;
+    # numpy is allowed (the result schema's outcome helpers need it and it loads in ~50 ms)
+    p = _probe([["run", "--help"], ["run", "ckpt", "--bogus"]], ("torch", "torchvision", "faiss", *MODULES),
+               cli="dcbench.suite.cli")
+    assert "LOADED []" in p.stderr, p.stderr[-2000:]
+    assert "--engine" in p.stdout and "--slurm-partition" in p.stdout
+    assert "unrecognized arguments: --bogus" in p.stderr
